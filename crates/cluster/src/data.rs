@@ -1,0 +1,255 @@
+use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, TimelineId};
+use crate::spec::{ClusterSpec, ValidSpec};
+use crate::DecodeError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The only cluster data format this build reads and writes. Any other value makes every
+/// component refuse to act rather than guess.
+pub const CURRENT_FORMAT_VERSION: u32 = 1;
+
+/// The single document that holds the sentinel's decisions and the observed status. Every
+/// change between components goes through one compare-and-swap write of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterData {
+    pub format_version: u32,
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub keepers: BTreeMap<KeeperUid, Keeper>,
+    #[serde(default)]
+    pub dbs: BTreeMap<DbUid, Db>,
+    #[serde(default)]
+    pub proxy: Proxy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    pub uid: ClusterUid,
+    pub generation: Generation,
+    pub spec: ClusterSpec,
+    pub status: ClusterStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterStatus {
+    pub phase: ClusterPhase,
+    /// The db that is, or is being made, the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<DbUid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterPhase {
+    #[default]
+    Initializing,
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Keeper {
+    pub uid: KeeperUid,
+    pub status: KeeperStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeeperStatus {
+    pub healthy: bool,
+    /// The keeper process start the sentinel has seen; a restarted keeper keeps postgres
+    /// down until this matches its own, so it never acts on a decision made before it died.
+    #[serde(default)]
+    pub boot_uuid: String,
+    #[serde(default = "yes")]
+    pub can_be_master: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Db {
+    pub uid: DbUid,
+    pub generation: Generation,
+    pub spec: DbSpec,
+    #[serde(default)]
+    pub status: DbStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbRole {
+    Master,
+    Standby,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InitMode {
+    #[default]
+    None,
+    New,
+    Resync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FollowConfig {
+    #[serde(rename = "dbuid")]
+    pub db_uid: DbUid,
+}
+
+/// What a keeper must make of its instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DbSpec {
+    #[serde(rename = "keeperUID")]
+    pub keeper_uid: KeeperUid,
+    pub role: DbRole,
+    #[serde(default)]
+    pub init_mode: InitMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_config: Option<FollowConfig>,
+    /// The dbs streaming from this one: a primary keeps a replication slot for each.
+    #[serde(default)]
+    pub followers: Vec<DbUid>,
+    pub max_standbys: u16,
+    pub additional_wal_senders: u16,
+    #[serde(default)]
+    pub pg_parameters: BTreeMap<String, String>,
+    #[serde(rename = "pgHBA", default, skip_serializing_if = "Option::is_none")]
+    pub pg_hba: Option<Vec<String>>,
+}
+
+/// What the sentinel last learned of a db from its keeper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DbStatus {
+    pub healthy: bool,
+    pub current_generation: Generation,
+    #[serde(default)]
+    pub listen_address: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub in_recovery: bool,
+    #[serde(rename = "systemID", default)]
+    pub system_id: String,
+    #[serde(rename = "timelineID", default)]
+    pub timeline_id: TimelineId,
+    #[serde(default)]
+    pub x_log_pos: Lsn,
+}
+
+/// The proxies' routing: where to send clients and which proxies may do so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Proxy {
+    pub generation: Generation,
+    pub spec: ProxySpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxySpec {
+    #[serde(rename = "masterDbUid", default, skip_serializing_if = "Option::is_none")]
+    pub master_db_uid: Option<DbUid>,
+    #[serde(default)]
+    pub enabled_proxies: Vec<ProxyUid>,
+}
+
+impl ClusterData {
+    /// A fresh cluster in its initializing phase.
+    pub fn new(uid: ClusterUid, spec: ClusterSpec) -> ClusterData {
+        ClusterData {
+            format_version: CURRENT_FORMAT_VERSION,
+            cluster: Cluster {
+                uid,
+                generation: Generation::INITIAL,
+                spec,
+                status: ClusterStatus::default(),
+            },
+            keepers: BTreeMap::new(),
+            dbs: BTreeMap::new(),
+            proxy: Proxy::default(),
+        }
+    }
+
+    /// Decodes stored bytes, refusing unknown format versions and invalid specs so that no
+    /// component ever acts on a document it does not fully understand.
+    pub fn decode(bytes: &[u8]) -> Result<(ClusterData, ValidSpec), DecodeError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct VersionOnly {
+            format_version: u32,
+        }
+        let version: VersionOnly = serde_json::from_slice(bytes)?;
+        if version.format_version != CURRENT_FORMAT_VERSION {
+            return Err(DecodeError::FormatVersion {
+                found: version.format_version,
+                expected: CURRENT_FORMAT_VERSION,
+            });
+        }
+        let data: ClusterData = serde_json::from_slice(bytes)?;
+        let spec = data.cluster.spec.validate()?;
+        Ok((data, spec))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("cluster data always serializes")
+    }
+
+    /// The db a keeper owns, if any: a keeper owns at most one at a time.
+    pub fn db_of_keeper(&self, keeper: &KeeperUid) -> Option<&Db> {
+        self.dbs.values().find(|db| &db.spec.keeper_uid == keeper)
+    }
+
+    pub fn master_db(&self) -> Option<&Db> {
+        self.cluster
+            .status
+            .master
+            .as_ref()
+            .and_then(|uid| self.dbs.get(uid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ClusterData {
+        let spec = ClusterSpec::from_json(r#"{"initMode":"new"}"#).unwrap();
+        ClusterData::new(ClusterUid::new("c1"), spec)
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let cd = sample();
+        let (back, _) = ClusterData::decode(&cd.encode()).unwrap();
+        assert_eq!(back, cd);
+    }
+
+    #[test]
+    fn refuses_other_format_versions_and_garbage() {
+        let mut cd = sample();
+        cd.format_version = 2;
+        let err = ClusterData::decode(&cd.encode()).unwrap_err().to_string();
+        assert!(err.contains("format version 2"), "{err}");
+        assert!(ClusterData::decode(b"{not json").is_err());
+        assert!(ClusterData::decode(b"{\"formatVersion\":1}").is_err());
+    }
+
+    #[test]
+    fn refuses_invalid_spec() {
+        let mut cd = sample();
+        cd.cluster.spec.max_standbys_per_sender = Some(0);
+        let err = ClusterData::decode(&cd.encode()).unwrap_err().to_string();
+        assert!(err.contains("maxStandbysPerSender"), "{err}");
+    }
+}

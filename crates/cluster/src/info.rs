@@ -1,0 +1,75 @@
+use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// What a keeper publishes about itself, under a lease, every loop. `info_uid` changes on
+/// every publish: the sentinel reads a keeper as alive while it keeps changing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeeperInfo {
+    #[serde(rename = "infoUID")]
+    pub info_uid: String,
+    pub uid: KeeperUid,
+    #[serde(rename = "clusterUID")]
+    pub cluster_uid: ClusterUid,
+    #[serde(rename = "bootUUID")]
+    pub boot_uuid: String,
+    pub can_be_master: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_state: Option<PgState>,
+}
+
+/// The keeper's honest view of its local instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PgState {
+    #[serde(rename = "uid")]
+    pub db_uid: DbUid,
+    /// The db spec generation the keeper has fully applied.
+    pub generation: Generation,
+    /// Running and answering queries.
+    pub healthy: bool,
+    pub in_recovery: bool,
+    #[serde(rename = "systemID")]
+    pub system_id: String,
+    #[serde(rename = "timelineID")]
+    pub timeline_id: TimelineId,
+    pub x_log_pos: Lsn,
+    pub listen_address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelInfo {
+    #[serde(rename = "UID")]
+    pub uid: SentinelUid,
+}
+
+/// What a proxy publishes after each successful check: the proxy generation it has applied
+/// is its acknowledgement that it no longer routes to an old primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyInfo {
+    #[serde(rename = "infoUID")]
+    pub info_uid: String,
+    #[serde(rename = "UID")]
+    pub uid: ProxyUid,
+    pub generation: Generation,
+    #[serde(with = "duration_nanos")]
+    pub proxy_timeout: Duration,
+}
+
+/// Stolon publishes proxyTimeout as Go's integer nanoseconds.
+mod duration_nanos {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_nanos() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_nanos(u64::deserialize(d)?))
+    }
+}

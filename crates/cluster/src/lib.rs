@@ -1,0 +1,32 @@
+//! Wire types that live in the store, shared by every component.
+//!
+//! This crate owns the JSON shape of the cluster spec (the operator's wishes), the cluster
+//! data (the sentinel's decisions plus observed status) and the infos each daemon publishes.
+//! It does no IO and no async: it only parses, validates and renders values, so that the
+//! engine can stay pure and every daemon agrees on the same bytes.
+
+mod data;
+mod duration;
+mod ids;
+mod info;
+mod spec;
+
+pub use data::{
+    Cluster, ClusterData, ClusterPhase, ClusterStatus, Db, DbRole, DbSpec, DbStatus, FollowConfig,
+    InitMode, Keeper, KeeperStatus, Proxy, ProxySpec, CURRENT_FORMAT_VERSION,
+};
+pub use duration::GoDuration;
+pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
+pub use info::{KeeperInfo, PgState, ProxyInfo, SentinelInfo};
+pub use spec::{ClusterSpec, ClusterSpecInitMode, SpecError, ValidSpec};
+
+/// Errors met while decoding a stored document.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported cluster data format version {found} (this build reads version {expected})")]
+    FormatVersion { found: u32, expected: u32 },
+    #[error("invalid cluster spec: {0}")]
+    Spec(#[from] SpecError),
+}

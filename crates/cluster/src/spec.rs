@@ -1,0 +1,284 @@
+use crate::duration::GoDuration;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The operator's wishes for the cluster, as written by `stolonctl init` / `update` or
+/// `--initial-cluster-spec`. Every field is optional: what is absent takes the default of
+/// [`ValidSpec`]. Field names and units are Stolon's, so a Stolon spec file loads unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sleep_interval: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence_timeout: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_timeout: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_timeout: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_wait_ready_timeout: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_interval: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_keeper_removal_interval: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_check_interval: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_timeout: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_standbys: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_standbys_per_sender: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_standby_lag: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synchronous_replication: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_synchronous_standbys: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_synchronous_standbys: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additional_wal_senders: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additional_master_replication_slots: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_pgrewind: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_mode: Option<ClusterSpecInitMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_pg_parameters: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<ClusterRole>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_config: Option<NewConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pitr_config: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub existing_config: Option<ExistingConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_config: Option<serde_json::Value>,
+    #[serde(rename = "defaultSUReplAccessMode", skip_serializing_if = "Option::is_none")]
+    pub default_su_repl_access_mode: Option<SuReplAccessMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pg_parameters: Option<BTreeMap<String, String>>,
+    #[serde(rename = "pgHBA", skip_serializing_if = "Option::is_none")]
+    pub pg_hba: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automatic_pg_restart: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterSpecInitMode {
+    New,
+    Existing,
+    Pitr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    #[default]
+    Master,
+    Standby,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SuReplAccessMode {
+    #[default]
+    All,
+    Strict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_checksums: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExistingConfig {
+    #[serde(rename = "keeperUID", skip_serializing_if = "Option::is_none")]
+    pub keeper_uid: Option<String>,
+}
+
+/// A spec field the engine cannot work with, named so the operator can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Json(String),
+    #[error("initMode is required (one of new, existing, pitr)")]
+    MissingInitMode,
+    #[error("{field} must be greater than zero")]
+    MustBePositive { field: &'static str },
+    #[error("proxyCheckInterval ({check}) must be shorter than proxyTimeout ({timeout})")]
+    ProxyCheckNotBelowTimeout { check: GoDuration, timeout: GoDuration },
+    #[error("maxSynchronousStandbys ({max}) must be at least minSynchronousStandbys ({min})")]
+    SyncBounds { min: u16, max: u16 },
+    #[error("initMode {mode} is not supported yet by this build (only \"new\")")]
+    UnsupportedInitMode { mode: &'static str },
+    #[error("role standby (standby cluster) is not supported yet by this build")]
+    UnsupportedRole,
+}
+
+/// A spec with every default filled in and every rule checked: what the engine reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidSpec {
+    pub sleep_interval: Duration,
+    pub request_timeout: Duration,
+    pub convergence_timeout: Duration,
+    pub init_timeout: Duration,
+    pub db_wait_ready_timeout: Duration,
+    pub fail_interval: Duration,
+    pub proxy_check_interval: Duration,
+    pub proxy_timeout: Duration,
+    pub max_standbys: u16,
+    pub max_standbys_per_sender: u16,
+    pub max_standby_lag: u32,
+    pub additional_wal_senders: u16,
+    pub init_mode: ClusterSpecInitMode,
+    pub pg_parameters: BTreeMap<String, String>,
+    pub pg_hba: Option<Vec<String>>,
+}
+
+impl ClusterSpec {
+    /// Parses a spec document, rejecting unknown fields and malformed values with a message
+    /// that names the field.
+    pub fn from_json(text: &str) -> Result<ClusterSpec, SpecError> {
+        serde_json::from_str(text).map_err(|e| SpecError::Json(e.to_string()))
+    }
+
+    /// Fills in defaults and checks the rules between fields.
+    pub fn validate(&self) -> Result<ValidSpec, SpecError> {
+        let d = |v: Option<GoDuration>, default_secs: u64| {
+            v.map(|g| g.0).unwrap_or(Duration::from_secs(default_secs))
+        };
+        let init_mode = self.init_mode.ok_or(SpecError::MissingInitMode)?;
+        match init_mode {
+            ClusterSpecInitMode::New => {}
+            ClusterSpecInitMode::Existing => {
+                return Err(SpecError::UnsupportedInitMode { mode: "existing" })
+            }
+            ClusterSpecInitMode::Pitr => return Err(SpecError::UnsupportedInitMode { mode: "pitr" }),
+        }
+        if self.role == Some(ClusterRole::Standby) {
+            return Err(SpecError::UnsupportedRole);
+        }
+        let spec = ValidSpec {
+            sleep_interval: d(self.sleep_interval, 5),
+            request_timeout: d(self.request_timeout, 10),
+            convergence_timeout: d(self.convergence_timeout, 30),
+            init_timeout: d(self.init_timeout, 300),
+            db_wait_ready_timeout: d(self.db_wait_ready_timeout, 60),
+            fail_interval: d(self.fail_interval, 20),
+            proxy_check_interval: d(self.proxy_check_interval, 5),
+            proxy_timeout: d(self.proxy_timeout, 15),
+            max_standbys: self.max_standbys.unwrap_or(20),
+            max_standbys_per_sender: self.max_standbys_per_sender.unwrap_or(3),
+            max_standby_lag: self.max_standby_lag.unwrap_or(1024 * 1024),
+            additional_wal_senders: self.additional_wal_senders.unwrap_or(5),
+            init_mode,
+            pg_parameters: self.pg_parameters.clone().unwrap_or_default(),
+            pg_hba: self.pg_hba.clone(),
+        };
+        for (field, value) in [
+            ("sleepInterval", spec.sleep_interval),
+            ("requestTimeout", spec.request_timeout),
+            ("failInterval", spec.fail_interval),
+            ("proxyCheckInterval", spec.proxy_check_interval),
+            ("proxyTimeout", spec.proxy_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(SpecError::MustBePositive { field });
+            }
+        }
+        for (field, value) in [
+            ("maxStandbys", spec.max_standbys),
+            ("maxStandbysPerSender", spec.max_standbys_per_sender),
+        ] {
+            if value == 0 {
+                return Err(SpecError::MustBePositive { field });
+            }
+        }
+        if spec.proxy_check_interval >= spec.proxy_timeout {
+            return Err(SpecError::ProxyCheckNotBelowTimeout {
+                check: GoDuration(spec.proxy_check_interval),
+                timeout: GoDuration(spec.proxy_timeout),
+            });
+        }
+        let (min, max) = (
+            self.min_synchronous_standbys.unwrap_or(1),
+            self.max_synchronous_standbys.unwrap_or(1),
+        );
+        if max == 0 {
+            return Err(SpecError::MustBePositive {
+                field: "maxSynchronousStandbys",
+            });
+        }
+        if max < min {
+            return Err(SpecError::SyncBounds { min, max });
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_spec_takes_stolon_defaults() {
+        let spec = ClusterSpec::from_json(r#"{"initMode":"new"}"#).unwrap();
+        let v = spec.validate().unwrap();
+        assert_eq!(v.sleep_interval, Duration::from_secs(5));
+        assert_eq!(v.fail_interval, Duration::from_secs(20));
+        assert_eq!(v.proxy_timeout, Duration::from_secs(15));
+        assert_eq!(v.max_standbys_per_sender, 3);
+    }
+
+    #[test]
+    fn stolon_example_spec_loads() {
+        let text = r#"{
+            "initMode": "new", "sleepInterval": "1s", "failInterval": "5s",
+            "maxStandbyLag": 1048576, "synchronousReplication": false,
+            "pgParameters": {"max_connections": "100"}, "pgHBA": null,
+            "defaultSUReplAccessMode": "all", "newConfig": {"dataChecksums": true},
+            "usePgrewind": true, "mergePgParameters": true, "role": "master"
+        }"#;
+        let spec = ClusterSpec::from_json(text).unwrap();
+        let v = spec.validate().unwrap();
+        assert_eq!(v.fail_interval, Duration::from_secs(5));
+        let again = serde_json::to_string(&spec).unwrap();
+        assert_eq!(ClusterSpec::from_json(&again).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        for (text, needle) in [
+            (r#"{"initMode":"new","sleepIntervall":"1s"}"#, "sleepIntervall"),
+            (r#"{"initMode":"new","failInterval":"5"}"#, "invalid duration"),
+            (r#"{"initMode":"new","maxStandbys":-1}"#, "invalid value"),
+            (r#"{"initMode":"new","proxyCheckInterval":"20s"}"#, "proxyCheckInterval"),
+            (r#"{"initMode":"new","maxStandbysPerSender":0}"#, "maxStandbysPerSender"),
+            (r#"{"sleepInterval":"1s"}"#, "initMode is required"),
+            (r#"{"initMode":"sometimes"}"#, "unknown variant"),
+        ] {
+            let err = ClusterSpec::from_json(text)
+                .and_then(|s| s.validate().map(|_| ()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The keeper's reconciler: given the cluster data and what the keeper sees of its local
+//! instance, the one next action that moves the instance toward its db spec.
+//!
+//! The daemon calls [`next_action`], performs the action, observes again and repeats until
+//! the answer is [`Action::Idle`] or [`Action::Wait`]. Every destructive action (a wipe for
+//! init or resync) is only ever chosen because the cluster data asks for a db this keeper
+//! does not have yet.
+
+use stolon_cluster::{ClusterData, DbRole, DbUid, Generation, InitMode, KeeperUid};
+
+/// Where a standby streams from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+/// The db the keeper's data directory holds, from its own state file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalDb {
+    pub uid: Option<DbUid>,
+    /// The db spec generation fully applied.
+    pub generation: Generation,
+    /// An init or resync started and never finished: the data directory is half made.
+    pub initializing: bool,
+}
+
+/// What the keeper sees of its PostgreSQL instance right now.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Instance {
+    /// The data directory holds an initialised cluster.
+    pub initialized: bool,
+    pub running: bool,
+    /// `standby.signal` is present: the instance starts in recovery.
+    pub standby_signal: bool,
+    /// From SQL, when running and reachable.
+    pub in_recovery: Option<bool>,
+    /// The upstream its configuration streams from, when it is a standby.
+    pub following: Option<Endpoint>,
+    /// Our replication slots (`stolon_` prefix), when the instance is a reachable primary.
+    pub slots: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing can be done now; the reason is worth one log line.
+    Wait(&'static str),
+    /// Stop postgres, for the reason given.
+    Stop(&'static str),
+    /// Wipe the data directory and create a new primary (initdb, roles).
+    InitNew { db: DbUid },
+    /// Wipe the data directory and copy it from `from`, streaming through `slot`.
+    Resync {
+        db: DbUid,
+        from: Endpoint,
+        slot: String,
+    },
+    /// Start postgres in its local role; a standby streams from `follow`.
+    Start { follow: Option<Endpoint> },
+    Promote,
+    /// Point a running standby at another upstream.
+    Follow(Endpoint),
+    SyncSlots {
+        create: Vec<String>,
+        drop: Vec<String>,
+    },
+    /// The instance matches the db spec of this generation: record it.
+    MarkApplied(Generation),
+    /// Converged.
+    Idle,
+}
+
+pub const SLOT_PREFIX: &str = "stolon_";
+
+pub fn slot_name(db: &DbUid) -> String {
+    format!("{SLOT_PREFIX}{db}")
+}
+
+pub fn next_action(
+    cd: Option<&ClusterData>,
+    me: &KeeperUid,
+    boot_uuid: &str,
+    local: &LocalDb,
+    pg: &Instance,
+) -> Action {
+    let stop_or_wait = |why: &'static str| {
+        if pg.running {
+            Action::Stop(why)
+        } else {
+            Action::Wait(why)
+        }
+    };
+    let Some(cd) = cd else {
+        return Action::Wait("no cluster data available, waiting for it to appear");
+    };
+    let Some(keeper) = cd.keepers.get(me) else {
+        return Action::Wait("our keeper data is not available, waiting for it to appear");
+    };
+    if keeper.status.boot_uuid != boot_uuid {
+        return stop_or_wait(
+            "our db boot UID is different than the cluster data one, waiting for it to be updated",
+        );
+    }
+    let Some(db) = cd.db_of_keeper(me) else {
+        return stop_or_wait("no db assigned");
+    };
+    let followed = db
+        .spec
+        .follow_config
+        .as_ref()
+        .and_then(|f| cd.dbs.get(&f.db_uid))
+        .filter(|f| !f.status.listen_address.is_empty() && f.status.port != 0)
+        .map(|f| Endpoint {
+            host: f.status.listen_address.clone(),
+            port: f.status.port,
+        });
+
+    if local.uid.as_ref() != Some(&db.uid) || local.initializing {
+        return match db.spec.init_mode {
+            InitMode::New => Action::InitNew { db: db.uid.clone() },
+            InitMode::Resync => match followed {
+                Some(from) => Action::Resync {
+                    db: db.uid.clone(),
+                    from,
+                    slot: slot_name(&db.uid),
+                },
+                None => stop_or_wait("waiting for the db to follow to have a known address"),
+            },
+            InitMode::None => stop_or_wait(
+                "our data directory does not hold the db the cluster data assigns us, and the \
+                 cluster data does not ask to initialise it: refusing to act (check that the \
+                 keeper data is on a persistent volume)",
+            ),
+        };
+    }
+    if !pg.initialized {
+        return stop_or_wait(
+            "database cluster not initialized although our state says it was: refusing to \
+             re-initialise it on our own",
+        );
+    }
+
+    match db.spec.role {
+        DbRole::Master => {
+            if !pg.running {
+                let follow = if pg.standby_signal { followed } else { None };
+                return Action::Start { follow };
+            }
+            match pg.in_recovery {
+                None => return Action::Wait("postgres is not answering yet"),
+                Some(true) => return Action::Promote,
+                Some(false) => {}
+            }
+            let wanted: Vec<String> = db.spec.followers.iter().map(slot_name).collect();
+            if let Some(slots) = &pg.slots {
+                let create: Vec<String> =
+                    wanted.iter().filter(|s| !slots.contains(s)).cloned().collect();
+                let drop: Vec<String> =
+                    slots.iter().filter(|s| !wanted.contains(s)).cloned().collect();
+                if !create.is_empty() || !drop.is_empty() {
+                    return Action::SyncSlots { create, drop };
+                }
+            }
+        }
+        DbRole::Standby => {
+            let locally_primary = if pg.running {
+                pg.in_recovery == Some(false)
+            } else {
+                !pg.standby_signal
+            };
+            if locally_primary {
+                return Action::Wait("cannot move from master role to standby role");
+            }
+            if !pg.running {
+                return match followed.or_else(|| pg.following.clone()) {
+                    Some(from) => Action::Start { follow: Some(from) },
+                    None => Action::Wait("waiting for the db to follow to have a known address"),
+                };
+            }
+            if let Some(want) = followed {
+                if pg.following.as_ref() != Some(&want) {
+                    return Action::Follow(want);
+                }
+            }
+        }
+    }
+    if local.generation != db.generation {
+        return Action::MarkApplied(db.generation);
+    }
+    Action::Idle
+}
