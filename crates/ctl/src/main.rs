@@ -1,0 +1,313 @@
+//! stolonctl: the operator's command line over the store.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use stolon_cluster::{ClusterData, ClusterSpec, ClusterUid, DbRole, KeeperInfo, ProxyInfo, SentinelInfo};
+use stolon_daemon::CommonArgs;
+use stolon_store::{Expect, InfoKind, Store, StoreError};
+
+#[derive(Debug, Parser)]
+#[command(name = "stolonctl", version, about = "Manage a stolon-rs cluster")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Initialize a new cluster (replacing the current one, after confirmation).
+    Init {
+        /// The cluster spec as JSON (default: {"initMode":"new"}).
+        spec: Option<String>,
+        /// Read the spec from a file ("-" for standard input).
+        #[arg(short = 'f', long = "file", conflicts_with = "spec")]
+        file: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+    },
+    /// Show the cluster's components and databases.
+    Status {
+        #[arg(short = 'f', long = "format", default_value = "text")]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() {
+    let cli: Cli = stolon_daemon::parse_with_env_prefix("STOLONCTL");
+    stolon_daemon::init_tracing(stolon_daemon::LogLevel::Warn);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    stolon_daemon::check_backend(&cli.common)?;
+    match cli.command {
+        Cmd::Init { spec, file, yes } => {
+            let text = match (spec, file) {
+                (Some(text), _) => text,
+                (None, Some(path)) if path.as_os_str() == "-" => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text)?;
+                    text
+                }
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                (None, None) => r#"{"initMode":"new"}"#.to_string(),
+            };
+            let spec = ClusterSpec::from_json(&text).context("invalid cluster spec")?;
+            spec.validate().context("invalid cluster spec")?;
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            init(store.as_ref(), spec, yes).await
+        }
+        Cmd::Status { format } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            let status = gather_status(store.as_ref()).await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Format::Text => print!("{}", render_status(&status)),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn init(store: &dyn Store, spec: ClusterSpec, yes: bool) -> anyhow::Result<()> {
+    let existing = store.get_cluster_data().await?;
+    if existing.is_some() && !yes {
+        eprintln!("WARNING: The current cluster data will be removed");
+        eprintln!("WARNING: The databases managed by the keepers will be overwritten depending on the provided cluster spec.");
+        if !confirm()? {
+            bail!("not confirmed: nothing changed");
+        }
+    }
+    let cd = ClusterData::new(ClusterUid::new(stolon_daemon::random_uid()), spec);
+    store.put_cluster_data(cd.encode(), Expect::Anything).await?;
+    println!("cluster initialized: {}", cd.cluster.uid);
+    Ok(())
+}
+
+fn confirm() -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        eprint!("Are you sure you want to continue? [yes/no] ");
+    } else {
+        print!("Are you sure you want to continue? [yes/no] ");
+        std::io::stdout().flush()?;
+    }
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    sentinels: Vec<SentinelStatus>,
+    proxies: Vec<ProxyStatus>,
+    keepers: Vec<KeeperStatus>,
+    cluster: ClusterStatus,
+}
+
+#[derive(Debug, Serialize)]
+struct SentinelStatus {
+    uid: String,
+    leader: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ProxyStatus {
+    uid: String,
+    generation: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct KeeperStatus {
+    uid: String,
+    listen_address: String,
+    healthy: bool,
+    pg_healthy: bool,
+    pg_wanted_generation: u64,
+    pg_current_generation: u64,
+    role: String,
+    timeline: u32,
+    xlog_pos: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterStatus {
+    available: bool,
+    master_keeper_uid: Option<String>,
+    master_db_uid: Option<String>,
+    phase: Option<String>,
+    proxy_generation: Option<u64>,
+    proxies_route_to: Option<String>,
+}
+
+async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
+    let leader = store.leader().await?;
+    let mut sentinels: Vec<SentinelStatus> = stolon_store::read_infos::<SentinelInfo>(store, InfoKind::Sentinel)
+        .await?
+        .into_iter()
+        .map(|s| SentinelStatus {
+            leader: leader.as_deref() == Some(s.uid.as_str()),
+            uid: s.uid.to_string(),
+        })
+        .collect();
+    sentinels.sort_by(|a, b| a.uid.cmp(&b.uid));
+    let mut proxies: Vec<ProxyStatus> = stolon_store::read_infos::<ProxyInfo>(store, InfoKind::Proxy)
+        .await?
+        .into_iter()
+        .map(|p| ProxyStatus {
+            uid: p.uid.to_string(),
+            generation: p.generation.0,
+        })
+        .collect();
+    proxies.sort_by(|a, b| a.uid.cmp(&b.uid));
+    let infos: Vec<KeeperInfo> = stolon_store::read_infos(store, InfoKind::Keeper).await?;
+    let read = match stolon_store::read_cluster_data(store).await {
+        Ok(read) => read,
+        Err(StoreError::Corrupt(e)) => bail!("cannot use the cluster data: {e}"),
+        Err(e) => return Err(e.into()),
+    };
+    let mut keepers = Vec::new();
+    let mut cluster = ClusterStatus {
+        available: false,
+        master_keeper_uid: None,
+        master_db_uid: None,
+        phase: None,
+        proxy_generation: None,
+        proxies_route_to: None,
+    };
+    if let Some(read) = &read {
+        let cd = &read.data;
+        cluster.phase = Some(format!("{:?}", cd.cluster.status.phase).to_lowercase());
+        cluster.proxy_generation = Some(cd.proxy.generation.0);
+        cluster.proxies_route_to = cd.proxy.spec.master_db_uid.as_ref().map(|d| d.to_string());
+        if let Some(master) = cd.master_db() {
+            cluster.available = master.status.healthy && cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid);
+            cluster.master_db_uid = Some(master.uid.to_string());
+            cluster.master_keeper_uid = Some(master.spec.keeper_uid.to_string());
+        }
+        for keeper in cd.keepers.values() {
+            let db = cd.db_of_keeper(&keeper.uid);
+            let info = infos.iter().find(|i| i.uid == keeper.uid);
+            keepers.push(KeeperStatus {
+                uid: keeper.uid.to_string(),
+                listen_address: db
+                    .map(|d| format!("{}:{}", d.status.listen_address, d.status.port))
+                    .unwrap_or_else(|| "(unknown)".into()),
+                healthy: keeper.status.healthy,
+                pg_healthy: db.is_some_and(|d| d.status.healthy),
+                pg_wanted_generation: db.map(|d| d.generation.0).unwrap_or(0),
+                pg_current_generation: db.map(|d| d.status.current_generation.0).unwrap_or(0),
+                role: match db.map(|d| d.spec.role) {
+                    Some(DbRole::Master) => "master".into(),
+                    Some(DbRole::Standby) => "standby".into(),
+                    None => "(no db)".into(),
+                },
+                timeline: info
+                    .and_then(|i| i.postgres_state.as_ref())
+                    .map(|s| s.timeline_id.0)
+                    .unwrap_or(0),
+                xlog_pos: info
+                    .and_then(|i| i.postgres_state.as_ref())
+                    .map(|s| s.x_log_pos.to_string())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok(Status {
+        sentinels,
+        proxies,
+        keepers,
+        cluster,
+    })
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn render_status(s: &Status) -> String {
+    let mut out = String::from("=== Active sentinels ===\n\n");
+    out += &table(
+        &["ID", "LEADER"],
+        s.sentinels.iter().map(|x| vec![x.uid.clone(), x.leader.to_string()]).collect(),
+    );
+    out += "\n=== Active proxies ===\n\n";
+    out += &table(
+        &["ID", "GENERATION"],
+        s.proxies.iter().map(|x| vec![x.uid.clone(), x.generation.to_string()]).collect(),
+    );
+    out += "\n=== Keepers ===\n\n";
+    out += &table(
+        &["UID", "HEALTHY", "PG LISTENADDRESS", "PG HEALTHY", "PG WANTEDGENERATION", "PG CURRENTGENERATION", "ROLE", "TIMELINE", "XLOGPOS"],
+        s.keepers
+            .iter()
+            .map(|k| {
+                vec![
+                    k.uid.clone(),
+                    k.healthy.to_string(),
+                    k.listen_address.clone(),
+                    k.pg_healthy.to_string(),
+                    k.pg_wanted_generation.to_string(),
+                    k.pg_current_generation.to_string(),
+                    k.role.clone(),
+                    k.timeline.to_string(),
+                    k.xlog_pos.clone(),
+                ]
+            })
+            .collect(),
+    );
+    out += "\n=== Cluster Info ===\n\n";
+    match &s.cluster.phase {
+        None => out += "No cluster data available (run stolonctl init)\n",
+        Some(phase) => {
+            out += &format!("Phase: {phase}\n");
+            out += &format!(
+                "Master Keeper: {}\n",
+                s.cluster.master_keeper_uid.as_deref().unwrap_or("(none)")
+            );
+            out += &format!(
+                "Proxies route to db: {}\n",
+                s.cluster.proxies_route_to.as_deref().unwrap_or("(none: connections refused)")
+            );
+        }
+    }
+    out
+}

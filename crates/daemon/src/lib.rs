@@ -1,0 +1,254 @@
+//! Plumbing shared by every binary, and nothing else: the common flags and their
+//! environment variables, logging setup, the store connection, shutdown on signals, secrets
+//! read from files, random identities, and logging the engine's events.
+
+use anyhow::{bail, Context};
+use clap::{ArgMatches, Args, Command, FromArgMatches, ValueEnum};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use stolon_cluster::GoDuration;
+use stolon_engine::{Event, Level};
+use stolon_store::Store;
+use stolon_store_etcd::EtcdStore;
+use tokio_util::sync::CancellationToken;
+
+/// Flags every binary takes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Name of the cluster; several clusters can share a store.
+    #[arg(long)]
+    pub cluster_name: String,
+    /// Store backend: etcdv3 (etcd, etcdv2, consul and kubernetes are not supported yet).
+    #[arg(long)]
+    pub store_backend: String,
+    /// Comma separated store endpoints.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub store_endpoints: Vec<String>,
+    /// Base path of the cluster's keys in the store (used exactly as given).
+    #[arg(long, default_value = "stolon/cluster")]
+    pub store_prefix: String,
+    /// Timeout of each store request.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub store_timeout: Duration,
+    /// debug, info, warn or error.
+    #[arg(long, default_value = "info")]
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Go-style durations ("5s", "1m30s"), as in the cluster spec.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    GoDuration::parse(text).map(|d| d.0)
+}
+
+/// Parses the command line of a binary whose every long flag can also come from the
+/// environment as `<PREFIX>_<FLAG_NAME>` (for example `STKEEPER_DATA_DIR`); the command
+/// line wins.
+pub fn parse_with_env_prefix<T: FromArgMatches + clap::CommandFactory>(prefix: &str) -> T {
+    let cmd = env_prefixed(T::command(), prefix);
+    let matches: ArgMatches = cmd.get_matches();
+    T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn env_prefixed(cmd: Command, prefix: &str) -> Command {
+    let cmd = cmd.mut_args(|arg| match arg.get_long() {
+        Some(long) if long != "help" && long != "version" => {
+            let name = format!("{prefix}_{}", long.to_uppercase().replace('-', "_"));
+            arg.env(name)
+        }
+        _ => arg,
+    });
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    subs.into_iter().fold(cmd, |cmd, name| {
+        cmd.mut_subcommand(name, |sub| env_prefixed(sub, prefix))
+    })
+}
+
+pub fn init_tracing(level: LogLevel) {
+    let level = match level {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    };
+    // Our own crates log at the chosen level; dependencies only at warn and above.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STOLON_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,stolon={level}"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+/// Checks the backend flag; only etcd v3 is implemented so far.
+pub fn check_backend(args: &CommonArgs) -> anyhow::Result<()> {
+    match args.store_backend.as_str() {
+        "etcdv3" => Ok(()),
+        "etcd" | "etcdv2" | "consul" | "kubernetes" => bail!(
+            "store backend {:?} is not supported by this build of stolon-rs: use --store-backend etcdv3",
+            args.store_backend
+        ),
+        other => bail!("unknown store backend {other:?}: use --store-backend etcdv3"),
+    }
+}
+
+/// Connects once.
+pub async fn connect_store(args: &CommonArgs) -> anyhow::Result<Arc<dyn Store>> {
+    check_backend(args)?;
+    if args.cluster_name.is_empty() {
+        bail!("--cluster-name must not be empty");
+    }
+    let store = EtcdStore::connect(
+        &args.store_endpoints,
+        &args.store_prefix,
+        &args.cluster_name,
+        args.store_timeout,
+    )
+    .await
+    .with_context(|| format!("connecting to etcd at {}", args.store_endpoints.join(",")))?;
+    Ok(Arc::new(store))
+}
+
+/// Connects, retrying until the store answers or shutdown is asked: a daemon started
+/// before its store waits for it.
+pub async fn connect_store_retrying(
+    args: &CommonArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    check_backend(args)?;
+    loop {
+        match connect_store(args).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot connect to the store, retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
+
+/// A password from a flag or a file. A file's trailing newline is removed with a warning;
+/// a password left empty is an error.
+pub fn read_password(
+    what: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> anyhow::Result<String> {
+    let password = match (inline, file) {
+        (Some(_), Some(_)) => bail!("give the {what} password either inline or as a file, not both"),
+        (Some(p), None) => p.to_string(),
+        (None, Some(path)) => {
+            let raw = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the {what} password file {}", path.display()))?;
+            let trimmed = raw.trim_end_matches(['\n', '\r']);
+            if trimmed.len() != raw.len() {
+                tracing::warn!("{what} password contain trailing new line, removing");
+            }
+            trimmed.to_string()
+        }
+        (None, None) => bail!("a {what} password is required (--pg-{}-password or --pg-{}-passwordfile)", short(what), short(what)),
+    };
+    if password.is_empty() {
+        bail!("{what} password is empty after removing trailing new line");
+    }
+    Ok(password)
+}
+
+fn short(what: &str) -> &'static str {
+    if what == "superuser" {
+        "su"
+    } else {
+        "repl"
+    }
+}
+
+/// A random identity: 8 lowercase hex characters, valid as a replication slot suffix.
+pub fn random_uid() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// Logs the engine's events, one line each, skipping those already logged in the previous
+/// round so that a steady state does not repeat itself every loop.
+#[derive(Default)]
+pub struct EventLog {
+    previous: Vec<Event>,
+}
+
+impl EventLog {
+    pub fn log(&mut self, events: Vec<Event>) {
+        for event in &events {
+            if self.previous.contains(event) {
+                continue;
+            }
+            match event.level {
+                Level::Info => tracing::info!("{event}"),
+                Level::Warn => tracing::warn!("{event}"),
+            }
+        }
+        self.previous = events;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_file_newline_is_trimmed_and_empty_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "secret\n").unwrap();
+        assert_eq!(read_password("superuser", None, Some(&good)).unwrap(), "secret");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = read_password("superuser", None, Some(&empty)).unwrap_err().to_string();
+        assert!(err.contains("empty after removing trailing new line"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_backends_are_refused_by_name() {
+        for backend in ["etcd", "etcdv2", "consul"] {
+            let args = CommonArgs {
+                cluster_name: "c".into(),
+                store_backend: backend.into(),
+                store_endpoints: vec![],
+                store_prefix: "p".into(),
+                store_timeout: Duration::from_secs(1),
+                log_level: LogLevel::Info,
+            };
+            let err = check_backend(&args).unwrap_err().to_string();
+            assert!(err.contains("not supported") && err.contains(backend), "{err}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Properties of the sentinel's planner over random histories of a 3-keeper, 2-proxy cluster:
+//! keepers publishing or going silent, their positions moving, proxies acknowledging or not,
+//! time advancing by random amounts. Checked after every step.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation};
+use stolon_engine::sentinel::{self, Observations, StepOutput};
+
+const KEEPERS: [&str; 3] = ["k0", "k1", "k2"];
+const PROXIES: [&str; 2] = ["p0", "p1"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Time passes (milliseconds).
+    Advance(u64),
+    /// The keeper publishes its db as it sees it: converged, at its position.
+    Report(usize),
+    /// The keeper publishes its db as not answering.
+    ReportUnhealthy(usize),
+    /// The keeper's WAL position moves forward (seen at its next report).
+    Write(usize, u64),
+    /// The keeper stops publishing; its info stays in the store.
+    KeeperSilent(usize),
+    KeeperAlive(usize),
+    /// The keeper's info expires from the store.
+    KeeperGone(usize),
+    /// The proxy reports the generation it reads (true) or keeps its old one (false).
+    ProxyAcks(usize, bool),
+    ProxySilent(usize),
+    ProxyAlive(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let k = 0..KEEPERS.len();
+    let p = 0..PROXIES.len();
+    prop_oneof![
+        6 => (0u64..8_000).prop_map(Op::Advance),
+        6 => k.clone().prop_map(Op::Report),
+        1 => k.clone().prop_map(Op::ReportUnhealthy),
+        2 => (k.clone(), 0u64..1_500).prop_map(|(k, n)| Op::Write(k, n)),
+        1 => k.clone().prop_map(Op::KeeperSilent),
+        2 => k.clone().prop_map(Op::KeeperAlive),
+        1 => k.prop_map(Op::KeeperGone),
+        2 => (p.clone(), any::<bool>()).prop_map(|(p, a)| Op::ProxyAcks(p, a)),
+        1 => p.clone().prop_map(Op::ProxySilent),
+        1 => p.prop_map(Op::ProxyAlive),
+    ]
+}
+
+fn apply(w: &mut World, op: &Op) {
+    match *op {
+        Op::Advance(ms_) => w.now += ms(ms_),
+        Op::Report(k) => w.report(KEEPERS[k]),
+        Op::ReportUnhealthy(k) => w.report_with(KEEPERS[k], |s| s.healthy = false),
+        Op::Write(k, n) => w.keeper(KEEPERS[k]).xlog += n,
+        Op::KeeperSilent(k) => w.keeper(KEEPERS[k]).alive = false,
+        Op::KeeperAlive(k) => w.keeper(KEEPERS[k]).alive = true,
+        Op::KeeperGone(k) => {
+            let sim = w.keeper(KEEPERS[k]);
+            sim.alive = false;
+            sim.present = false;
+        }
+        Op::ProxyAcks(p, acks) => w.proxy(PROXIES[p]).acks = acks,
+        Op::ProxySilent(p) => w.proxy(PROXIES[p]).alive = false,
+        Op::ProxyAlive(p) => w.proxy(PROXIES[p]).alive = true,
+    }
+}
+
+/// What must hold of every cluster data the planner writes, and between consecutive ones.
+#[derive(Debug, Clone, Default)]
+struct Watch {
+    proxy_generation: Generation,
+    /// The highest generation each db uid was ever written with.
+    db_generations: BTreeMap<DbUid, Generation>,
+}
+
+impl Watch {
+    fn check(&mut self, cd: &ClusterData) -> Result<(), TestCaseError> {
+        let ms = masters(cd);
+        prop_assert!(ms.len() <= 1, "more than one master role: {ms:?}");
+
+        prop_assert!(
+            cd.proxy.generation >= self.proxy_generation,
+            "proxy generation went back from {} to {}",
+            self.proxy_generation,
+            cd.proxy.generation
+        );
+        self.proxy_generation = cd.proxy.generation;
+        for db in cd.dbs.values() {
+            let seen = self.db_generations.entry(db.uid.clone()).or_default();
+            prop_assert!(
+                db.generation >= *seen,
+                "db {} generation went back from {} to {}",
+                db.uid,
+                seen,
+                db.generation
+            );
+            *seen = db.generation;
+        }
+
+        if cd.cluster.status.phase == ClusterPhase::Normal {
+            let master = cd.cluster.status.master.as_ref();
+            prop_assert!(
+                master.is_some_and(|m| cd.dbs.contains_key(m)),
+                "cluster.status.master {master:?} is not a db"
+            );
+        }
+
+        if let Some(target) = &cd.proxy.spec.master_db_uid {
+            let role = cd.dbs.get(target).map(|db| db.spec.role);
+            prop_assert_eq!(role, Some(DbRole::Master), "proxies target {}", target);
+            prop_assert_eq!(cd.cluster.status.master.as_ref(), Some(target));
+        }
+
+        let mut owners = BTreeMap::new();
+        for db in cd.dbs.values() {
+            let other = owners.insert(&db.spec.keeper_uid, &db.uid);
+            prop_assert!(
+                other.is_none(),
+                "keeper {} owns two dbs",
+                db.spec.keeper_uid
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The fencing rule of the failover handshake: a db gets the master role only while the
+/// proxies are told to route nowhere and every proxy that published within its proxyTimeout
+/// plus a sleep interval has acknowledged that; and a db has the master role only as
+/// `cluster.status.master`.
+fn check_fencing(w: &World, input: &ClusterData, output: &ClusterData) -> Result<(), TestCaseError> {
+    for uid in masters(output) {
+        prop_assert_eq!(output.cluster.status.master.as_ref(), Some(uid));
+        let promoted = input
+            .dbs
+            .get(uid)
+            .is_some_and(|db| db.spec.role == DbRole::Standby);
+        if !promoted {
+            continue;
+        }
+        prop_assert_eq!(output.proxy.spec.master_db_uid.as_ref(), None);
+        for p in w.proxies.values().filter(|p| p.present && !p.info_uid.is_empty()) {
+            if w.now.saturating_sub(p.published_at) <= p.timeout + w.spec.sleep_interval {
+                prop_assert_eq!(
+                    p.generation,
+                    output.proxy.generation,
+                    "{} promoted while live proxy {} is on an old generation",
+                    uid,
+                    p.uid
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The handshakes whose next stage the planner takes on the very next step, even at the same
+/// time, by design: (event of the step that opened it, event of the step that continues it).
+/// Each is one compare-and-swap write of its own.
+const CONTINUATIONS: [(&str, &str); 2] = [
+    ("db failed to initialize", "initializing cluster"),
+    ("electing db as the new master", "proxies fenced: promoting db"),
+];
+
+/// Whether stepping `out` again, giving `again`, is a continuation the planner may take at
+/// the same time: one of the [`CONTINUATIONS`], or the known engine bug where the db just
+/// elected had already exceeded its convergence timeout and is failed at once (see the
+/// report; `sentinel::a_standby_past_its_convergence_timeout_is_not_elected`).
+fn continues(out: &StepOutput, again: &StepOutput) -> bool {
+    let designed = CONTINUATIONS
+        .iter()
+        .any(|(opened, next)| has(&out.events, opened) && has(&again.events, next));
+    let elected = out.data.cluster.status.master.as_ref().map(|m| m.as_str());
+    let known_bug = has(&out.events, "electing db as the new master")
+        && again
+            .events
+            .iter()
+            .any(|e| e.message == "db not converged" && fields(e, "db") == [elected.unwrap_or("")]);
+    designed || known_bug
+}
+
+/// `again` (the output of stepping `output`, itself the output of stepping `input`), minus
+/// the one difference expected from creating a db: a db created by a step is written with a
+/// default status (healthy: false) that the next step observes as healthy. See the report;
+/// `sentinel::a_step_that_creates_a_db_is_idempotent` checks it strictly.
+fn forgive_new_db_status(
+    input: &ClusterData,
+    output: &ClusterData,
+    again: &ClusterData,
+) -> ClusterData {
+    let mut again = again.clone();
+    for (uid, db) in again.dbs.iter_mut() {
+        if let (false, Some(written)) = (input.dbs.contains_key(uid), output.dbs.get(uid)) {
+            db.status.healthy = written.status.healthy;
+        }
+    }
+    again
+}
+
+/// One step as [`World::step`] does it, checked against the invariants; then the same step
+/// again on its own output, at the same time, with the same observations and a clone of the
+/// memory it left: it must change nothing, unless it continues one of the [`CONTINUATIONS`],
+/// and then a fixpoint must come within two more steps.
+fn step_checked(w: &mut World, watch: &mut Watch) -> Result<StepOutput, TestCaseError> {
+    w.publish();
+    let (keepers, proxies) = w.observations();
+    let obs = Observations {
+        keepers: &keepers,
+        proxies: &proxies,
+    };
+    let seed = w.next_seed();
+    let input = w.cd.clone();
+    let first = sentinel::step(w.now, &input, &w.spec, obs, &mut w.memory, seed);
+    watch.check(&first.data)?;
+    check_fencing(w, &input, &first.data)?;
+    w.cd = first.data.clone();
+
+    let mut memory = w.memory.clone();
+    let mut watch = watch.clone();
+    let (mut input, mut out) = (input, first.clone());
+    for _ in 0..3 {
+        let again = sentinel::step(w.now, &out.data, &w.spec, obs, &mut memory, seed);
+        let again_data = forgive_new_db_status(&input, &out.data, &again.data);
+        if again_data == out.data {
+            return Ok(first);
+        }
+        prop_assert!(
+            continues(&out, &again),
+            "stepping again at the same time changed the data\n{}\n\
+             events: {:?}\nagain: {:?}",
+            diff(&out.data, &again_data).join("\n"),
+            messages(&out.events),
+            messages(&again.events)
+        );
+        watch.check(&again.data)?;
+        check_fencing(w, &out.data, &again.data)?;
+        (input, out) = (out.data, again);
+    }
+    Err(TestCaseError::fail("no fixpoint at the same time"))
+}
+
+/// The JSON paths where two cluster data differ, with both values.
+fn diff(a: &ClusterData, b: &ClusterData) -> Vec<String> {
+    fn walk(path: String, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let (va, vb) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));
+                    walk(format!("{path}.{k}"), va, vb, out);
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} -> {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let (a, b) = (serde_json::to_value(a).unwrap(), serde_json::to_value(b).unwrap());
+    walk(String::new(), &a, &b, &mut out);
+    out
+}
+
+fn run(start_normal: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut w = if start_normal {
+        World::normal(&KEEPERS, &PROXIES)
+    } else {
+        let mut w = World::new(&KEEPERS);
+        for p in PROXIES {
+            w.add_proxy(p);
+        }
+        w
+    };
+    let mut watch = Watch::default();
+    watch.check(&w.cd)?;
+    for (i, op) in ops.iter().enumerate() {
+        apply(&mut w, op);
+        step_checked(&mut w, &mut watch)
+            .map_err(|e| TestCaseError::fail(format!("after op {i} {op:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn planner_invariants_hold_after_every_step(
+        start_normal in any::<bool>(),
+        ops in prop::collection::vec(op(), 1..80),
+    ) {
+        run(start_normal, &ops)?;
+    }
+}

@@ -1,0 +1,130 @@
+//! The proxy's routing: clients go to the primary only when the sentinel named it, it has a
+//! known address, and this proxy is listed as enabled.
+
+mod common;
+
+use common::CdBuilder;
+use stolon_cluster::{ClusterData, DbRole, DbUid, ProxyUid};
+use stolon_engine::proxy::{route, Route};
+
+fn base() -> CdBuilder {
+    CdBuilder::new()
+        .keeper("k1", true)
+        .keeper("k2", true)
+        .db("db-1", "k1", DbRole::Master, 100)
+        .db("db-2", "k2", DbRole::Standby, 100)
+        .follow("db-2", "db-1")
+        .master("db-1")
+}
+
+fn to_db1() -> Route {
+    Route::To {
+        db: "db-1".into(),
+        address: "k1.example".into(),
+        port: 5432,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    cd: ClusterData,
+    me: &'static str,
+    want: Result<Route, &'static str>,
+}
+
+fn check(case: Case) {
+    let got = route(&case.cd, &ProxyUid::new(case.me));
+    match case.want {
+        Ok(want) => assert_eq!(got, want, "{}", case.name),
+        Err(needle) => match got {
+            Route::Nowhere(why) => assert!(why.contains(needle), "{}: {why:?}", case.name),
+            other => panic!("{}: expected Nowhere ({needle:?}), got {other:?}", case.name),
+        },
+    }
+}
+
+#[test]
+fn route_table() {
+    let cases = vec![
+        Case {
+            name: "named master with an address, proxy enabled",
+            cd: base().proxy(Some("db-1"), &["p1", "p2"]).build(),
+            me: "p2",
+            want: Ok(to_db1()),
+        },
+        Case {
+            name: "no master named (failover in progress)",
+            cd: base().proxy(None, &["p1"]).build(),
+            me: "p1",
+            want: Err("no master db defined"),
+        },
+        Case {
+            name: "named master db does not exist",
+            cd: base().proxy(Some("db-gone"), &["p1"]).build(),
+            me: "p1",
+            want: Err("no db object available"),
+        },
+        Case {
+            name: "this proxy is not enabled",
+            cd: base().proxy(Some("db-1"), &["p1"]).build(),
+            me: "p9",
+            want: Err("aren't in the enabled proxies list"),
+        },
+        Case {
+            name: "no proxy enabled at all",
+            cd: base().proxy(Some("db-1"), &[]).build(),
+            me: "p1",
+            want: Err("aren't in the enabled proxies list"),
+        },
+        Case {
+            name: "master without a listen address",
+            cd: base()
+                .adjust_db("db-1", |db| db.status.listen_address.clear())
+                .proxy(Some("db-1"), &["p1"])
+                .build(),
+            me: "p1",
+            want: Err("no known address"),
+        },
+        Case {
+            name: "master without a port",
+            cd: base()
+                .adjust_db("db-1", |db| db.status.port = 0)
+                .proxy(Some("db-1"), &["p1"])
+                .build(),
+            me: "p1",
+            want: Err("no known address"),
+        },
+        Case {
+            name: "routes to the db the proxy spec names, not to cluster.status.master",
+            cd: base()
+                .master("db-2")
+                .proxy(Some("db-1"), &["p1"])
+                .build(),
+            me: "p1",
+            want: Ok(to_db1()),
+        },
+    ];
+    for case in cases {
+        check(case);
+    }
+}
+
+/// The same table's first row, read from a stored document: the wire form routes the same.
+#[test]
+fn routes_from_a_stored_cluster_data_document() {
+    let text = include_str!("../testdata/cluster_data_normal.json");
+    let (cd, _spec) = ClusterData::decode(text.as_bytes()).expect("fixture decodes");
+    assert_eq!(
+        route(&cd, &ProxyUid::new("proxy-a")),
+        Route::To {
+            db: "3f2a9c01".into(),
+            address: "10.0.0.1".into(),
+            port: 5432,
+        }
+    );
+    assert!(matches!(route(&cd, &ProxyUid::new("proxy-z")), Route::Nowhere(_)));
+    assert_eq!(
+        cd.cluster.status.master.as_ref(),
+        Some(&DbUid::new("3f2a9c01"))
+    );
+}

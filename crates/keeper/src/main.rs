@@ -1,0 +1,122 @@
+use anyhow::bail;
+use clap::Parser;
+use std::path::PathBuf;
+use stolon_daemon::CommonArgs;
+use stolon_keeper::KeeperConfig;
+use stolon_pg::ctl::OsUser;
+
+/// Manages one PostgreSQL instance of a stolon cluster.
+#[derive(Debug, Parser)]
+#[command(name = "stolon-keeper", version)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Keeper uid (a-z, 0-9, _); random and persisted in the data dir when not given.
+    #[arg(long, alias = "id")]
+    uid: Option<String>,
+    /// Keeper data directory; PostgreSQL's data directory is its `postgres` subdirectory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// PostgreSQL's listen_addresses.
+    #[arg(long)]
+    pg_listen_address: String,
+    /// The address the other components use to reach this instance (default: the listen address).
+    #[arg(long)]
+    pg_advertise_address: Option<String>,
+    #[arg(long, default_value_t = 5432)]
+    pg_port: u16,
+    /// Directory of initdb, pg_ctl, pg_basebackup (default: PATH).
+    #[arg(long)]
+    pg_bin_path: Option<PathBuf>,
+    /// Superuser name (default: the OS user running PostgreSQL).
+    #[arg(long)]
+    pg_su_username: Option<String>,
+    #[arg(long)]
+    pg_su_password: Option<String>,
+    #[arg(long)]
+    pg_su_passwordfile: Option<PathBuf>,
+    #[arg(long)]
+    pg_repl_username: String,
+    #[arg(long)]
+    pg_repl_password: Option<String>,
+    #[arg(long)]
+    pg_repl_passwordfile: Option<PathBuf>,
+    /// Whether this keeper may be elected primary on failover.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    can_be_master: bool,
+    /// When the keeper runs as root: the OS user PostgreSQL runs as.
+    #[arg(long, default_value = "postgres")]
+    pg_os_user: String,
+}
+
+fn main() {
+    let cli: Cli = stolon_daemon::parse_with_env_prefix("STKEEPER");
+    stolon_daemon::init_tracing(cli.common.log_level);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    stolon_daemon::check_backend(&cli.common)?;
+    let run_as = if nix::unistd::geteuid().is_root() {
+        match OsUser::lookup(&cli.pg_os_user) {
+            Some(user) => Some(user),
+            None => bail!(
+                "the keeper runs as root and PostgreSQL refuses to, but there is no OS user {:?} \
+                 to run it as: create that user, choose another with --pg-os-user, or run the \
+                 keeper as an unprivileged user",
+                cli.pg_os_user
+            ),
+        }
+    } else {
+        None
+    };
+    let os_user_name = if run_as.is_some() {
+        cli.pg_os_user.clone()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| "postgres".into())
+    };
+    let su_username = cli.pg_su_username.clone().unwrap_or(os_user_name);
+    let su_password = stolon_daemon::read_password(
+        "superuser",
+        cli.pg_su_password.as_deref(),
+        cli.pg_su_passwordfile.as_deref(),
+    )?;
+    let repl_password = stolon_daemon::read_password(
+        "replication",
+        cli.pg_repl_password.as_deref(),
+        cli.pg_repl_passwordfile.as_deref(),
+    )?;
+    if su_username == cli.pg_repl_username && su_password != repl_password {
+        bail!("provided superuser name and replication user name are the same but provided passwords are different");
+    }
+    let config = KeeperConfig {
+        uid: cli.uid.clone(),
+        data_dir: cli.data_dir.clone(),
+        advertise_address: cli
+            .pg_advertise_address
+            .clone()
+            .unwrap_or_else(|| cli.pg_listen_address.clone()),
+        listen_address: cli.pg_listen_address.clone(),
+        port: cli.pg_port,
+        bin_dir: cli.pg_bin_path.clone(),
+        su_username,
+        su_password,
+        repl_username: cli.pg_repl_username.clone(),
+        repl_password,
+        can_be_master: cli.can_be_master,
+        run_as,
+    };
+    let shutdown = stolon_daemon::shutdown_on_signals();
+    let Some(store) = stolon_daemon::connect_store_retrying(&cli.common, &shutdown).await? else {
+        return Ok(());
+    };
+    stolon_keeper::run(config, store, shutdown).await
+}

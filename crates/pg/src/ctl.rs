@@ -1,0 +1,297 @@
+//! The PostgreSQL programs the keeper runs, with timeouts and captured output.
+
+use crate::PgError;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// The OS identity PostgreSQL runs as when the keeper itself runs as root: PostgreSQL
+/// refuses to run as root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OsUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl OsUser {
+    pub fn lookup(name: &str) -> Option<OsUser> {
+        let user = nix::unistd::User::from_name(name).ok().flatten()?;
+        Some(OsUser {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
+}
+
+/// One instance's programs and data directory.
+#[derive(Debug, Clone)]
+pub struct PgCtl {
+    pub bin_dir: Option<PathBuf>,
+    pub pgdata: PathBuf,
+    pub log_file: PathBuf,
+    pub run_as: Option<OsUser>,
+}
+
+/// Credentials for an upstream connection.
+#[derive(Debug, Clone)]
+pub struct Upstream<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a str,
+}
+
+impl PgCtl {
+    fn program(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(dir) => dir.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+
+    fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.program(name));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .env_remove("PGDATA")
+            .env_remove("PGHOST")
+            .env_remove("PGPORT")
+            .env_remove("PGUSER")
+            .env_remove("PGPASSWORD")
+            .env("LC_ALL", "C");
+        if let Some(user) = self.run_as {
+            cmd.uid(user.uid).gid(user.gid);
+            // HOME of root is not readable by the postgres user; libpq looks there.
+            cmd.env("HOME", &self.pgdata);
+        }
+        cmd
+    }
+
+    async fn run(&self, mut cmd: Command, tool: &str, timeout: Duration) -> Result<String, PgError> {
+        let child = cmd.spawn().map_err(PgError::io(format!("spawning {tool}")))?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| PgError::Timeout {
+                tool: tool.to_string(),
+                timeout,
+            })?
+            .map_err(PgError::io(format!("waiting for {tool}")))?;
+        if !out.status.success() {
+            return Err(PgError::Tool {
+                tool: tool.to_string(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Gives a path to the OS user PostgreSQL runs as.
+    pub fn chown(&self, path: &Path) -> Result<(), PgError> {
+        if let Some(user) = self.run_as {
+            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+                .map_err(PgError::io(format!("chown {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// A private file only PostgreSQL's OS user can read; removed when dropped.
+    fn secret_file(&self, dir: &Path, name: &str, content: &str) -> Result<SecretFile, PgError> {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(PgError::io(format!("creating {}", path.display())))?;
+        f.write_all(content.as_bytes())
+            .map_err(PgError::io(format!("writing {}", path.display())))?;
+        self.chown(&path)?;
+        Ok(SecretFile(path))
+    }
+
+    /// An empty data directory with the permissions PostgreSQL insists on. Whatever was
+    /// there is removed: callers only get here when the cluster data asks for a new db.
+    pub fn wipe_and_create_pgdata(&self) -> Result<(), PgError> {
+        if self.pgdata.exists() {
+            std::fs::remove_dir_all(&self.pgdata)
+                .map_err(PgError::io(format!("removing {}", self.pgdata.display())))?;
+        }
+        std::fs::create_dir_all(&self.pgdata)
+            .map_err(PgError::io(format!("creating {}", self.pgdata.display())))?;
+        std::fs::set_permissions(&self.pgdata, std::fs::Permissions::from_mode(0o700))
+            .map_err(PgError::io("chmod pgdata"))?;
+        self.chown(&self.pgdata)
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.pgdata.join("PG_VERSION").exists() && self.pgdata.join("global").is_dir()
+    }
+
+    pub fn has_standby_signal(&self) -> bool {
+        self.pgdata.join("standby.signal").exists()
+    }
+
+    pub async fn initdb(&self, su: &str, su_password: &str, timeout: Duration) -> Result<(), PgError> {
+        let scratch = self.pgdata.parent().unwrap_or(Path::new("/tmp"));
+        let pwfile = self.secret_file(scratch, ".initdb-pwfile", su_password)?;
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D")
+            .arg(&self.pgdata)
+            .arg("-U")
+            .arg(su)
+            .arg("--pwfile")
+            .arg(&pwfile.0)
+            .arg("--auth=md5");
+        self.run(cmd, "initdb", timeout).await.map(drop)
+    }
+
+    /// Copies the upstream's data directory through `slot`, leaving a standby ready to
+    /// start (`standby.signal` written by `-R`).
+    pub async fn basebackup(&self, from: &Upstream<'_>, slot: &str, timeout: Duration) -> Result<(), PgError> {
+        let scratch = self.pgdata.parent().unwrap_or(Path::new("/tmp"));
+        let passfile = self.secret_file(
+            scratch,
+            ".basebackup-pgpass",
+            &format!("*:*:*:{}:{}\n", from.user, from.password.replace(':', "\\:")),
+        )?;
+        let mut cmd = self.command("pg_basebackup");
+        cmd.env("PGPASSFILE", &passfile.0)
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-h")
+            .arg(from.host)
+            .arg("-p")
+            .arg(from.port.to_string())
+            .arg("-U")
+            .arg(from.user)
+            .arg("-X")
+            .arg("stream")
+            .arg("-S")
+            .arg(slot)
+            .arg("-c")
+            .arg("fast")
+            .arg("-R")
+            .arg("-w");
+        self.run(cmd, "pg_basebackup", timeout).await.map(drop)
+    }
+
+    pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("start")
+            .arg("-w")
+            .arg("-t")
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(&self.log_file)
+            // pg_ctl's own stdout would keep our pipe open for the postmaster's lifetime.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.run(cmd, "pg_ctl start", timeout + Duration::from_secs(5))
+            .await
+            .map_err(|e| match e {
+                PgError::Tool { tool, status, .. } => PgError::Tool {
+                    tool,
+                    status,
+                    stderr: self.log_tail(),
+                },
+                other => other,
+            })
+            .map(drop)
+    }
+
+    /// The last lines PostgreSQL logged, to explain a failed start.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_file).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+
+    pub async fn stop(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("stop")
+            .arg("-w")
+            .arg("-m")
+            .arg("fast")
+            .arg("-t")
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("-D")
+            .arg(&self.pgdata);
+        self.run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
+            .await
+            .map(drop)
+    }
+
+    pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("promote")
+            .arg("-w")
+            .arg("-t")
+            .arg(timeout.as_secs().max(1).to_string())
+            .arg("-D")
+            .arg(&self.pgdata);
+        self.run(cmd, "pg_ctl promote", timeout + Duration::from_secs(5))
+            .await
+            .map(drop)
+    }
+
+    pub async fn reload(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("reload").arg("-D").arg(&self.pgdata);
+        self.run(cmd, "pg_ctl reload", timeout).await.map(drop)
+    }
+
+    /// Whether a postmaster runs on this data directory (`pg_ctl status`).
+    pub async fn is_running(&self, timeout: Duration) -> Result<bool, PgError> {
+        if !self.pgdata.join("postmaster.pid").exists() {
+            return Ok(false);
+        }
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("status").arg("-D").arg(&self.pgdata);
+        match self.run(cmd, "pg_ctl status", timeout).await {
+            Ok(_) => Ok(true),
+            Err(PgError::Tool { status, .. }) if status.contains("exit status: 3") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a file PostgreSQL reads, owned by its OS user.
+    pub fn write_file(&self, name: &str, content: &str) -> Result<(), PgError> {
+        let path = self.pgdata.join(name);
+        let tmp = self.pgdata.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).map_err(PgError::io(format!("writing {}", tmp.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(PgError::io("chmod"))?;
+        self.chown(&tmp)?;
+        std::fs::rename(&tmp, &path).map_err(PgError::io(format!("renaming {}", path.display())))
+    }
+
+    pub fn read_file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.pgdata.join(name)).ok()
+    }
+
+    pub fn remove_file(&self, name: &str) -> Result<(), PgError> {
+        match std::fs::remove_file(self.pgdata.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(PgError::io(format!("removing {name}"))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+struct SecretFile(PathBuf);
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,44 @@
+//! One PostgreSQL instance, as the keeper manages it.
+//!
+//! This crate owns the rendering of `postgresql.conf`, `pg_hba.conf` and the standby
+//! settings (pure functions, see [`conf`]), the wrappers around `initdb`, `pg_ctl` and
+//! `pg_basebackup` (with timeouts, captured stderr, and an unprivileged OS user when the
+//! keeper runs as root, see [`ctl`]), and the SQL probes that tell the keeper what its
+//! instance really is (see [`probe`]).
+
+pub mod conf;
+pub mod ctl;
+pub mod probe;
+
+/// Failures of a PostgreSQL operation, each with what the tool printed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{tool} did not finish within {timeout:?}")]
+    Timeout {
+        tool: String,
+        timeout: std::time::Duration,
+    },
+    #[error("io error on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sql: {0}")]
+    Sql(#[from] tokio_postgres::Error),
+    #[error("unexpected answer from postgres: {0}")]
+    Unexpected(String),
+}
+
+impl PgError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
+        let what = what.into();
+        move |source| PgError::Io { what, source }
+    }
+}

@@ -1,0 +1,131 @@
+//! SQL against the local instance: what it is, and the few changes made through SQL.
+
+use crate::PgError;
+use std::time::Duration;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// How the keeper reaches its own instance: the unix socket, as the superuser.
+#[derive(Debug, Clone)]
+pub struct LocalConn {
+    pub socket_dir: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub timeout: Duration,
+}
+
+/// What the instance says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub in_recovery: bool,
+    pub system_id: String,
+    pub timeline_id: u32,
+    pub lsn: String,
+    pub slots: Vec<String>,
+}
+
+impl LocalConn {
+    pub async fn connect(&self) -> Result<Client, PgError> {
+        let mut config = Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname("postgres")
+            .application_name("stolon-keeper")
+            .connect_timeout(self.timeout);
+        let (client, connection) = tokio::time::timeout(self.timeout, config.connect(NoTls))
+            .await
+            .map_err(|_| PgError::Unexpected("connection to the local instance timed out".into()))??;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, PgError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| PgError::Unexpected(format!("query timed out after {:?}", self.timeout)))?
+            .map_err(PgError::from)
+    }
+
+    pub async fn observe(&self, slot_prefix: &str) -> Result<Observed, PgError> {
+        let client = self.connect().await?;
+        // A standby's checkpoint timeline lags behind a timeline switch; the walreceiver's
+        // is current while it streams. A primary's comes from its current WAL file name.
+        let row = self
+            .bounded(client.query_one(
+                "select pg_is_in_recovery(),
+                        (select system_identifier::text from pg_control_system()),
+                        case when pg_is_in_recovery()
+                             then coalesce((select received_tli from pg_stat_wal_receiver),
+                                           (select timeline_id from pg_control_checkpoint()))
+                             else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                        end,
+                        case when pg_is_in_recovery()
+                             then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text
+                             else pg_current_wal_lsn()::text
+                        end",
+                &[],
+            ))
+            .await?;
+        let slots = self
+            .bounded(client.query(
+                "select slot_name::text from pg_replication_slots
+                  where not temporary and starts_with(slot_name::text, $1) order by 1",
+                &[&slot_prefix],
+            ))
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        let timeline: i32 = row.get(2);
+        Ok(Observed {
+            in_recovery: row.get(0),
+            system_id: row.get(1),
+            timeline_id: u32::try_from(timeline)
+                .map_err(|_| PgError::Unexpected(format!("timeline {timeline}")))?,
+            lsn: row.get::<_, Option<String>>(3).unwrap_or_else(|| "0/0".into()),
+            slots,
+        })
+    }
+
+    pub async fn create_slot(&self, name: &str) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        self.bounded(client.execute(
+            "select pg_create_physical_replication_slot($1)",
+            &[&name],
+        ))
+        .await
+        .map(drop)
+    }
+
+    pub async fn drop_slot(&self, name: &str) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        self.bounded(client.execute("select pg_drop_replication_slot($1)", &[&name]))
+            .await
+            .map(drop)
+    }
+
+    /// Gives the replication user its role: the superuser itself when they are the same.
+    pub async fn setup_roles(&self, repl_user: &str, repl_password: &str) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let sql = if repl_user == self.user {
+            format!("alter role {} replication", ident(repl_user))
+        } else {
+            format!(
+                "create role {} login replication password {}",
+                ident(repl_user),
+                literal(repl_password)
+            )
+        };
+        self.bounded(client.batch_execute(&sql)).await
+    }
+}

@@ -1,0 +1,186 @@
+//! The sentinel: several run, one leads.
+//!
+//! Every sentinel publishes its info and campaigns for leadership. The leader, on every
+//! change in the store (or every sleep interval), reads the cluster data and the keepers'
+//! and proxies' infos, asks the engine's planner ([`stolon_engine::sentinel::step`]) for the
+//! next cluster data, and writes it with compare-and-swap against the revision it read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use stolon_cluster::{ClusterData, ClusterSpec, ClusterUid, KeeperInfo, ProxyInfo, SentinelInfo, SentinelUid};
+use stolon_daemon::EventLog;
+use stolon_engine::sentinel::{step, Memory, Observations};
+use stolon_store::{Expect, InfoKind, Store, StoreError, WatchScope};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a leader keeps its leadership without renewing it.
+pub const LEADER_TTL: Duration = Duration::from_secs(5);
+/// Until the cluster data says otherwise.
+const DEFAULT_SLEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Store changes arrive in bursts (every component publishes): gather them.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub struct SentinelConfig {
+    pub uid: SentinelUid,
+    /// Written as a new cluster when the store holds no cluster data.
+    pub initial_spec: Option<ClusterSpec>,
+}
+
+/// Counts leadership terms won; 0 means not leading now.
+#[derive(Default)]
+struct LeaderTerm(AtomicU64);
+
+/// Runs the sentinel until `shutdown`.
+pub async fn run(config: SentinelConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let term = Arc::new(LeaderTerm::default());
+    let election = tokio::spawn(election_loop(
+        store.clone(),
+        config.uid.clone(),
+        term.clone(),
+        shutdown.clone(),
+    ));
+    let mut sentinel = Sentinel {
+        config,
+        store,
+        term,
+        memory: Memory::default(),
+        memory_term: 0,
+        events: EventLog::default(),
+        started: Instant::now(),
+        info_published: None,
+    };
+    let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
+    let mut watch = None;
+    while !shutdown.is_cancelled() {
+        if watch.is_none() {
+            watch = sentinel.store.watch(WatchScope::Everything).await.ok();
+        }
+        match sentinel.check().await {
+            Ok(Some(interval)) => sleep_interval = interval,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cluster check failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(sleep_interval) => {}
+            changed = async { watch.as_mut().expect("checked").recv().await }, if watch.is_some() => {
+                if changed.is_none() {
+                    watch = None;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+        }
+    }
+    election.abort();
+    Ok(())
+}
+
+struct Sentinel {
+    config: SentinelConfig,
+    store: Arc<dyn Store>,
+    term: Arc<LeaderTerm>,
+    memory: Memory,
+    /// The leadership term `memory` belongs to.
+    memory_term: u64,
+    events: EventLog,
+    started: Instant,
+    info_published: Option<Instant>,
+}
+
+async fn election_loop(store: Arc<dyn Store>, uid: SentinelUid, term: Arc<LeaderTerm>, shutdown: CancellationToken) {
+    let mut terms_won = 0;
+    loop {
+        tracing::info!("Trying to acquire sentinels leadership");
+        let campaign = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = store.campaign(uid.as_str(), LEADER_TTL) => c,
+        };
+        match campaign {
+            Ok(mut leadership) => {
+                terms_won += 1;
+                term.0.store(terms_won, Ordering::SeqCst);
+                tracing::info!("sentinel leadership acquired");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        term.0.store(0, Ordering::SeqCst);
+                        return;
+                    }
+                    _ = leadership.lost() => {}
+                }
+                term.0.store(0, Ordering::SeqCst);
+                tracing::warn!("sentinel leadership lost");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "election loop error");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+impl Sentinel {
+    /// One round. Returns the sleep interval of the cluster spec, when there is cluster data.
+    async fn check(&mut self) -> Result<Option<Duration>, StoreError> {
+        let store = self.store.as_ref();
+        let Some(read) = stolon_store::read_cluster_data(store).await? else {
+            if let Some(spec) = &self.config.initial_spec {
+                tracing::info!("writing initial cluster data");
+                let cd = ClusterData::new(ClusterUid::new(stolon_daemon::random_uid()), spec.clone());
+                match store.put_cluster_data(cd.encode(), Expect::Absent).await {
+                    Ok(_) | Err(StoreError::Conflict) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                tracing::info!("no cluster data available, waiting for it to appear (stolonctl init)");
+            }
+            return Ok(None);
+        };
+        let interval = read.spec.sleep_interval;
+        // Publishing wakes every watcher, us included: once per interval is enough.
+        if self.info_published.is_none_or(|at| at.elapsed() >= interval) {
+            stolon_store::publish_info(
+                store,
+                InfoKind::Sentinel,
+                self.config.uid.as_str(),
+                &SentinelInfo { uid: self.config.uid.clone() },
+                (2 * interval).max(Duration::from_secs(3)),
+            )
+            .await?;
+            self.info_published = Some(Instant::now());
+        }
+        let current_term = self.term.0.load(Ordering::SeqCst);
+        if current_term == 0 {
+            return Ok(Some(interval));
+        }
+        if current_term != self.memory_term {
+            // A new term: what an earlier term remembered may be stale.
+            self.memory = Memory::default();
+            self.memory_term = current_term;
+        }
+        let keepers: Vec<KeeperInfo> = stolon_store::read_infos(store, InfoKind::Keeper).await?;
+        let proxies: Vec<ProxyInfo> = stolon_store::read_infos(store, InfoKind::Proxy).await?;
+        let out = step(
+            self.started.elapsed(),
+            &read.data,
+            &read.spec,
+            Observations { keepers: &keepers, proxies: &proxies },
+            &mut self.memory,
+            rand::random(),
+        );
+        self.events.log(out.events);
+        // Leadership may have been lost while we computed: a deposed leader must not write.
+        if out.data != read.data && self.term.0.load(Ordering::SeqCst) == current_term {
+            match store.put_cluster_data(out.data.encode(), Expect::Revision(read.revision)).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict) => tracing::debug!("cluster data changed meanwhile; recomputing"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(interval))
+    }
+}
