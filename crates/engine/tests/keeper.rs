@@ -155,7 +155,11 @@ fn next_action_table() {
     };
     let upstream_unknown = {
         let mut cd = standby(InitMode::Resync);
-        cd.dbs.get_mut(&DbUid::new("db-2")).unwrap().status.listen_address = String::new();
+        cd.dbs
+            .get_mut(&DbUid::new("db-2"))
+            .unwrap()
+            .status
+            .listen_address = String::new();
         cd
     };
     let master_with_followers = {
@@ -315,9 +319,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: running_primary(&[]),
-            want: Expect::Is(Action::Wait(
-                "cannot move from master role to standby role",
-            )),
+            want: Expect::Is(Action::Wait("cannot move from master role to standby role")),
         },
         Case {
             name: "standby role on a stopped local primary",
@@ -325,9 +327,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: stopped_primary(),
-            want: Expect::Is(Action::Wait(
-                "cannot move from master role to standby role",
-            )),
+            want: Expect::Is(Action::Wait("cannot move from master role to standby role")),
         },
         Case {
             name: "standby role, stopped standby: start following the upstream",
@@ -460,7 +460,10 @@ fn a_lost_data_directory_of_our_own_db_is_never_reinitialised() {
                     ..empty_dir()
                 };
                 let got = next_action(Some(&cd), &KeeperUid::new(ME), BOOT, &applied(), &pg);
-                assert!(!destructive(&got), "{role:?} {init_mode:?} {running}: {got:?}");
+                assert!(
+                    !destructive(&got),
+                    "{role:?} {init_mode:?} {running}: {got:?}"
+                );
                 assert!(
                     matches!(got, Action::Stop(_) | Action::Wait(_)),
                     "{role:?} {init_mode:?} {running}: {got:?}"

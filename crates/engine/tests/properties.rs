@@ -8,7 +8,7 @@ use common::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation};
-use stolon_engine::sentinel::{self, Observations, StepOutput};
+use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
 
 const KEEPERS: [&str; 3] = ["k0", "k1", "k2"];
 const PROXIES: [&str; 2] = ["p0", "p1"];
@@ -32,6 +32,10 @@ enum Op {
     ProxyAcks(usize, bool),
     ProxySilent(usize),
     ProxyAlive(usize),
+    /// The proxy's info expires from the store.
+    ProxyGone(usize),
+    /// Another sentinel becomes leader: the memory starts empty.
+    NewLeader,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -47,7 +51,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => k.prop_map(Op::KeeperGone),
         2 => (p.clone(), any::<bool>()).prop_map(|(p, a)| Op::ProxyAcks(p, a)),
         1 => p.clone().prop_map(Op::ProxySilent),
-        1 => p.prop_map(Op::ProxyAlive),
+        1 => p.clone().prop_map(Op::ProxyAlive),
+        1 => p.prop_map(Op::ProxyGone),
+        1 => Just(Op::NewLeader),
     ]
 }
 
@@ -67,6 +73,12 @@ fn apply(w: &mut World, op: &Op) {
         Op::ProxyAcks(p, acks) => w.proxy(PROXIES[p]).acks = acks,
         Op::ProxySilent(p) => w.proxy(PROXIES[p]).alive = false,
         Op::ProxyAlive(p) => w.proxy(PROXIES[p]).alive = true,
+        Op::ProxyGone(p) => {
+            let sim = w.proxy(PROXIES[p]);
+            sim.alive = false;
+            sim.present = false;
+        }
+        Op::NewLeader => w.memory = Memory::default(),
     }
 }
 
@@ -133,7 +145,11 @@ impl Watch {
 /// proxies are told to route nowhere and every proxy that published within its proxyTimeout
 /// plus a sleep interval has acknowledged that; and a db has the master role only as
 /// `cluster.status.master`.
-fn check_fencing(w: &World, input: &ClusterData, output: &ClusterData) -> Result<(), TestCaseError> {
+fn check_fencing(
+    w: &World,
+    input: &ClusterData,
+    output: &ClusterData,
+) -> Result<(), TestCaseError> {
     for uid in masters(output) {
         prop_assert_eq!(output.cluster.status.master.as_ref(), Some(uid));
         let promoted = input
@@ -144,7 +160,11 @@ fn check_fencing(w: &World, input: &ClusterData, output: &ClusterData) -> Result
             continue;
         }
         prop_assert_eq!(output.proxy.spec.master_db_uid.as_ref(), None);
-        for p in w.proxies.values().filter(|p| p.present && !p.info_uid.is_empty()) {
+        for p in w
+            .proxies
+            .values()
+            .filter(|p| p.present && !p.info_uid.is_empty())
+        {
             if w.now.saturating_sub(p.published_at) <= p.timeout + w.spec.sleep_interval {
                 prop_assert_eq!(
                     p.generation,
@@ -164,7 +184,10 @@ fn check_fencing(w: &World, input: &ClusterData, output: &ClusterData) -> Result
 /// Each is one compare-and-swap write of its own.
 const CONTINUATIONS: [(&str, &str); 2] = [
     ("db failed to initialize", "initializing cluster"),
-    ("electing db as the new master", "proxies fenced: promoting db"),
+    (
+        "electing db as the new master",
+        "proxies fenced: promoting db",
+    ),
 ];
 
 /// Whether stepping `out` again, giving `again`, is a continuation the planner may take at
@@ -261,7 +284,10 @@ fn diff(a: &ClusterData, b: &ClusterData) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    let (a, b) = (serde_json::to_value(a).unwrap(), serde_json::to_value(b).unwrap());
+    let (a, b) = (
+        serde_json::to_value(a).unwrap(),
+        serde_json::to_value(b).unwrap(),
+    );
     walk(String::new(), &a, &b, &mut out);
     out
 }

@@ -38,7 +38,10 @@ fn check(case: Case) {
         Ok(want) => assert_eq!(got, want, "{}", case.name),
         Err(needle) => match got {
             Route::Nowhere(why) => assert!(why.contains(needle), "{}: {why:?}", case.name),
-            other => panic!("{}: expected Nowhere ({needle:?}), got {other:?}", case.name),
+            other => panic!(
+                "{}: expected Nowhere ({needle:?}), got {other:?}",
+                case.name
+            ),
         },
     }
 }
@@ -96,10 +99,7 @@ fn route_table() {
         },
         Case {
             name: "routes to the db the proxy spec names, not to cluster.status.master",
-            cd: base()
-                .master("db-2")
-                .proxy(Some("db-1"), &["p1"])
-                .build(),
+            cd: base().master("db-2").proxy(Some("db-1"), &["p1"]).build(),
             me: "p1",
             want: Ok(to_db1()),
         },
@@ -109,7 +109,7 @@ fn route_table() {
     }
 }
 
-/// The same table's first row, read from a stored document: the wire form routes the same.
+/// A stored document, in its wire form, routes the same way.
 #[test]
 fn routes_from_a_stored_cluster_data_document() {
     let text = include_str!("../testdata/cluster_data_normal.json");
@@ -122,7 +122,10 @@ fn routes_from_a_stored_cluster_data_document() {
             port: 5432,
         }
     );
-    assert!(matches!(route(&cd, &ProxyUid::new("proxy-z")), Route::Nowhere(_)));
+    assert!(matches!(
+        route(&cd, &ProxyUid::new("proxy-z")),
+        Route::Nowhere(_)
+    ));
     assert_eq!(
         cd.cluster.status.master.as_ref(),
         Some(&DbUid::new("3f2a9c01"))

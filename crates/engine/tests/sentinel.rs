@@ -30,7 +30,12 @@ fn check_initial(case: &InitialCase) {
     }
     let out = w.step();
     let cd = &out.data;
-    assert_eq!(cd.cluster.status.phase, ClusterPhase::Initializing, "{}", case.name);
+    assert_eq!(
+        cd.cluster.status.phase,
+        ClusterPhase::Initializing,
+        "{}",
+        case.name
+    );
     match case.expect {
         Ok(keeper) => {
             assert_eq!(cd.dbs.len(), 1, "{}: exactly one db", case.name);
@@ -38,7 +43,12 @@ fn check_initial(case: &InitialCase) {
             assert_eq!(db.spec.role, DbRole::Master, "{}", case.name);
             assert_eq!(db.spec.init_mode, InitMode::New, "{}", case.name);
             assert_eq!(db.spec.keeper_uid, KeeperUid::new(keeper), "{}", case.name);
-            assert_eq!(cd.cluster.status.master.as_ref(), Some(&db.uid), "{}", case.name);
+            assert_eq!(
+                cd.cluster.status.master.as_ref(),
+                Some(&db.uid),
+                "{}",
+                case.name
+            );
             let ev = find(&out.events, "initializing cluster");
             assert_eq!(fields(ev, "keeper"), [keeper], "{}", case.name);
         }
@@ -89,6 +99,28 @@ fn initial_master_choice() {
     }
 }
 
+#[test]
+fn infos_of_another_cluster_are_ignored() {
+    let mut w = World::new(&["k0", "k1"]);
+    w.publish();
+    let (mut keepers, proxies) = w.observations();
+    keepers[0].cluster_uid = stolon_cluster::ClusterUid::new("another-cluster");
+    let out = sentinel::step(
+        w.now,
+        &w.cd,
+        &w.spec,
+        Observations {
+            keepers: &keepers,
+            proxies: &proxies,
+        },
+        &mut w.memory,
+        1,
+    );
+    assert!(!out.data.keepers.contains_key(&KeeperUid::new("k0")));
+    let db = out.data.master_db().expect("a master db");
+    assert_eq!(db.spec.keeper_uid, KeeperUid::new("k1"));
+}
+
 /// One step after the initial master db was created on k1.
 fn initializing() -> (World, DbUid) {
     let mut w = World::new(&["k0", "k1", "k2"]).cannot_be_master("k0");
@@ -101,7 +133,8 @@ fn initializing() -> (World, DbUid) {
 #[test]
 fn phase_stays_initializing_until_the_db_reports_its_generation_applied() {
     let (w, db) = initializing();
-    let cases: [(&str, fn(&mut World)); 4] = [
+    type Setup = fn(&mut World);
+    let cases: [(&str, Setup); 4] = [
         ("no postgres state", |_| {}),
         ("state of another db", |w| {
             w.report_with("k1", |s| s.db_uid = DbUid::new("someone-else"))
@@ -120,7 +153,11 @@ fn phase_stays_initializing_until_the_db_reports_its_generation_applied() {
         setup(&mut w);
         for _ in 0..3 {
             let out = w.step_after(secs(1));
-            assert_eq!(out.data.cluster.status.phase, ClusterPhase::Initializing, "{name}");
+            assert_eq!(
+                out.data.cluster.status.phase,
+                ClusterPhase::Initializing,
+                "{name}"
+            );
             assert!(!has(&out.events, "db initialized"), "{name}");
             assert_eq!(out.data.cluster.status.master.as_ref(), Some(&db), "{name}");
             assert_eq!(out.data.dbs[&db].spec.init_mode, InitMode::New, "{name}");
@@ -131,7 +168,10 @@ fn phase_stays_initializing_until_the_db_reports_its_generation_applied() {
     w.report("k1");
     let out = w.step_after(secs(1));
     assert_eq!(out.data.cluster.status.phase, ClusterPhase::Normal);
-    assert_eq!(fields(find(&out.events, "db initialized"), "db"), [db.as_str()]);
+    assert_eq!(
+        fields(find(&out.events, "db initialized"), "db"),
+        [db.as_str()]
+    );
     assert_eq!(out.data.dbs[&db].spec.init_mode, InitMode::None);
     assert_eq!(out.data.dbs[&db].spec.role, DbRole::Master);
 }
@@ -359,16 +399,26 @@ fn failover_only_after_fail_interval_then_elects_the_most_advanced_standby() {
     let fail_interval = w.spec.fail_interval;
     for s in 1..=fail_interval.as_secs() {
         let out = w.step_at(last_change + secs(s));
-        assert_eq!(out.data.cluster.status.master.as_ref(), Some(&old), "at +{s}s");
+        assert_eq!(
+            out.data.cluster.status.master.as_ref(),
+            Some(&old),
+            "at +{s}s"
+        );
         assert_eq!(out.data.dbs[&old].spec.role, DbRole::Master, "at +{s}s");
         assert!(!has(&out.events, "master db is failed"), "at +{s}s");
-        assert!(!has(&out.events, "electing db as the new master"), "at +{s}s");
+        assert!(
+            !has(&out.events, "electing db as the new master"),
+            "at +{s}s"
+        );
     }
 
     let out = w.step_at(last_change + fail_interval + ms(1));
     let elected = w.master_uid();
     assert_eq!(w.keeper_of(&elected), "k2", "highest xlog position");
-    assert!(!out.data.dbs.contains_key(&old), "the old master db is removed");
+    assert!(
+        !out.data.dbs.contains_key(&old),
+        "the old master db is removed"
+    );
     assert_in_order(
         &w.log[log_start..],
         &[
@@ -398,12 +448,18 @@ fn no_failover_when_no_standby_qualifies() {
     let ev = find(&out.events, "no eligible masters: no failover");
     let mut rejected = fields(ev, "rejected");
     rejected.sort();
-    assert_eq!(rejected, [format!("k1({LAGGING})"), format!("k2({CANNOT})")]);
+    assert_eq!(
+        rejected,
+        [format!("k1({LAGGING})"), format!("k2({CANNOT})")]
+    );
     assert!(!has(&out.events, "electing db as the new master"));
     assert_eq!(out.data.cluster.status.master.as_ref(), Some(&old));
     assert_eq!(out.data.dbs[&old].spec.role, DbRole::Master);
     assert_eq!(out.data.dbs.len(), before.dbs.len());
-    assert_eq!(out.data.proxy, before.proxy, "the proxies keep their target");
+    assert_eq!(
+        out.data.proxy, before.proxy,
+        "the proxies keep their target"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -441,7 +497,11 @@ fn a_live_proxy_on_the_old_generation_blocks_promotion_until_it_acks() {
             "waiting for proxies to be converged to the current generation",
         );
         assert_eq!(fields(ev, "proxies"), ["p1"], "step {i}");
-        assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Standby, "step {i}");
+        assert_eq!(
+            out.data.dbs[&candidate].spec.role,
+            DbRole::Standby,
+            "step {i}"
+        );
         assert!(masters(&out.data).is_empty(), "step {i}");
     }
 
@@ -486,7 +546,11 @@ fn a_silent_proxy_stops_blocking_after_its_timeout_plus_a_sleep_interval() {
         assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Standby);
     }
     let out = w.step_at(deadline);
-    assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Standby, "at the deadline");
+    assert_eq!(
+        out.data.dbs[&candidate].spec.role,
+        DbRole::Standby,
+        "at the deadline"
+    );
 
     let out = w.step_at(deadline + ms(1));
     assert!(has(&out.events, "proxies fenced: promoting db"));
@@ -510,7 +574,9 @@ fn proxies_route_to_the_new_master_only_once_it_reports_a_converged_primary() {
     assert_eq!(w.cd.dbs[&candidate].spec.role, DbRole::Master);
     let generation = w.cd.dbs[&candidate].generation;
 
-    let not_yet: [(&str, fn(&mut World, &str, Generation)); 3] = [
+    /// Makes the candidate's keeper report something short of a converged primary.
+    type Report = fn(&mut World, &str, Generation);
+    let not_yet: [(&str, Report); 3] = [
         ("promotion not reported at all", |_, _, _| {}),
         ("generation applied, still in recovery", |w, k, _| {
             w.report_with(k, |s| s.in_recovery = true)
@@ -559,9 +625,17 @@ fn free_healthy_keepers_get_standbys_up_to_max_standbys_per_sender() {
     w.report("k0");
     let out = w.step_after(secs(1));
     assert!(has(&out.events, "db initialized"));
-    assert_eq!(out.data.dbs.len(), 1, "no standbys before the master converged");
+    assert_eq!(
+        out.data.dbs.len(),
+        1,
+        "no standbys before the master converged"
+    );
     let out = w.step_after(secs(1));
-    assert_eq!(out.data.dbs.len(), 1, "no standbys before the master converged");
+    assert_eq!(
+        out.data.dbs.len(),
+        1,
+        "no standbys before the master converged"
+    );
     assert!(!out.data.keepers[&KeeperUid::new("k1")].status.healthy);
 
     w.report("k0");
@@ -581,11 +655,17 @@ fn free_healthy_keepers_get_standbys_up_to_max_standbys_per_sender() {
         standbys.push(db.uid.clone());
     }
     for k in ["k1", "k4"] {
-        assert!(cd.db_of_keeper(&KeeperUid::new(k)).is_none(), "{k} gets no db");
+        assert!(
+            cd.db_of_keeper(&KeeperUid::new(k)).is_none(),
+            "{k} gets no db"
+        );
     }
     standbys.sort();
     assert_eq!(cd.dbs[&master].spec.followers, standbys);
-    assert_eq!(fields(find(&out.events, "added new standby db"), "keeper"), ["k2"]);
+    assert_eq!(
+        fields(find(&out.events, "added new standby db"), "keeper"),
+        ["k2"]
+    );
 
     // Once converged they keep their place and lose their init mode.
     w.settle();
@@ -662,8 +742,14 @@ fn a_removed_db_uid_is_never_handed_out_again() {
             ..Default::default()
         },
     );
-    assert_ne!(given.uid, old, "the old primary's db uid is reused; keeper: {action:?}");
-    assert!(matches!(action, keeper::Action::Resync { .. }), "{action:?}");
+    assert_ne!(
+        given.uid, old,
+        "the old primary's db uid is reused; keeper: {action:?}"
+    );
+    assert!(
+        matches!(action, keeper::Action::Resync { .. }),
+        "{action:?}"
+    );
 }
 
 /// A standby that has not applied its spec for longer than convergenceTimeout is one the
@@ -679,13 +765,19 @@ fn a_standby_past_its_convergence_timeout_is_not_elected() {
     w.spec.pg_parameters.insert("work_mem".into(), "8MB".into());
     w.step_after(secs(1));
     let changed_at = w.now;
-    assert_ne!(w.cd.dbs[&stuck].generation, w.cd.dbs[&stuck].status.current_generation);
+    assert_ne!(
+        w.cd.dbs[&stuck].generation,
+        w.cd.dbs[&stuck].status.current_generation
+    );
     while w.now < changed_at + w.spec.convergence_timeout {
         w.report("k0");
         w.report("k2");
         w.step_after(secs(1));
     }
-    assert!(w.cd.dbs.contains_key(&stuck), "a failed standby is kept while there is room");
+    assert!(
+        w.cd.dbs.contains_key(&stuck),
+        "a failed standby is kept while there is room"
+    );
 
     let elected = w.fail_master().expect("a new master");
     let out = w.step_after(secs(1));

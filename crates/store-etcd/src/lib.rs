@@ -174,6 +174,8 @@ impl Store for EtcdStore {
             loop {
                 tokio::select! {
                     msg = stream.message() => match msg {
+                        // The first answer only confirms the watch exists.
+                        Ok(Some(resp)) if resp.events().is_empty() => {}
                         Ok(Some(_)) => {
                             if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
                                 return;

@@ -493,7 +493,12 @@ impl CdBuilder {
     }
 
     pub fn adjust_db(mut self, uid: &str, adjust: impl FnOnce(&mut Db)) -> CdBuilder {
-        adjust(self.cd.dbs.get_mut(&DbUid::new(uid)).expect("db added first"));
+        adjust(
+            self.cd
+                .dbs
+                .get_mut(&DbUid::new(uid))
+                .expect("db added first"),
+        );
         self
     }
 
@@ -501,9 +506,7 @@ impl CdBuilder {
         let master_uid = DbUid::new(master);
         let standby_uid = DbUid::new(standby);
         self.adjust_db(standby, |db| {
-            db.spec.follow_config = Some(FollowConfig {
-                db_uid: master_uid,
-            })
+            db.spec.follow_config = Some(FollowConfig { db_uid: master_uid })
         })
         .adjust_db(master, |db| db.spec.followers.push(standby_uid))
     }

@@ -1,0 +1,3 @@
+//! The scenarios of SCENARIOS.md, each an integration test named by its id, run against
+//! real etcd and PostgreSQL processes started by `stolon-testkit`. The tests live in
+//! `tests/`; this library is empty.

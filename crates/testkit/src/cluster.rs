@@ -1,0 +1,403 @@
+use crate::process::{EtcdServer, Process};
+use crate::{bin_dir, free_port, pg_bin_dir, wait_until};
+use nix::sys::signal::Signal;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+use stolon_cluster::{ClusterData, DbRole, KeeperUid};
+use stolon_store::Store;
+use stolon_store_etcd::EtcdStore;
+
+pub const SU_USER: &str = "stolon";
+pub const SU_PASSWORD: &str = "su-secret";
+pub const REPL_USER: &str = "repluser";
+pub const REPL_PASSWORD: &str = "repl-secret";
+const CLUSTER_NAME: &str = "test";
+
+#[derive(Debug, Clone)]
+pub struct KeeperOptions {
+    pub can_be_master: bool,
+    /// Start the keeper itself as the `postgres` OS user instead of root.
+    pub as_postgres_user: bool,
+}
+
+impl Default for KeeperOptions {
+    fn default() -> Self {
+        KeeperOptions {
+            can_be_master: true,
+            as_postgres_user: false,
+        }
+    }
+}
+
+pub struct ClusterBuilder {
+    keepers: Vec<KeeperOptions>,
+    sentinels: usize,
+    proxies: usize,
+    spec: serde_json::Value,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClusterBuilder {
+    /// Short timings, as the scenarios ask: sleepInterval 1s, failInterval 5s.
+    pub fn new() -> ClusterBuilder {
+        ClusterBuilder {
+            keepers: Vec::new(),
+            sentinels: 1,
+            proxies: 1,
+            spec: serde_json::json!({
+                "initMode": "new",
+                "sleepInterval": "1s",
+                "failInterval": "5s",
+                "requestTimeout": "3s",
+                "proxyCheckInterval": "1s",
+                "proxyTimeout": "5s",
+            }),
+        }
+    }
+
+    pub fn keepers(mut self, n: usize) -> Self {
+        self.keepers = vec![KeeperOptions::default(); n];
+        self
+    }
+
+    pub fn keeper(mut self, options: KeeperOptions) -> Self {
+        self.keepers.push(options);
+        self
+    }
+
+    pub fn sentinels(mut self, n: usize) -> Self {
+        self.sentinels = n;
+        self
+    }
+
+    pub fn proxies(mut self, n: usize) -> Self {
+        self.proxies = n;
+        self
+    }
+
+    /// Sets (or with `null`, removes) a field of the initial cluster spec.
+    pub fn spec(mut self, field: &str, value: serde_json::Value) -> Self {
+        let spec = self.spec.as_object_mut().unwrap();
+        if value.is_null() {
+            spec.remove(field);
+        } else {
+            spec.insert(field.to_string(), value);
+        }
+        self
+    }
+
+    pub async fn start(self) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("stolon-test-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        // Keepers running as root hand PostgreSQL to the postgres OS user, which must reach
+        // its directories.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let log_dir = dir.path().join("logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let etcd = EtcdServer::start(dir.path(), &log_dir);
+        let store: Arc<dyn Store> = Arc::new(
+            EtcdStore::connect(
+                std::slice::from_ref(&etcd.endpoint),
+                "stolon/cluster",
+                CLUSTER_NAME,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("connecting to the test etcd"),
+        );
+        let spec_path = dir.path().join("cluster-spec.json");
+        std::fs::write(&spec_path, self.spec.to_string()).unwrap();
+        for (name, content) in [("su-password", SU_PASSWORD), ("repl-password", REPL_PASSWORD)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some(pg) = postgres_os_user() {
+                std::os::unix::fs::chown(&path, Some(pg.0), Some(pg.1)).unwrap();
+            }
+        }
+        let mut cluster = TestCluster {
+            proxies: Vec::new(),
+            keepers: Vec::new(),
+            sentinels: Vec::new(),
+            etcd,
+            store,
+            bin: bin_dir(),
+            log_dir,
+            spec_path,
+            dir: Some(dir),
+        };
+        for _ in 0..self.sentinels {
+            cluster.add_sentinel();
+        }
+        for (i, options) in self.keepers.into_iter().enumerate() {
+            cluster.keepers.push(KeeperHandle {
+                uid: KeeperUid::new(format!("keeper{i}")),
+                data_dir: cluster.root().join(format!("keeper{i}")),
+                pg_port: free_port(),
+                options,
+                process: None,
+                starts: 0,
+            });
+            cluster.start_keeper(i);
+        }
+        for _ in 0..self.proxies {
+            cluster.add_proxy();
+        }
+        cluster
+    }
+}
+
+fn postgres_os_user() -> Option<(u32, u32)> {
+    let user = nix::unistd::User::from_name("postgres").ok().flatten()?;
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+pub struct KeeperHandle {
+    pub uid: KeeperUid,
+    pub data_dir: PathBuf,
+    pub pg_port: u16,
+    pub options: KeeperOptions,
+    pub process: Option<Process>,
+    starts: usize,
+}
+
+impl KeeperHandle {
+    /// The pid of the postmaster running on this keeper's data directory, if any.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postgres/postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        cmdline.contains("postgres").then_some(pid)
+    }
+}
+
+/// A running cluster. Fields drop in order: proxies, keepers (stopping PostgreSQL),
+/// sentinels, etcd; leftover postmasters of killed keepers are killed last.
+pub struct TestCluster {
+    pub proxies: Vec<(u16, Process)>,
+    pub keepers: Vec<KeeperHandle>,
+    pub sentinels: Vec<Process>,
+    pub etcd: EtcdServer,
+    pub store: Arc<dyn Store>,
+    bin: PathBuf,
+    log_dir: PathBuf,
+    spec_path: PathBuf,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestCluster {
+    pub fn root(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    fn common_args(&self, cmd: &mut Command) {
+        cmd.arg("--cluster-name")
+            .arg(CLUSTER_NAME)
+            .arg("--store-backend")
+            .arg("etcdv3")
+            .arg("--store-endpoints")
+            .arg(&self.etcd.endpoint);
+    }
+
+    pub fn add_sentinel(&mut self) {
+        let mut cmd = Command::new(self.bin.join("stolon-sentinel"));
+        self.common_args(&mut cmd);
+        cmd.arg("--initial-cluster-spec").arg(&self.spec_path);
+        let name = format!("sentinel{}", self.sentinels.len());
+        self.sentinels.push(Process::spawn(&name, cmd, &self.log_dir));
+    }
+
+    pub fn add_proxy(&mut self) {
+        let port = free_port();
+        let mut cmd = Command::new(self.bin.join("stolon-proxy"));
+        self.common_args(&mut cmd);
+        cmd.arg("--listen-address").arg("127.0.0.1").arg("--port").arg(port.to_string());
+        let name = format!("proxy{}", self.proxies.len());
+        self.proxies.push((port, Process::spawn(&name, cmd, &self.log_dir)));
+    }
+
+    pub fn proxy_port(&self) -> u16 {
+        self.proxies[0].0
+    }
+
+    /// (Re)starts keeper `i` with the same uid, data dir and port.
+    pub fn start_keeper(&mut self, i: usize) {
+        let mut cmd = Command::new(self.bin.join("stolon-keeper"));
+        self.common_args(&mut cmd);
+        let k = &self.keepers[i];
+        cmd.arg("--uid")
+            .arg(k.uid.as_str())
+            .arg("--data-dir")
+            .arg(&k.data_dir)
+            .arg("--pg-listen-address")
+            .arg("127.0.0.1")
+            .arg("--pg-port")
+            .arg(k.pg_port.to_string())
+            .arg("--pg-bin-path")
+            .arg(pg_bin_dir())
+            .arg("--pg-su-username")
+            .arg(SU_USER)
+            .arg("--pg-su-passwordfile")
+            .arg(self.root().join("su-password"))
+            .arg("--pg-repl-username")
+            .arg(REPL_USER)
+            .arg("--pg-repl-passwordfile")
+            .arg(self.root().join("repl-password"))
+            .arg("--can-be-master")
+            .arg(k.options.can_be_master.to_string());
+        if k.options.as_postgres_user {
+            let (uid, gid) = postgres_os_user().expect("the postgres OS user exists");
+            std::fs::create_dir_all(&k.data_dir).unwrap();
+            std::os::unix::fs::chown(&k.data_dir, Some(uid), Some(gid)).unwrap();
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+            cmd.env("HOME", &k.data_dir);
+        }
+        let name = match k.starts {
+            0 => k.uid.to_string(),
+            n => format!("{}-restart{n}", k.uid),
+        };
+        let process = Process::spawn(&name, cmd, &self.log_dir);
+        let k = &mut self.keepers[i];
+        k.starts += 1;
+        k.process = Some(process);
+    }
+
+    /// A lost node: SIGKILL the keeper and its postmaster.
+    pub fn kill_keeper_and_postgres(&mut self, i: usize) {
+        let k = &mut self.keepers[i];
+        let postmaster = k.postmaster_pid();
+        if let Some(mut p) = k.process.take() {
+            p.kill();
+        }
+        if let Some(pid) = postmaster {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    pub fn keeper_index(&self, uid: &KeeperUid) -> usize {
+        self.keepers
+            .iter()
+            .position(|k| &k.uid == uid)
+            .unwrap_or_else(|| panic!("no keeper {uid}"))
+    }
+
+    pub async fn cluster_data(&self) -> Option<ClusterData> {
+        stolon_store::read_cluster_data(self.store.as_ref())
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.data)
+    }
+
+    /// Waits until the proxies route to a primary, and returns its keeper's index.
+    pub async fn wait_for_master(&self, timeout: Duration) -> usize {
+        let uid = wait_until("the proxies to route to a primary", timeout, || async {
+            let cd = self.cluster_data().await?;
+            let routed = cd.proxy.spec.master_db_uid.as_ref()?;
+            let db = cd.dbs.get(routed)?;
+            (db.spec.role == DbRole::Master && !cd.proxy.spec.enabled_proxies.is_empty())
+                .then(|| db.spec.keeper_uid.clone())
+        })
+        .await;
+        self.keeper_index(&uid)
+    }
+
+    /// Waits until the proxies route to a primary on another keeper than `old`.
+    pub async fn wait_for_new_master(&self, old: usize, timeout: Duration) -> usize {
+        let old_uid = self.keepers[old].uid.clone();
+        let uid = wait_until("the proxies to route to a new primary", timeout, || async {
+            let cd = self.cluster_data().await?;
+            let db = cd.dbs.get(cd.proxy.spec.master_db_uid.as_ref()?)?;
+            (db.spec.role == DbRole::Master && db.spec.keeper_uid != old_uid)
+                .then(|| db.spec.keeper_uid.clone())
+        })
+        .await;
+        self.keeper_index(&uid)
+    }
+
+    /// Waits until `n` standbys follow the primary, have applied their spec and are healthy.
+    pub async fn wait_for_standbys(&self, n: usize, timeout: Duration) {
+        wait_until(&format!("{n} healthy standbys"), timeout, || async {
+            let cd = self.cluster_data().await?;
+            let healthy = cd
+                .dbs
+                .values()
+                .filter(|db| {
+                    db.spec.role == DbRole::Standby
+                        && db.status.healthy
+                        && db.status.in_recovery
+                        && db.status.current_generation == db.generation
+                })
+                .count();
+            (healthy >= n).then_some(())
+        })
+        .await
+    }
+
+    pub fn stolonctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(self.bin.join("stolonctl"));
+        self.common_args(&mut cmd);
+        cmd.args(args);
+        cmd.output().expect("running stolonctl")
+    }
+
+    /// Every sentinel's log, in sentinel order.
+    pub fn sentinel_logs(&self) -> String {
+        self.sentinels.iter().map(|s| s.log_text()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fails on any ERROR line in the logs that no `allowed` pattern explains: an error
+    /// nobody expected is a bug even when the scenario's assertions pass.
+    pub fn assert_no_unexpected_errors(&self, allowed: &[&str]) {
+        let mut unexpected = Vec::new();
+        for entry in std::fs::read_dir(&self.log_dir).unwrap().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text.lines() {
+                if line.contains(" ERROR ") && !allowed.iter().any(|a| line.contains(a)) {
+                    unexpected.push(format!("{}: {line}", entry.file_name().to_string_lossy()));
+                }
+            }
+        }
+        assert!(unexpected.is_empty(), "unexpected ERROR lines:\n{}", unexpected.join("\n"));
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.proxies.clear();
+        for k in &mut self.keepers {
+            if let Some(mut p) = k.process.take() {
+                p.stop(Duration::from_secs(20));
+            }
+        }
+        for k in &self.keepers {
+            if let Some(pid) = k.postmaster_pid() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        self.sentinels.clear();
+        if std::thread::panicking() {
+            let dir = self.dir.take().unwrap().keep();
+            eprintln!("test failed: cluster files kept in {}", dir.display());
+            for entry in std::fs::read_dir(dir.join("logs")).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("----- {} (last 40 lines)", entry.file_name().to_string_lossy());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}

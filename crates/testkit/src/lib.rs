@@ -1,0 +1,91 @@
+//! The real-process test harness: etcd and the stolon binaries started on 127.0.0.1 in a
+//! temporary directory, with their logs captured, helpers to wait for conditions with a
+//! deadline and a message, SQL clients, and fault injection (SIGKILL, SIGSTOP).
+//!
+//! Nothing here installs anything: `scripts/setup.sh` does, and the binaries must have been
+//! built (`cargo build --bins`) before the tests run.
+
+mod cluster;
+mod process;
+
+pub use cluster::{ClusterBuilder, KeeperOptions, TestCluster, SU_PASSWORD, SU_USER};
+pub use process::{EtcdServer, Process};
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes remains).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The directory with the workspace's binaries: the test executable lives in its `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary in target/<profile>/deps")
+        .to_path_buf();
+    for bin in ["stolon-keeper", "stolon-sentinel", "stolon-proxy", "stolonctl"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{bin} is not built in {}: run `cargo build --bins` first (scripts/test.sh does)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// PostgreSQL's programs: the newest installed Debian server version.
+pub fn pg_bin_dir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server is not installed: run scripts/setup.sh")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("no PostgreSQL server in /usr/lib/postgresql: run scripts/setup.sh")
+}
+
+/// Polls `check` until it yields a value or `timeout` passes; panics with `what` then.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A SQL connection (no TLS) to 127.0.0.1:`port` as the test superuser.
+pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(SU_USER)
+        .password(SU_PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
