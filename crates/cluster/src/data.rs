@@ -158,7 +158,11 @@ pub struct Proxy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxySpec {
-    #[serde(rename = "masterDbUid", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "masterDbUid",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub master_db_uid: Option<DbUid>,
     #[serde(default)]
     pub enabled_proxies: Vec<ProxyUid>,

@@ -40,7 +40,7 @@ impl fmt::Display for GoDuration {
         }
         let total_ms = d.as_millis();
         if total_ms < 1000 {
-            if d.subsec_nanos() % 1_000_000 == 0 {
+            if d.subsec_nanos().is_multiple_of(1_000_000) {
                 return write!(f, "{total_ms}ms");
             }
             return write!(f, "{}us", d.as_micros());

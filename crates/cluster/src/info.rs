@@ -1,4 +1,6 @@
-use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
+use crate::ids::{
+    ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId,
+};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

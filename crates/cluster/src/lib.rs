@@ -25,7 +25,9 @@ pub use spec::{ClusterSpec, ClusterSpecInitMode, SpecError, ValidSpec};
 pub enum DecodeError {
     #[error("invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unsupported cluster data format version {found} (this build reads version {expected})")]
+    #[error(
+        "unsupported cluster data format version {found} (this build reads version {expected})"
+    )]
     FormatVersion { found: u32, expected: u32 },
     #[error("invalid cluster spec: {0}")]
     Spec(#[from] SpecError),

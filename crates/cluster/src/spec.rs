@@ -61,7 +61,10 @@ pub struct ClusterSpec {
     pub existing_config: Option<ExistingConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub standby_config: Option<serde_json::Value>,
-    #[serde(rename = "defaultSUReplAccessMode", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "defaultSUReplAccessMode",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_su_repl_access_mode: Option<SuReplAccessMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pg_parameters: Option<BTreeMap<String, String>>,
@@ -123,7 +126,10 @@ pub enum SpecError {
     #[error("{field} must be greater than zero")]
     MustBePositive { field: &'static str },
     #[error("proxyCheckInterval ({check}) must be shorter than proxyTimeout ({timeout})")]
-    ProxyCheckNotBelowTimeout { check: GoDuration, timeout: GoDuration },
+    ProxyCheckNotBelowTimeout {
+        check: GoDuration,
+        timeout: GoDuration,
+    },
     #[error("maxSynchronousStandbys ({max}) must be at least minSynchronousStandbys ({min})")]
     SyncBounds { min: u16, max: u16 },
     #[error("initMode {mode} is not supported yet by this build (only \"new\")")]
@@ -170,7 +176,9 @@ impl ClusterSpec {
             ClusterSpecInitMode::Existing => {
                 return Err(SpecError::UnsupportedInitMode { mode: "existing" })
             }
-            ClusterSpecInitMode::Pitr => return Err(SpecError::UnsupportedInitMode { mode: "pitr" }),
+            ClusterSpecInitMode::Pitr => {
+                return Err(SpecError::UnsupportedInitMode { mode: "pitr" })
+            }
         }
         if self.role == Some(ClusterRole::Standby) {
             return Err(SpecError::UnsupportedRole);
@@ -266,11 +274,23 @@ mod tests {
     #[test]
     fn bad_specs_name_the_field() {
         for (text, needle) in [
-            (r#"{"initMode":"new","sleepIntervall":"1s"}"#, "sleepIntervall"),
-            (r#"{"initMode":"new","failInterval":"5"}"#, "invalid duration"),
+            (
+                r#"{"initMode":"new","sleepIntervall":"1s"}"#,
+                "sleepIntervall",
+            ),
+            (
+                r#"{"initMode":"new","failInterval":"5"}"#,
+                "invalid duration",
+            ),
             (r#"{"initMode":"new","maxStandbys":-1}"#, "invalid value"),
-            (r#"{"initMode":"new","proxyCheckInterval":"20s"}"#, "proxyCheckInterval"),
-            (r#"{"initMode":"new","maxStandbysPerSender":0}"#, "maxStandbysPerSender"),
+            (
+                r#"{"initMode":"new","proxyCheckInterval":"20s"}"#,
+                "proxyCheckInterval",
+            ),
+            (
+                r#"{"initMode":"new","maxStandbysPerSender":0}"#,
+                "maxStandbysPerSender",
+            ),
             (r#"{"sleepInterval":"1s"}"#, "initMode is required"),
             (r#"{"initMode":"sometimes"}"#, "unknown variant"),
         ] {

@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
-use stolon_cluster::{ClusterData, ClusterSpec, ClusterUid, DbRole, KeeperInfo, ProxyInfo, SentinelInfo};
+use stolon_cluster::{
+    ClusterData, ClusterSpec, ClusterUid, DbRole, KeeperInfo, ProxyInfo, SentinelInfo,
+};
 use stolon_daemon::CommonArgs;
 use stolon_store::{Expect, InfoKind, Store, StoreError};
 
@@ -96,7 +98,9 @@ async fn init(store: &dyn Store, spec: ClusterSpec, yes: bool) -> anyhow::Result
         }
     }
     let cd = ClusterData::new(ClusterUid::new(stolon_daemon::random_uid()), spec);
-    store.put_cluster_data(cd.encode(), Expect::Anything).await?;
+    store
+        .put_cluster_data(cd.encode(), Expect::Anything)
+        .await?;
     println!("cluster initialized: {}", cd.cluster.uid);
     Ok(())
 }
@@ -159,23 +163,25 @@ struct ClusterStatus {
 
 async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
     let leader = store.leader().await?;
-    let mut sentinels: Vec<SentinelStatus> = stolon_store::read_infos::<SentinelInfo>(store, InfoKind::Sentinel)
-        .await?
-        .into_iter()
-        .map(|s| SentinelStatus {
-            leader: leader.as_deref() == Some(s.uid.as_str()),
-            uid: s.uid.to_string(),
-        })
-        .collect();
+    let mut sentinels: Vec<SentinelStatus> =
+        stolon_store::read_infos::<SentinelInfo>(store, InfoKind::Sentinel)
+            .await?
+            .into_iter()
+            .map(|s| SentinelStatus {
+                leader: leader.as_deref() == Some(s.uid.as_str()),
+                uid: s.uid.to_string(),
+            })
+            .collect();
     sentinels.sort_by(|a, b| a.uid.cmp(&b.uid));
-    let mut proxies: Vec<ProxyStatus> = stolon_store::read_infos::<ProxyInfo>(store, InfoKind::Proxy)
-        .await?
-        .into_iter()
-        .map(|p| ProxyStatus {
-            uid: p.uid.to_string(),
-            generation: p.generation.0,
-        })
-        .collect();
+    let mut proxies: Vec<ProxyStatus> =
+        stolon_store::read_infos::<ProxyInfo>(store, InfoKind::Proxy)
+            .await?
+            .into_iter()
+            .map(|p| ProxyStatus {
+                uid: p.uid.to_string(),
+                generation: p.generation.0,
+            })
+            .collect();
     proxies.sort_by(|a, b| a.uid.cmp(&b.uid));
     let infos: Vec<KeeperInfo> = stolon_store::read_infos(store, InfoKind::Keeper).await?;
     let read = match stolon_store::read_cluster_data(store).await {
@@ -198,7 +204,8 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
         cluster.proxy_generation = Some(cd.proxy.generation.0);
         cluster.proxies_route_to = cd.proxy.spec.master_db_uid.as_ref().map(|d| d.to_string());
         if let Some(master) = cd.master_db() {
-            cluster.available = master.status.healthy && cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid);
+            cluster.available =
+                master.status.healthy && cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid);
             cluster.master_db_uid = Some(master.uid.to_string());
             cluster.master_keeper_uid = Some(master.spec.keeper_uid.to_string());
         }
@@ -267,16 +274,32 @@ fn render_status(s: &Status) -> String {
     let mut out = String::from("=== Active sentinels ===\n\n");
     out += &table(
         &["ID", "LEADER"],
-        s.sentinels.iter().map(|x| vec![x.uid.clone(), x.leader.to_string()]).collect(),
+        s.sentinels
+            .iter()
+            .map(|x| vec![x.uid.clone(), x.leader.to_string()])
+            .collect(),
     );
     out += "\n=== Active proxies ===\n\n";
     out += &table(
         &["ID", "GENERATION"],
-        s.proxies.iter().map(|x| vec![x.uid.clone(), x.generation.to_string()]).collect(),
+        s.proxies
+            .iter()
+            .map(|x| vec![x.uid.clone(), x.generation.to_string()])
+            .collect(),
     );
     out += "\n=== Keepers ===\n\n";
     out += &table(
-        &["UID", "HEALTHY", "PG LISTENADDRESS", "PG HEALTHY", "PG WANTEDGENERATION", "PG CURRENTGENERATION", "ROLE", "TIMELINE", "XLOGPOS"],
+        &[
+            "UID",
+            "HEALTHY",
+            "PG LISTENADDRESS",
+            "PG HEALTHY",
+            "PG WANTEDGENERATION",
+            "PG CURRENTGENERATION",
+            "ROLE",
+            "TIMELINE",
+            "XLOGPOS",
+        ],
         s.keepers
             .iter()
             .map(|k| {
@@ -305,7 +328,10 @@ fn render_status(s: &Status) -> String {
             );
             out += &format!(
                 "Proxies route to db: {}\n",
-                s.cluster.proxies_route_to.as_deref().unwrap_or("(none: connections refused)")
+                s.cluster
+                    .proxies_route_to
+                    .as_deref()
+                    .unwrap_or("(none: connections refused)")
             );
         }
     }

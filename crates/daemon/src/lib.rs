@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::GoDuration;
-use stolon_engine::{Event, Level};
 use stolon_store::Store;
 use stolon_store_etcd::EtcdStore;
 use tokio_util::sync::CancellationToken;
@@ -83,9 +82,8 @@ pub fn init_tracing(level: LogLevel) {
         LogLevel::Error => "error",
     };
     // Our own crates log at the chosen level; dependencies only at warn and above.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STOLON_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("warn,stolon={level}"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STOLON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,stolon={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -132,7 +130,9 @@ pub async fn connect_store_retrying(
     loop {
         match connect_store(args).await {
             Ok(store) => return Ok(Some(store)),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot connect to the store, retrying"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot connect to the store, retrying")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
@@ -166,7 +166,9 @@ pub fn read_password(
     file: Option<&Path>,
 ) -> anyhow::Result<String> {
     let password = match (inline, file) {
-        (Some(_), Some(_)) => bail!("give the {what} password either inline or as a file, not both"),
+        (Some(_), Some(_)) => {
+            bail!("give the {what} password either inline or as a file, not both")
+        }
         (Some(p), None) => p.to_string(),
         (None, Some(path)) => {
             let raw = std::fs::read_to_string(path)
@@ -177,7 +179,11 @@ pub fn read_password(
             }
             trimmed.to_string()
         }
-        (None, None) => bail!("a {what} password is required (--pg-{}-password or --pg-{}-passwordfile)", short(what), short(what)),
+        (None, None) => bail!(
+            "a {what} password is required (--pg-{}-password or --pg-{}-passwordfile)",
+            short(what),
+            short(what)
+        ),
     };
     if password.is_empty() {
         bail!("{what} password is empty after removing trailing new line");
@@ -198,28 +204,6 @@ pub fn random_uid() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
-/// Logs the engine's events, one line each, skipping those already logged in the previous
-/// round so that a steady state does not repeat itself every loop.
-#[derive(Default)]
-pub struct EventLog {
-    previous: Vec<Event>,
-}
-
-impl EventLog {
-    pub fn log(&mut self, events: Vec<Event>) {
-        for event in &events {
-            if self.previous.contains(event) {
-                continue;
-            }
-            match event.level {
-                Level::Info => tracing::info!("{event}"),
-                Level::Warn => tracing::warn!("{event}"),
-            }
-        }
-        self.previous = events;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,11 +213,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good");
         std::fs::write(&good, "secret\n").unwrap();
-        assert_eq!(read_password("superuser", None, Some(&good)).unwrap(), "secret");
+        assert_eq!(
+            read_password("superuser", None, Some(&good)).unwrap(),
+            "secret"
+        );
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
-        let err = read_password("superuser", None, Some(&empty)).unwrap_err().to_string();
-        assert!(err.contains("empty after removing trailing new line"), "{err}");
+        let err = read_password("superuser", None, Some(&empty))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("empty after removing trailing new line"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -248,7 +240,10 @@ mod tests {
                 log_level: LogLevel::Info,
             };
             let err = check_backend(&args).unwrap_err().to_string();
-            assert!(err.contains("not supported") && err.contains(backend), "{err}");
+            assert!(
+                err.contains("not supported") && err.contains(backend),
+                "{err}"
+            );
         }
     }
 }

@@ -48,7 +48,9 @@ pub enum Action {
     /// Stop postgres, for the reason given.
     Stop(&'static str),
     /// Wipe the data directory and create a new primary (initdb, roles).
-    InitNew { db: DbUid },
+    InitNew {
+        db: DbUid,
+    },
     /// Wipe the data directory and copy it from `from`, streaming through `slot`.
     Resync {
         db: DbUid,
@@ -56,7 +58,9 @@ pub enum Action {
         slot: String,
     },
     /// Start postgres in its local role; a standby streams from `follow`.
-    Start { follow: Option<Endpoint> },
+    Start {
+        follow: Option<Endpoint>,
+    },
     Promote,
     /// Point a running standby at another upstream.
     Follow(Endpoint),
@@ -153,10 +157,16 @@ pub fn next_action(
             }
             let wanted: Vec<String> = db.spec.followers.iter().map(slot_name).collect();
             if let Some(slots) = &pg.slots {
-                let create: Vec<String> =
-                    wanted.iter().filter(|s| !slots.contains(s)).cloned().collect();
-                let drop: Vec<String> =
-                    slots.iter().filter(|s| !wanted.contains(s)).cloned().collect();
+                let create: Vec<String> = wanted
+                    .iter()
+                    .filter(|s| !slots.contains(s))
+                    .cloned()
+                    .collect();
+                let drop: Vec<String> = slots
+                    .iter()
+                    .filter(|s| !wanted.contains(s))
+                    .cloned()
+                    .collect();
                 if !create.is_empty() || !drop.is_empty() {
                     return Action::SyncSlots { create, drop };
                 }
@@ -164,7 +174,10 @@ pub fn next_action(
         }
         DbRole::Standby => {
             let locally_primary = if pg.running {
-                pg.in_recovery == Some(false)
+                match pg.in_recovery {
+                    None => return Action::Wait("postgres is not answering yet"),
+                    Some(in_recovery) => !in_recovery,
+                }
             } else {
                 !pg.standby_signal
             };

@@ -6,7 +6,11 @@ use stolon_cluster::{ClusterData, ProxyUid};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Pipe new connections to this address.
-    To { db: String, address: String, port: u16 },
+    To {
+        db: String,
+        address: String,
+        port: u16,
+    },
     /// Close every connection and refuse new ones, for the reason given.
     Nowhere(&'static str),
 }

@@ -15,8 +15,8 @@ use crate::Event;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbUid, FollowConfig, Generation, InitMode,
-    Keeper, KeeperInfo, KeeperStatus, KeeperUid, ProxyInfo, ProxyUid, ValidSpec,
+    ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbStatus, DbUid, FollowConfig, Generation,
+    InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, ProxyInfo, ProxyUid, ValidSpec,
 };
 
 /// What the sentinel read from the store besides the cluster data.
@@ -43,6 +43,7 @@ pub struct Memory {
     db_errors: BTreeMap<DbUid, Duration>,
     convergence: BTreeMap<DbUid, (Generation, Duration)>,
     failed_init_keepers: BTreeSet<KeeperUid>,
+    db_uids_used: BTreeSet<DbUid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,7 @@ pub fn step(
         .filter(|i| i.cluster_uid == cd.cluster.uid)
         .map(|i| (&i.uid, i))
         .collect();
+    planner.memory.db_uids_used.extend(cd.dbs.keys().cloned());
     planner.observe_keepers(&infos);
     planner.observe_dbs(&infos);
     planner.observe_proxies(obs.proxies);
@@ -166,11 +168,9 @@ impl Planner<'_> {
     /// live keeper publishes once per interval.
     fn info_is_fresh(&self, uid: &KeeperUid, infos: &BTreeMap<&KeeperUid, &KeeperInfo>) -> bool {
         infos.contains_key(uid)
-            && self
-                .memory
-                .keepers
-                .get(uid)
-                .is_some_and(|hb| self.now.saturating_sub(hb.changed_at) <= 2 * self.spec.sleep_interval)
+            && self.memory.keepers.get(uid).is_some_and(|hb| {
+                self.now.saturating_sub(hb.changed_at) <= 2 * self.spec.sleep_interval
+            })
     }
 
     fn observe_dbs(&mut self, infos: &BTreeMap<&KeeperUid, &KeeperInfo>) {
@@ -261,9 +261,13 @@ impl Planner<'_> {
         proxies
             .iter()
             .filter(|p| {
-                self.memory.proxies.get(&p.uid).is_some_and(|(hb, timeout)| {
-                    self.now.saturating_sub(hb.changed_at) <= *timeout + self.spec.sleep_interval
-                })
+                self.memory
+                    .proxies
+                    .get(&p.uid)
+                    .is_some_and(|(hb, timeout)| {
+                        self.now.saturating_sub(hb.changed_at)
+                            <= *timeout + self.spec.sleep_interval
+                    })
             })
             .collect()
     }
@@ -280,9 +284,11 @@ impl Planner<'_> {
     }
 
     fn new_db(&mut self, keeper: &KeeperUid, role: DbRole, init_mode: InitMode) -> DbUid {
+        // A db uid names one incarnation: never hand out one this term has seen, even if
+        // that db was removed since.
         let uid = loop {
             let uid = self.new_db_uid();
-            if !self.cd.dbs.contains_key(&uid) {
+            if !self.cd.dbs.contains_key(&uid) && !self.memory.db_uids_used.contains(&uid) {
                 break uid;
             }
         };
@@ -300,8 +306,14 @@ impl Planner<'_> {
                 pg_parameters: self.spec.pg_parameters.clone(),
                 pg_hba: self.spec.pg_hba.clone(),
             },
-            status: Default::default(),
+            // A new db gets the same grace period as any db without a report yet, so
+            // that the next step computes the same status.
+            status: DbStatus {
+                healthy: true,
+                ..Default::default()
+            },
         };
+        self.memory.db_uids_used.insert(uid.clone());
         self.cd.dbs.insert(uid.clone(), db);
         uid
     }
@@ -330,7 +342,10 @@ impl Planner<'_> {
             self.cd.cluster.status.master = None;
             return;
         };
-        if Self::converged(&db) && db.status.healthy {
+        // A db in its grace period after a bad report still reads as healthy: initialization
+        // needs a good report now.
+        let reported_ok = db.status.healthy && !self.memory.db_errors.contains_key(&master_uid);
+        if Self::converged(&db) && reported_ok {
             let master = self.cd.dbs.get_mut(&master_uid).expect("present");
             master.spec.init_mode = InitMode::None;
             self.cd.cluster.status.phase = ClusterPhase::Normal;
@@ -383,7 +398,9 @@ impl Planner<'_> {
 
     fn run_normal(&mut self) {
         let Some(master) = self.cd.master_db().cloned() else {
-            self.emit(Event::warn("cluster has no master db: nothing can be decided"));
+            self.emit(Event::warn(
+                "cluster has no master db: nothing can be decided",
+            ));
             return;
         };
         let failed = if !master.status.healthy {
@@ -417,7 +434,15 @@ impl Planner<'_> {
                 .with("db", &failed.uid)
                 .with("keeper", &failed.spec.keeper_uid),
         );
-        let (best, rejected) = choose_new_master(&self.cd, failed, self.spec.max_standby_lag);
+        let stalled: BTreeSet<DbUid> = self
+            .cd
+            .dbs
+            .values()
+            .filter(|db| self.convergence_expired(db, self.spec.convergence_timeout))
+            .map(|db| db.uid.clone())
+            .collect();
+        let (best, rejected) =
+            choose_new_master(&self.cd, failed, self.spec.max_standby_lag, &stalled);
         let Some(best) = best else {
             let mut event = Event::warn("no eligible masters: no failover");
             for r in &rejected {
@@ -480,7 +505,6 @@ impl Planner<'_> {
         db.spec.follow_config = None;
         db.spec.init_mode = InitMode::None;
     }
-
 }
 
 impl Planner<'_> {
@@ -489,7 +513,9 @@ impl Planner<'_> {
     fn publish_to_proxies(&mut self, master: &Db, serving: bool) {
         let mut spec = self.cd.proxy.spec.clone();
         if spec.master_db_uid.is_none() && serving {
-            self.emit(Event::info("proxies may now route to the master db").with("db", &master.uid));
+            self.emit(
+                Event::info("proxies may now route to the master db").with("db", &master.uid),
+            );
             spec.master_db_uid = Some(master.uid.clone());
         }
         if spec.master_db_uid.is_some() {
@@ -524,7 +550,10 @@ impl Planner<'_> {
                 .is_some_and(|k| k.status.healthy);
             if keeper_healthy && Self::converged(&db) && db.status.healthy {
                 good.push(db);
-            } else if keeper_healthy && !Self::converged(&db) && db.spec.init_mode == InitMode::Resync {
+            } else if keeper_healthy
+                && !Self::converged(&db)
+                && db.spec.init_mode == InitMode::Resync
+            {
                 // A basebackup can take as long as the data is big: no timeout here.
                 converging.push(db);
             } else if keeper_healthy
@@ -543,7 +572,12 @@ impl Planner<'_> {
                 self.cd.dbs.remove(&db.uid);
             }
             // Keep the most advanced standbys: they are the best failover candidates.
-            good.sort_by(|a, b| b.status.x_log_pos.cmp(&a.status.x_log_pos).then(a.uid.cmp(&b.uid)));
+            good.sort_by(|a, b| {
+                b.status
+                    .x_log_pos
+                    .cmp(&a.status.x_log_pos)
+                    .then(a.uid.cmp(&b.uid))
+            });
             for db in good.iter().skip(wanted) {
                 self.emit(Event::info("removing good standby in excess").with("db", &db.uid));
                 self.cd.dbs.remove(&db.uid);
@@ -587,7 +621,12 @@ impl Planner<'_> {
             .filter(|db| db.uid != master.uid)
             .map(|db| db.uid.clone())
             .collect();
-        self.cd.dbs.get_mut(&master.uid).expect("master").spec.followers = followers;
+        self.cd
+            .dbs
+            .get_mut(&master.uid)
+            .expect("master")
+            .spec
+            .followers = followers;
     }
 
     fn copy_cluster_spec_into_dbs(&mut self) {
@@ -630,21 +669,29 @@ impl Planner<'_> {
 /// Eligible: a standby whose db is healthy, whose keeper may be master, on the failed
 /// primary's timeline and within `max_lag` bytes of its last reported position. Among them
 /// the highest position wins (the least data lost), then the lowest db uid so the choice is
-/// stable.
+/// stable. `stalled` dbs did not apply their spec within convergenceTimeout: a keeper stuck
+/// there would not promote either.
 pub fn choose_new_master(
     cd: &ClusterData,
     failed: &Db,
     max_lag: u32,
+    stalled: &BTreeSet<DbUid>,
 ) -> (Option<DbUid>, Vec<Rejection>) {
     let mut eligible: Vec<&Db> = Vec::new();
     let mut rejected = Vec::new();
     for db in cd.dbs.values().filter(|db| db.uid != failed.uid) {
         let keeper = cd.keepers.get(&db.spec.keeper_uid);
-        let lag = failed.status.x_log_pos.0.saturating_sub(db.status.x_log_pos.0);
+        let lag = failed
+            .status
+            .x_log_pos
+            .0
+            .saturating_sub(db.status.x_log_pos.0);
         let reason = if !keeper.is_some_and(|k| k.status.can_be_master) {
             Some("it cannot be master (--can-be-master=false)")
         } else if !db.status.healthy {
             Some("its db is not healthy")
+        } else if stalled.contains(&db.uid) {
+            Some("its db has not converged within convergenceTimeout")
         } else if db.status.current_generation == Generation::NONE {
             Some("its db has not been initialized yet")
         } else if db.status.timeline_id != failed.status.timeline_id {

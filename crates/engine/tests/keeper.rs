@@ -476,7 +476,6 @@ fn a_lost_data_directory_of_our_own_db_is_never_reinitialised() {
 /// A running instance without `standby.signal` is a primary even while it does not answer:
 /// with a standby role the keeper must not repoint it nor record the standby spec as applied.
 #[test]
-#[ignore = "engine bug: a running primary that does not answer yet is treated as a standby (see report)"]
 fn a_running_primary_that_does_not_answer_is_not_taken_for_a_standby() {
     let pg = Instance {
         in_recovery: None,

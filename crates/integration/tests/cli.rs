@@ -4,8 +4,12 @@ use std::process::Command;
 use stolon_testkit::bin_dir;
 
 fn run(bin: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(bin_dir().join(bin)).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let out = Command::new(bin_dir().join(bin))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     (out.status.code(), text)
 }
 
@@ -34,14 +38,29 @@ fn keeper_as_root_without_an_os_user_for_postgres_says_so() {
     let (code, text) = run(
         "stolon-keeper",
         &[
-            "--cluster-name", "c", "--store-backend", "etcdv3",
-            "--data-dir", data.to_str().unwrap(), "--pg-listen-address", "127.0.0.1",
-            "--pg-su-password", "x", "--pg-repl-username", "r", "--pg-repl-password", "y",
-            "--pg-os-user", "no_such_os_user_here",
+            "--cluster-name",
+            "c",
+            "--store-backend",
+            "etcdv3",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--pg-listen-address",
+            "127.0.0.1",
+            "--pg-su-password",
+            "x",
+            "--pg-repl-username",
+            "r",
+            "--pg-repl-password",
+            "y",
+            "--pg-os-user",
+            "no_such_os_user_here",
         ],
     );
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("runs as root") && text.contains("no_such_os_user_here"), "{text}");
+    assert!(
+        text.contains("runs as root") && text.contains("no_such_os_user_here"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -51,10 +70,22 @@ fn same_superuser_and_replication_user_with_different_passwords_is_fatal() {
     let (code, text) = run(
         "stolon-keeper",
         &[
-            "--cluster-name", "c", "--store-backend", "etcdv3",
-            "--data-dir", data.to_str().unwrap(), "--pg-listen-address", "127.0.0.1",
-            "--pg-su-username", "same", "--pg-su-password", "x",
-            "--pg-repl-username", "same", "--pg-repl-password", "y",
+            "--cluster-name",
+            "c",
+            "--store-backend",
+            "etcdv3",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--pg-listen-address",
+            "127.0.0.1",
+            "--pg-su-username",
+            "same",
+            "--pg-su-password",
+            "x",
+            "--pg-repl-username",
+            "same",
+            "--pg-repl-password",
+            "y",
         ],
     );
     assert_eq!(code, Some(1), "{text}");

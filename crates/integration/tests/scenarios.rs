@@ -31,17 +31,25 @@ async fn write_through_proxy(cluster: &TestCluster, id: i32, timeout: Duration) 
     wait_until("a write through the proxy", timeout, || async move {
         let client = connect(port).await.ok()?;
         client
-            .execute("insert into test values ($1, $2)", &[&id, &format!("value{id}")])
+            .execute(
+                "insert into test values ($1, $2)",
+                &[&id, &format!("value{id}")],
+            )
             .await
             .ok()?;
-        let row = client.query_one("select inet_server_port()", &[]).await.ok()?;
+        let row = client
+            .query_one("select inet_server_port()", &[])
+            .await
+            .ok()?;
         Some(row.get::<_, i32>(0))
     })
     .await
 }
 
 async fn create_test_table(cluster: &TestCluster) {
-    let client = connect(cluster.proxy_port()).await.expect("connect through proxy");
+    let client = connect(cluster.proxy_port())
+        .await
+        .expect("connect through proxy");
     client
         .batch_execute(
             "create table test (id int primary key not null, value text not null);
@@ -64,7 +72,11 @@ async fn s_seed_walkthrough() {
     create_test_table(&cluster).await;
 
     let session = connect(cluster.proxy_port()).await.unwrap();
-    let before: i64 = session.query_one("select count(*) from test", &[]).await.unwrap().get(0);
+    let before: i64 = session
+        .query_one("select count(*) from test", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(before, 1);
 
     cluster.kill_keeper_and_postgres(master);
@@ -73,7 +85,10 @@ async fn s_seed_walkthrough() {
         session.simple_query("select * from test").await.err()
     })
     .await;
-    assert!(err.is_closed() || err.to_string().contains("connection"), "unexpected error: {err}");
+    assert!(
+        err.is_closed() || err.to_string().contains("connection"),
+        "unexpected error: {err}"
+    );
 
     let port = write_through_proxy(&cluster, 2, FAILOVER).await;
     let new_master = cluster.wait_for_master(FAILOVER).await;
@@ -81,16 +96,26 @@ async fn s_seed_walkthrough() {
     assert_eq!(port as u16, cluster.keepers[new_master].pg_port);
 
     let client = connect(cluster.proxy_port()).await.unwrap();
-    let rows = client.query("select id, value from test order by id", &[]).await.unwrap();
+    let rows = client
+        .query("select id, value from test order by id", &[])
+        .await
+        .unwrap();
     let rows: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    assert_eq!(rows, vec![(1, "value1".to_string()), (2, "value2".to_string())]);
+    assert_eq!(
+        rows,
+        vec![(1, "value1".to_string()), (2, "value2".to_string())]
+    );
 
     let logs = cluster.sentinel_logs();
     let elect = logs
         .rfind("electing db as the new master")
         .expect("the leader logs the election");
-    let trying = last_before(&logs, "trying to find a standby to replace failed master", elect)
-        .expect("logged before the election");
+    let trying = last_before(
+        &logs,
+        "trying to find a standby to replace failed master",
+        elect,
+    )
+    .expect("logged before the election");
     let failed = last_before(&logs, "master db is failed", trying).expect("logged before trying");
     last_before(&logs, "no keeper info available", failed).expect("logged before the failure");
     cluster.assert_no_unexpected_errors(EXPECTED_IN_FAILOVER);
@@ -106,7 +131,9 @@ async fn s_init_01_one_keeper_started_as_postgres_user() {
         .start()
         .await;
     cluster.wait_for_master(BOOT).await;
-    let client = connect(cluster.proxy_port()).await.expect("connect through proxy");
+    let client = connect(cluster.proxy_port())
+        .await
+        .expect("connect through proxy");
     let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
     let cd = cluster.cluster_data().await.unwrap();
@@ -132,7 +159,11 @@ async fn s_init_02_three_keepers_one_primary_two_streaming() {
     let master = cluster.wait_for_master(BOOT).await;
     cluster.wait_for_standbys(2, BOOT).await;
     let cd = cluster.cluster_data().await.unwrap();
-    let masters = cd.dbs.values().filter(|db| db.spec.role == DbRole::Master).count();
+    let masters = cd
+        .dbs
+        .values()
+        .filter(|db| db.spec.role == DbRole::Master)
+        .count();
     assert_eq!(masters, 1, "exactly one primary in the cluster data");
 
     let primary_port = cluster.keepers[master].pg_port;
@@ -149,7 +180,11 @@ async fn s_init_02_three_keepers_one_primary_two_streaming() {
     assert_eq!(streaming, 2);
     for (i, k) in cluster.keepers.iter().enumerate() {
         if i != master {
-            assert_eq!(in_recovery(k.pg_port).await, Some(true), "keeper{i} is a standby");
+            assert_eq!(
+                in_recovery(k.pg_port).await,
+                Some(true),
+                "keeper{i} is a standby"
+            );
         }
     }
     cluster.assert_no_unexpected_errors(&[]);
@@ -186,7 +221,11 @@ async fn s_ha_02_async_failover_and_old_primary_never_primary_again() {
     .await;
 
     // A clean stop of the primary's keeper stops its postgres too.
-    cluster.keepers[master].process.take().unwrap().stop(Duration::from_secs(30));
+    cluster.keepers[master]
+        .process
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(30));
 
     let port = write_through_proxy(&cluster, 2, FAILOVER).await;
     assert_eq!(port as u16, standby_port, "the standby is the new primary");
@@ -210,13 +249,20 @@ async fn s_ha_02_async_failover_and_old_primary_never_primary_again() {
         if rejoined {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the old primary did not rejoin as a standby");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old primary did not rejoin as a standby"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     write_through_proxy(&cluster, 3, FAILOVER).await;
-    wait_until("the new row to reach the old primary, now a standby", BOOT, || async {
-        (query_one_i64(old_port, "select count(*) from test").await? == 3).then_some(())
-    })
+    wait_until(
+        "the new row to reach the old primary, now a standby",
+        BOOT,
+        || async {
+            (query_one_i64(old_port, "select count(*) from test").await? == 3).then_some(())
+        },
+    )
     .await;
     cluster.assert_no_unexpected_errors(EXPECTED_IN_FAILOVER);
 }
@@ -233,7 +279,9 @@ async fn s_proxy_03_failover_closes_old_connections_and_routes_new_ones() {
     }
     // Only the keeper dies: the old postgres keeps running, so only the proxy can cut the
     // sessions it carries.
-    let old_postmaster = cluster.keepers[master].postmaster_pid().expect("postmaster runs");
+    let old_postmaster = cluster.keepers[master]
+        .postmaster_pid()
+        .expect("postmaster runs");
     if let Some(mut keeper) = cluster.keepers[master].process.take() {
         keeper.kill();
     }
@@ -245,14 +293,21 @@ async fn s_proxy_03_failover_closes_old_connections_and_routes_new_ones() {
             .simple_query("select 1")
             .await
             .expect_err("a session to the old primary must have been closed by the proxy");
-        assert!(err.is_closed() || err.to_string().contains("connection"), "session {i}: {err}");
+        assert!(
+            err.is_closed() || err.to_string().contains("connection"),
+            "session {i}: {err}"
+        );
     }
     assert!(
         std::path::Path::new(&format!("/proc/{old_postmaster}")).exists(),
         "the old primary still runs: the cut came from the proxy"
     );
     let fresh = connect(cluster.proxy_port()).await.unwrap();
-    let port: i32 = fresh.query_one("select inet_server_port()", &[]).await.unwrap().get(0);
+    let port: i32 = fresh
+        .query_one("select inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(port, new_port);
     cluster.assert_no_unexpected_errors(EXPECTED_IN_FAILOVER);
 }

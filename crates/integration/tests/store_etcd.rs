@@ -9,7 +9,14 @@ async fn etcd_store_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = EtcdServer::start(dir.path(), dir.path());
     let endpoints = vec![etcd.endpoint.clone()];
-    let connect = || EtcdStore::connect(&endpoints, "stolon/cluster", "conformance", Duration::from_secs(5));
+    let connect = || {
+        EtcdStore::connect(
+            &endpoints,
+            "stolon/cluster",
+            "conformance",
+            Duration::from_secs(5),
+        )
+    };
     let a = connect().await.unwrap();
     let b = connect().await.unwrap();
     stolon_store::conformance::run_all(&a, &b).await;
@@ -24,6 +31,11 @@ async fn etcd_store_reports_unavailable_when_etcd_is_down() {
         .await
         .unwrap();
     etcd.process.kill();
-    let err = stolon_store::Store::get_cluster_data(&store).await.unwrap_err();
-    assert!(matches!(err, stolon_store::StoreError::Unavailable(_)), "{err}");
+    let err = stolon_store::Store::get_cluster_data(&store)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, stolon_store::StoreError::Unavailable(_)),
+        "{err}"
+    );
 }

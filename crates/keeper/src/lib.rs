@@ -12,7 +12,9 @@ use state::{DataDir, DbState};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use stolon_cluster::{ClusterData, DbSpec, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId};
+use stolon_cluster::{
+    ClusterData, DbSpec, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId,
+};
 use stolon_engine::keeper::{next_action, Action, Endpoint, Instance, SLOT_PREFIX};
 use stolon_pg::conf::{render_pg_hba, render_postgresql_conf, ConfInput, StandbySettings};
 use stolon_pg::ctl::{OsUser, PgCtl, Upstream};
@@ -46,7 +48,11 @@ pub struct KeeperConfig {
 }
 
 /// Runs the keeper until `shutdown`, then stops PostgreSQL.
-pub async fn run(config: KeeperConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: KeeperConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let data = DataDir::open(&config.data_dir)?;
     let uid = data.resolve_uid(config.uid.as_deref(), stolon_daemon::random_uid)?;
     tracing::info!(uid = %uid, "keeper uid");
@@ -56,10 +62,15 @@ pub async fn run(config: KeeperConfig, store: Arc<dyn Store>, shutdown: Cancella
         log_file: data.root.join("postgres.log"),
         run_as: config.run_as,
     };
-    pg.chown(&data.root).context("giving the data dir to postgres' OS user")?;
+    pg.chown(&data.root)
+        .context("giving the data dir to postgres' OS user")?;
     let mut keeper = Keeper {
         uid: KeeperUid::new(uid),
-        boot_uuid: format!("{}{}", stolon_daemon::random_uid(), stolon_daemon::random_uid()),
+        boot_uuid: format!(
+            "{}{}",
+            stolon_daemon::random_uid(),
+            stolon_daemon::random_uid()
+        ),
         pg,
         data,
         config,
@@ -70,12 +81,22 @@ pub async fn run(config: KeeperConfig, store: Arc<dyn Store>, shutdown: Cancella
     };
     // A postgres left running by a previous keeper acts on decisions we did not see: stop
     // it, and start it again only once the sentinel has seen this boot.
-    if keeper.pg.is_running(keeper.request_timeout).await.unwrap_or(false) {
+    if keeper
+        .pg
+        .is_running(keeper.request_timeout)
+        .await
+        .unwrap_or(false)
+    {
         tracing::info!("stopping postgres left running by a previous keeper process");
         keeper.pg.stop(keeper.db_wait_ready_timeout).await?;
     }
     let result = keeper.run_loop(&shutdown).await;
-    if keeper.pg.is_running(keeper.request_timeout).await.unwrap_or(true) {
+    if keeper
+        .pg
+        .is_running(keeper.request_timeout)
+        .await
+        .unwrap_or(true)
+    {
         tracing::info!("stopping database");
         if let Err(e) = keeper.pg.stop(keeper.db_wait_ready_timeout).await {
             tracing::error!(error = %e, "failed to stop postgres");
@@ -132,7 +153,8 @@ impl Keeper {
             if let Some(cd) = data {
                 let state = self.pg_state(&seen);
                 let due = last_published.as_ref().is_none_or(|(at, prev)| {
-                    at.elapsed() >= sleep_interval || !same_but_position(prev.as_ref(), state.as_ref())
+                    at.elapsed() >= sleep_interval
+                        || !same_but_position(prev.as_ref(), state.as_ref())
                 });
                 if due {
                     match self.publish(cd, state.clone(), sleep_interval).await {
@@ -260,7 +282,12 @@ impl Keeper {
         })
     }
 
-    async fn publish(&self, cd: &ClusterData, state: Option<PgState>, sleep_interval: Duration) -> anyhow::Result<()> {
+    async fn publish(
+        &self,
+        cd: &ClusterData,
+        state: Option<PgState>,
+        sleep_interval: Duration,
+    ) -> anyhow::Result<()> {
         let info = KeeperInfo {
             info_uid: stolon_daemon::random_uid(),
             uid: self.uid.clone(),
@@ -270,7 +297,14 @@ impl Keeper {
             postgres_state: state,
         };
         let ttl = (3 * sleep_interval).max(Duration::from_secs(3));
-        stolon_store::publish_info(self.store.as_ref(), InfoKind::Keeper, self.uid.as_str(), &info, ttl).await?;
+        stolon_store::publish_info(
+            self.store.as_ref(),
+            InfoKind::Keeper,
+            self.uid.as_str(),
+            &info,
+            ttl,
+        )
+        .await?;
         Ok(())
     }
 
@@ -281,7 +315,12 @@ impl Keeper {
     }
 
     /// Rewrites the configuration files for the instance's current local role.
-    fn write_conf(&self, spec: &DbSpec, follow: Option<&Endpoint>, db_uid: &str) -> anyhow::Result<()> {
+    fn write_conf(
+        &self,
+        spec: &DbSpec,
+        follow: Option<&Endpoint>,
+        db_uid: &str,
+    ) -> anyhow::Result<()> {
         let app_name = format!("{SLOT_PREFIX}{db_uid}");
         let standby = follow.map(|ep| StandbySettings {
             host: &ep.host,
@@ -301,7 +340,11 @@ impl Keeper {
             standby,
         });
         self.pg.write_file("postgresql.conf", &conf)?;
-        let hba = render_pg_hba(&self.config.su_username, &self.config.repl_username, spec.pg_hba.as_deref());
+        let hba = render_pg_hba(
+            &self.config.su_username,
+            &self.config.repl_username,
+            spec.pg_hba.as_deref(),
+        );
         self.pg.write_file("pg_hba.conf", &hba)?;
         Ok(())
     }
@@ -329,11 +372,19 @@ impl Keeper {
             Action::InitNew { db } => {
                 tracing::info!(db = %db, "initializing the database cluster");
                 let spec = self.my_db_spec(cd)?.clone();
-                self.data.save_db_state(&DbState { uid: db.to_string(), generation: 0, initializing: true })?;
+                self.data.save_db_state(&DbState {
+                    uid: db.to_string(),
+                    generation: 0,
+                    initializing: true,
+                })?;
                 self.stop_if_running().await?;
                 self.pg.wipe_and_create_pgdata()?;
                 self.pg
-                    .initdb(&self.config.su_username, &self.config.su_password, self.db_wait_ready_timeout)
+                    .initdb(
+                        &self.config.su_username,
+                        &self.config.su_password,
+                        self.db_wait_ready_timeout,
+                    )
                     .await?;
                 self.write_conf(&spec, None, db.as_str())?;
                 tracing::info!("starting database");
@@ -342,13 +393,21 @@ impl Keeper {
                 self.local_conn()
                     .setup_roles(&self.config.repl_username, &self.config.repl_password)
                     .await?;
-                self.data.save_db_state(&DbState { uid: db.to_string(), generation: 0, initializing: false })?;
+                self.data.save_db_state(&DbState {
+                    uid: db.to_string(),
+                    generation: 0,
+                    initializing: false,
+                })?;
                 tracing::info!(db = %db, "database cluster initialized");
             }
             Action::Resync { db, from, slot } => {
                 tracing::info!(db = %db, from = %format!("{}:{}", from.host, from.port), "resyncing the database cluster");
                 let spec = self.my_db_spec(cd)?.clone();
-                self.data.save_db_state(&DbState { uid: db.to_string(), generation: 0, initializing: true })?;
+                self.data.save_db_state(&DbState {
+                    uid: db.to_string(),
+                    generation: 0,
+                    initializing: true,
+                })?;
                 self.stop_if_running().await?;
                 self.pg.wipe_and_create_pgdata()?;
                 tracing::info!(slot = %slot, "running pg_basebackup");
@@ -368,7 +427,11 @@ impl Keeper {
                 self.pg.write_file("standby.signal", "")?;
                 self.pg.remove_file("postgresql.auto.conf")?;
                 self.write_conf(&spec, Some(from), db.as_str())?;
-                self.data.save_db_state(&DbState { uid: db.to_string(), generation: 0, initializing: false })?;
+                self.data.save_db_state(&DbState {
+                    uid: db.to_string(),
+                    generation: 0,
+                    initializing: false,
+                })?;
                 tracing::info!(db = %db, elapsed = ?started.elapsed(), "sync succeeded");
             }
             Action::Start { follow } => {
@@ -418,7 +481,12 @@ impl Keeper {
 /// Two reports that differ only by WAL position: not worth an early publish.
 fn same_but_position(a: Option<&PgState>, b: Option<&PgState>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => PgState { x_log_pos: b.x_log_pos, ..a.clone() } == *b,
+        (Some(a), Some(b)) => {
+            PgState {
+                x_log_pos: b.x_log_pos,
+                ..a.clone()
+            } == *b
+        }
         (None, None) => true,
         _ => false,
     }

@@ -100,7 +100,11 @@ impl DataDir {
     }
 
     /// The keeper's uid: the persisted one, which a different `--uid` may not change.
-    pub fn resolve_uid(&self, wanted: Option<&str>, random: impl FnOnce() -> String) -> anyhow::Result<String> {
+    pub fn resolve_uid(
+        &self,
+        wanted: Option<&str>,
+        random: impl FnOnce() -> String,
+    ) -> anyhow::Result<String> {
         let path = self.root.join("keeperstate");
         let stored: Option<KeeperState> = read_json(&path)?;
         let uid = match (stored, wanted) {
@@ -114,10 +118,17 @@ impl DataDir {
             (None, Some(w)) => w.to_string(),
             (None, None) => random(),
         };
-        if !uid.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') || uid.is_empty() {
+        if !uid
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || uid.is_empty()
+        {
             bail!("invalid keeper uid {uid:?}: only a-z, 0-9 and _ are allowed");
         }
-        write_atomic(&path, &serde_json::to_vec(&KeeperState { uid: uid.clone() })?)?;
+        write_atomic(
+            &path,
+            &serde_json::to_vec(&KeeperState { uid: uid.clone() })?,
+        )?;
         Ok(uid)
     }
 
@@ -139,7 +150,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = DataDir::open(dir.path()).unwrap();
         let err = DataDir::open(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("cannot take exclusive lock on data dir"), "{err}");
+        assert!(
+            err.contains("cannot take exclusive lock on data dir"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -147,8 +161,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
         assert_eq!(data.resolve_uid(None, || "abc1".into()).unwrap(), "abc1");
-        assert_eq!(data.resolve_uid(Some("abc1"), || unreachable!()).unwrap(), "abc1");
-        let err = data.resolve_uid(Some("other"), || unreachable!()).unwrap_err().to_string();
+        assert_eq!(
+            data.resolve_uid(Some("abc1"), || unreachable!()).unwrap(),
+            "abc1"
+        );
+        let err = data
+            .resolve_uid(Some("other"), || unreachable!())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("differs"), "{err}");
         assert!(data.resolve_uid(None, || unreachable!()).is_ok());
         let fresh = tempfile::tempdir().unwrap();

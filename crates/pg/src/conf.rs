@@ -132,7 +132,11 @@ pub fn parse_upstream(conf: &str) -> Option<(String, u16)> {
     let line = conf
         .lines()
         .find_map(|l| l.strip_prefix("primary_conninfo = "))?;
-    let inner = line.trim().strip_prefix('\'')?.strip_suffix('\'')?.replace("''", "'");
+    let inner = line
+        .trim()
+        .strip_prefix('\'')?
+        .strip_suffix('\'')?
+        .replace("''", "'");
     let mut host = None;
     let mut port = None;
     for part in inner.split_whitespace() {

@@ -72,8 +72,15 @@ impl PgCtl {
         cmd
     }
 
-    async fn run(&self, mut cmd: Command, tool: &str, timeout: Duration) -> Result<String, PgError> {
-        let child = cmd.spawn().map_err(PgError::io(format!("spawning {tool}")))?;
+    async fn run(
+        &self,
+        mut cmd: Command,
+        tool: &str,
+        timeout: Duration,
+    ) -> Result<String, PgError> {
+        let child = cmd
+            .spawn()
+            .map_err(PgError::io(format!("spawning {tool}")))?;
         let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
             .map_err(|_| PgError::Timeout {
@@ -138,7 +145,12 @@ impl PgCtl {
         self.pgdata.join("standby.signal").exists()
     }
 
-    pub async fn initdb(&self, su: &str, su_password: &str, timeout: Duration) -> Result<(), PgError> {
+    pub async fn initdb(
+        &self,
+        su: &str,
+        su_password: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
         let scratch = self.pgdata.parent().unwrap_or(Path::new("/tmp"));
         let pwfile = self.secret_file(scratch, ".initdb-pwfile", su_password)?;
         let mut cmd = self.command("initdb");
@@ -154,12 +166,21 @@ impl PgCtl {
 
     /// Copies the upstream's data directory through `slot`, leaving a standby ready to
     /// start (`standby.signal` written by `-R`).
-    pub async fn basebackup(&self, from: &Upstream<'_>, slot: &str, timeout: Duration) -> Result<(), PgError> {
+    pub async fn basebackup(
+        &self,
+        from: &Upstream<'_>,
+        slot: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
         let scratch = self.pgdata.parent().unwrap_or(Path::new("/tmp"));
         let passfile = self.secret_file(
             scratch,
             ".basebackup-pgpass",
-            &format!("*:*:*:{}:{}\n", from.user, from.password.replace(':', "\\:")),
+            &format!(
+                "*:*:*:{}:{}\n",
+                from.user,
+                from.password.replace(':', "\\:")
+            ),
         )?;
         let mut cmd = self.command("pg_basebackup");
         cmd.env("PGPASSFILE", &passfile.0)

@@ -37,7 +37,9 @@ impl LocalConn {
             .connect_timeout(self.timeout);
         let (client, connection) = tokio::time::timeout(self.timeout, config.connect(NoTls))
             .await
-            .map_err(|_| PgError::Unexpected("connection to the local instance timed out".into()))??;
+            .map_err(|_| {
+                PgError::Unexpected("connection to the local instance timed out".into())
+            })??;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -90,19 +92,18 @@ impl LocalConn {
             system_id: row.get(1),
             timeline_id: u32::try_from(timeline)
                 .map_err(|_| PgError::Unexpected(format!("timeline {timeline}")))?,
-            lsn: row.get::<_, Option<String>>(3).unwrap_or_else(|| "0/0".into()),
+            lsn: row
+                .get::<_, Option<String>>(3)
+                .unwrap_or_else(|| "0/0".into()),
             slots,
         })
     }
 
     pub async fn create_slot(&self, name: &str) -> Result<(), PgError> {
         let client = self.connect().await?;
-        self.bounded(client.execute(
-            "select pg_create_physical_replication_slot($1)",
-            &[&name],
-        ))
-        .await
-        .map(drop)
+        self.bounded(client.execute("select pg_create_physical_replication_slot($1)", &[&name]))
+            .await
+            .map(drop)
     }
 
     pub async fn drop_slot(&self, name: &str) -> Result<(), PgError> {

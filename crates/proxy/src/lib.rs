@@ -106,7 +106,11 @@ impl Shared {
 }
 
 /// Runs the proxy until `shutdown`.
-pub async fn run(config: ProxyConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: ProxyConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         config,
         target: Mutex::new(Target {
@@ -210,7 +214,14 @@ async fn check(
         proxy_timeout: *proxy_timeout,
     };
     let ttl = (2 * *proxy_timeout).max(Duration::from_secs(3));
-    stolon_store::publish_info(store, InfoKind::Proxy, shared.config.uid.as_str(), &info, ttl).await?;
+    stolon_store::publish_info(
+        store,
+        InfoKind::Proxy,
+        shared.config.uid.as_str(),
+        &info,
+        ttl,
+    )
+    .await?;
     Ok(Some(read.spec.proxy_check_interval))
 }
 
@@ -267,4 +278,3 @@ async fn relay(mut client: TcpStream, target: SocketAddr, connections: Cancellat
         _ = copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {}
     }
 }
-

@@ -8,9 +8,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use stolon_cluster::{ClusterData, ClusterSpec, ClusterUid, KeeperInfo, ProxyInfo, SentinelInfo, SentinelUid};
-use stolon_daemon::EventLog;
+use stolon_cluster::{
+    ClusterData, ClusterSpec, ClusterUid, KeeperInfo, ProxyInfo, SentinelInfo, SentinelUid,
+};
 use stolon_engine::sentinel::{step, Memory, Observations};
+use stolon_engine::{Event, Level};
 use stolon_store::{Expect, InfoKind, Store, StoreError, WatchScope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +35,11 @@ pub struct SentinelConfig {
 struct LeaderTerm(AtomicU64);
 
 /// Runs the sentinel until `shutdown`.
-pub async fn run(config: SentinelConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: SentinelConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let term = Arc::new(LeaderTerm::default());
     let election = tokio::spawn(election_loop(
         store.clone(),
@@ -89,7 +95,12 @@ struct Sentinel {
     info_published: Option<Instant>,
 }
 
-async fn election_loop(store: Arc<dyn Store>, uid: SentinelUid, term: Arc<LeaderTerm>, shutdown: CancellationToken) {
+async fn election_loop(
+    store: Arc<dyn Store>,
+    uid: SentinelUid,
+    term: Arc<LeaderTerm>,
+    shutdown: CancellationToken,
+) {
     let mut terms_won = 0;
     loop {
         tracing::info!("Trying to acquire sentinels leadership");
@@ -130,24 +141,32 @@ impl Sentinel {
         let Some(read) = stolon_store::read_cluster_data(store).await? else {
             if let Some(spec) = &self.config.initial_spec {
                 tracing::info!("writing initial cluster data");
-                let cd = ClusterData::new(ClusterUid::new(stolon_daemon::random_uid()), spec.clone());
+                let cd =
+                    ClusterData::new(ClusterUid::new(stolon_daemon::random_uid()), spec.clone());
                 match store.put_cluster_data(cd.encode(), Expect::Absent).await {
                     Ok(_) | Err(StoreError::Conflict) => {}
                     Err(e) => return Err(e),
                 }
             } else {
-                tracing::info!("no cluster data available, waiting for it to appear (stolonctl init)");
+                tracing::info!(
+                    "no cluster data available, waiting for it to appear (stolonctl init)"
+                );
             }
             return Ok(None);
         };
         let interval = read.spec.sleep_interval;
         // Publishing wakes every watcher, us included: once per interval is enough.
-        if self.info_published.is_none_or(|at| at.elapsed() >= interval) {
+        if self
+            .info_published
+            .is_none_or(|at| at.elapsed() >= interval)
+        {
             stolon_store::publish_info(
                 store,
                 InfoKind::Sentinel,
                 self.config.uid.as_str(),
-                &SentinelInfo { uid: self.config.uid.clone() },
+                &SentinelInfo {
+                    uid: self.config.uid.clone(),
+                },
                 (2 * interval).max(Duration::from_secs(3)),
             )
             .await?;
@@ -168,19 +187,49 @@ impl Sentinel {
             self.started.elapsed(),
             &read.data,
             &read.spec,
-            Observations { keepers: &keepers, proxies: &proxies },
+            Observations {
+                keepers: &keepers,
+                proxies: &proxies,
+            },
             &mut self.memory,
             rand::random(),
         );
         self.events.log(out.events);
         // Leadership may have been lost while we computed: a deposed leader must not write.
         if out.data != read.data && self.term.0.load(Ordering::SeqCst) == current_term {
-            match store.put_cluster_data(out.data.encode(), Expect::Revision(read.revision)).await {
+            match store
+                .put_cluster_data(out.data.encode(), Expect::Revision(read.revision))
+                .await
+            {
                 Ok(_) => {}
-                Err(StoreError::Conflict) => tracing::debug!("cluster data changed meanwhile; recomputing"),
+                Err(StoreError::Conflict) => {
+                    tracing::debug!("cluster data changed meanwhile; recomputing")
+                }
                 Err(e) => return Err(e),
             }
         }
         Ok(Some(interval))
+    }
+}
+
+/// Logs the engine's events, one line each, skipping those already logged in the previous
+/// round so that a steady state does not repeat itself every loop.
+#[derive(Default)]
+pub struct EventLog {
+    previous: Vec<Event>,
+}
+
+impl EventLog {
+    pub fn log(&mut self, events: Vec<Event>) {
+        for event in &events {
+            if self.previous.contains(event) {
+                continue;
+            }
+            match event.level {
+                Level::Info => tracing::info!("{event}"),
+                Level::Warn => tracing::warn!("{event}"),
+            }
+        }
+        self.previous = events;
     }
 }

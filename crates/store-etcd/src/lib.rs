@@ -8,8 +8,8 @@
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -107,9 +107,7 @@ impl Store for EtcdStore {
         let key = self.key("clusterdata");
         let put = TxnOp::put(key.clone(), bytes, None);
         let txn = match expect {
-            Expect::Absent => {
-                Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            }
+            Expect::Absent => Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]),
             Expect::Revision(rev) => {
                 Txn::new().when([Compare::mod_revision(key, CompareOp::Equal, rev)])
             }
@@ -139,12 +137,8 @@ impl Store for EtcdStore {
         let ttl_secs = ttl.as_secs().max(1) as i64;
         let lease = self.bounded(client.lease_grant(ttl_secs, None)).await?;
         let key = self.key(&format!("{}/{}", kind.dir(), uid));
-        self.bounded(client.put(
-            key,
-            bytes,
-            Some(PutOptions::new().with_lease(lease.id())),
-        ))
-        .await?;
+        self.bounded(client.put(key, bytes, Some(PutOptions::new().with_lease(lease.id()))))
+            .await?;
         Ok(())
     }
 
@@ -194,9 +188,7 @@ impl Store for EtcdStore {
         let ttl_secs = ttl.as_secs().max(2) as i64;
         let mut client = self.client.clone();
         let lease = self.bounded(client.lease_grant(ttl_secs, None)).await?.id();
-        let (mut keeper, mut responses) = self
-            .bounded(client.lease_keep_alive(lease))
-            .await?;
+        let (mut keeper, mut responses) = self.bounded(client.lease_keep_alive(lease)).await?;
         let (lost_tx, lost_rx) = watch::channel(false);
         let renew_every = Duration::from_secs(ttl_secs as u64) / 3;
         let lease_ttl = Duration::from_secs(ttl_secs as u64);

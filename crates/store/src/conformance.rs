@@ -14,7 +14,10 @@ pub async fn run_all(a: &dyn Store, b: &dyn Store) {
 }
 
 pub async fn cluster_data_compare_and_swap(a: &dyn Store, b: &dyn Store) {
-    assert!(a.get_cluster_data().await.unwrap().is_none(), "store must start empty");
+    assert!(
+        a.get_cluster_data().await.unwrap().is_none(),
+        "store must start empty"
+    );
     let rev1 = a
         .put_cluster_data(b"one".to_vec(), Expect::Absent)
         .await
@@ -35,7 +38,8 @@ pub async fn cluster_data_compare_and_swap(a: &dyn Store, b: &dyn Store) {
     assert!(rev2 > rev1, "revisions must grow");
     assert!(
         matches!(
-            a.put_cluster_data(b"stale".to_vec(), Expect::Revision(rev1)).await,
+            a.put_cluster_data(b"stale".to_vec(), Expect::Revision(rev1))
+                .await,
             Err(StoreError::Conflict)
         ),
         "a write against a stale revision must be refused"
@@ -48,19 +52,40 @@ pub async fn cluster_data_compare_and_swap(a: &dyn Store, b: &dyn Store) {
 }
 
 pub async fn infos_expire_after_their_ttl(a: &dyn Store) {
-    a.publish(InfoKind::Keeper, "k1", b"{}".to_vec(), Duration::from_secs(2))
-        .await
-        .unwrap();
-    a.publish(InfoKind::Proxy, "p1", b"[]".to_vec(), Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(a.infos(InfoKind::Keeper).await.unwrap(), vec![b"{}".to_vec()]);
-    assert_eq!(a.infos(InfoKind::Proxy).await.unwrap(), vec![b"[]".to_vec()]);
+    a.publish(
+        InfoKind::Keeper,
+        "k1",
+        b"{}".to_vec(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    a.publish(
+        InfoKind::Proxy,
+        "p1",
+        b"[]".to_vec(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.infos(InfoKind::Keeper).await.unwrap(),
+        vec![b"{}".to_vec()]
+    );
+    assert_eq!(
+        a.infos(InfoKind::Proxy).await.unwrap(),
+        vec![b"[]".to_vec()]
+    );
     // Publishing again keeps the info alive past its first deadline.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    a.publish(InfoKind::Keeper, "k1", b"{\"n\":2}".to_vec(), Duration::from_secs(2))
-        .await
-        .unwrap();
+    a.publish(
+        InfoKind::Keeper,
+        "k1",
+        b"{\"n\":2}".to_vec(),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         a.infos(InfoKind::Keeper).await.unwrap(),
@@ -75,16 +100,24 @@ pub async fn infos_expire_after_their_ttl(a: &dyn Store) {
             break;
         }
     }
-    assert!(gone, "an info must disappear after its ttl without a new publish");
+    assert!(
+        gone,
+        "an info must disappear after its ttl without a new publish"
+    );
     assert_eq!(a.infos(InfoKind::Proxy).await.unwrap().len(), 1);
 }
 
 pub async fn watch_sees_changes_from_other_clients(a: &dyn Store, b: &dyn Store) {
     let mut everything = a.watch(WatchScope::Everything).await.unwrap();
     let mut cluster_data = a.watch(WatchScope::ClusterData).await.unwrap();
-    b.publish(InfoKind::Sentinel, "s1", b"{}".to_vec(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    b.publish(
+        InfoKind::Sentinel,
+        "s1",
+        b"{}".to_vec(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(10), everything.recv())
         .await
         .expect("watch must report a change made by another client")

@@ -109,8 +109,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes the cluster data if `expect` holds, returning the new revision; otherwise
     /// [`StoreError::Conflict`] and nothing changes.
-    async fn put_cluster_data(&self, bytes: Vec<u8>, expect: Expect)
-        -> Result<Revision, StoreError>;
+    async fn put_cluster_data(
+        &self,
+        bytes: Vec<u8>,
+        expect: Expect,
+    ) -> Result<Revision, StoreError>;
 
     /// Publishes a component's info; it disappears by itself `ttl` after the last publish.
     async fn publish(

@@ -53,7 +53,9 @@ impl MemStore {
     fn state(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
         let state = self.inner.state.lock().unwrap();
         if state.unavailable {
-            return Err(StoreError::Unavailable("memory store set unavailable".into()));
+            return Err(StoreError::Unavailable(
+                "memory store set unavailable".into(),
+            ));
         }
         Ok(state)
     }
@@ -67,8 +69,8 @@ impl State {
                 return !w.is_closed();
             }
             match w.try_send(()) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
     }
@@ -163,7 +165,11 @@ impl Store for MemStore {
     }
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.state()?.leader.as_ref().map(|(name, _, _)| name.clone()))
+        Ok(self
+            .state()?
+            .leader
+            .as_ref()
+            .map(|(name, _, _)| name.clone()))
     }
 }
 

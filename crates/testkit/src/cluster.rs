@@ -117,7 +117,10 @@ impl ClusterBuilder {
         );
         let spec_path = dir.path().join("cluster-spec.json");
         std::fs::write(&spec_path, self.spec.to_string()).unwrap();
-        for (name, content) in [("su-password", SU_PASSWORD), ("repl-password", REPL_PASSWORD)] {
+        for (name, content) in [
+            ("su-password", SU_PASSWORD),
+            ("repl-password", REPL_PASSWORD),
+        ] {
             let path = dir.path().join(name);
             std::fs::write(&path, content).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -214,16 +217,21 @@ impl TestCluster {
         self.common_args(&mut cmd);
         cmd.arg("--initial-cluster-spec").arg(&self.spec_path);
         let name = format!("sentinel{}", self.sentinels.len());
-        self.sentinels.push(Process::spawn(&name, cmd, &self.log_dir));
+        self.sentinels
+            .push(Process::spawn(&name, cmd, &self.log_dir));
     }
 
     pub fn add_proxy(&mut self) {
         let port = free_port();
         let mut cmd = Command::new(self.bin.join("stolon-proxy"));
         self.common_args(&mut cmd);
-        cmd.arg("--listen-address").arg("127.0.0.1").arg("--port").arg(port.to_string());
+        cmd.arg("--listen-address")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(port.to_string());
         let name = format!("proxy{}", self.proxies.len());
-        self.proxies.push((port, Process::spawn(&name, cmd, &self.log_dir)));
+        self.proxies
+            .push((port, Process::spawn(&name, cmd, &self.log_dir)));
     }
 
     pub fn proxy_port(&self) -> u16 {
@@ -354,7 +362,11 @@ impl TestCluster {
 
     /// Every sentinel's log, in sentinel order.
     pub fn sentinel_logs(&self) -> String {
-        self.sentinels.iter().map(|s| s.log_text()).collect::<Vec<_>>().join("\n")
+        self.sentinels
+            .iter()
+            .map(|s| s.log_text())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Fails on any ERROR line in the logs that no `allowed` pattern explains: an error
@@ -369,7 +381,11 @@ impl TestCluster {
                 }
             }
         }
-        assert!(unexpected.is_empty(), "unexpected ERROR lines:\n{}", unexpected.join("\n"));
+        assert!(
+            unexpected.is_empty(),
+            "unexpected ERROR lines:\n{}",
+            unexpected.join("\n")
+        );
     }
 }
 
@@ -390,10 +406,17 @@ impl Drop for TestCluster {
         if std::thread::panicking() {
             let dir = self.dir.take().unwrap().keep();
             eprintln!("test failed: cluster files kept in {}", dir.display());
-            for entry in std::fs::read_dir(dir.join("logs")).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(dir.join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
-                eprintln!("----- {} (last 40 lines)", entry.file_name().to_string_lossy());
+                eprintln!(
+                    "----- {} (last 40 lines)",
+                    entry.file_name().to_string_lossy()
+                );
                 for line in &lines[lines.len().saturating_sub(40)..] {
                     eprintln!("{line}");
                 }

@@ -33,7 +33,12 @@ pub fn bin_dir() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("test binary in target/<profile>/deps")
         .to_path_buf();
-    for bin in ["stolon-keeper", "stolon-sentinel", "stolon-proxy", "stolonctl"] {
+    for bin in [
+        "stolon-keeper",
+        "stolon-sentinel",
+        "stolon-proxy",
+        "stolonctl",
+    ] {
         assert!(
             dir.join(bin).exists(),
             "{bin} is not built in {}: run `cargo build --bins` first (scripts/test.sh does)",
@@ -52,7 +57,8 @@ pub fn pg_bin_dir() -> PathBuf {
         .filter(|p| p.join("postgres").exists())
         .collect();
     dirs.sort();
-    dirs.pop().expect("no PostgreSQL server in /usr/lib/postgresql: run scripts/setup.sh")
+    dirs.pop()
+        .expect("no PostgreSQL server in /usr/lib/postgresql: run scripts/setup.sh")
 }
 
 /// Polls `check` until it yields a value or `timeout` passes; panics with `what` then.
