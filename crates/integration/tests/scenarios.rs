@@ -311,3 +311,75 @@ async fn s_proxy_03_failover_closes_old_connections_and_routes_new_ones() {
     assert_eq!(port, new_port);
     cluster.assert_no_unexpected_errors(EXPECTED_IN_FAILOVER);
 }
+
+/// The proxy half of the fencing rule: no target, no connection; no store for proxyTimeout,
+/// no connections at all and no listening socket; the store back, service back.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_refuses_without_a_primary_and_fences_without_the_store() {
+    let mut cluster = ClusterBuilder::new().start().await;
+    let port = cluster.proxy_port();
+    wait_until("the proxy to listen", BOOT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        connect(port).await.is_err(),
+        "without a primary the proxy closes connections at once"
+    );
+
+    cluster.keepers.push(stolon_testkit::KeeperHandle::new(
+        &cluster,
+        0,
+        KeeperOptions::default(),
+    ));
+    cluster.start_keeper(0);
+    cluster.wait_for_master(BOOT).await;
+    let session = wait_until("a session through the proxy", BOOT, || async {
+        connect(port).await.ok()
+    })
+    .await;
+    session.simple_query("select 1").await.unwrap();
+
+    // A hung store counts as down: after proxyTimeout (5s) the proxy fences itself.
+    cluster
+        .etcd
+        .process
+        .signal(nix::sys::signal::Signal::SIGSTOP);
+    let err = wait_until(
+        "the proxy to cut the session",
+        Duration::from_secs(30),
+        || async { session.simple_query("select 1").await.err() },
+    )
+    .await;
+    assert!(
+        err.is_closed() || err.to_string().contains("connection"),
+        "{err}"
+    );
+    wait_until(
+        "the proxy to stop listening",
+        Duration::from_secs(10),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .err()
+        },
+    )
+    .await;
+
+    cluster
+        .etcd
+        .process
+        .signal(nix::sys::signal::Signal::SIGCONT);
+    wait_until(
+        "service through the proxy once the store is back",
+        BOOT,
+        || async {
+            let client = connect(port).await.ok()?;
+            client.simple_query("select 1").await.ok()
+        },
+    )
+    .await;
+    cluster.assert_no_unexpected_errors(&[]);
+}

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 const SOCKET_DIR: &str = "/tmp";
 /// Until the cluster data says otherwise.
 const DEFAULT_SLEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How soon to read the store again after it failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 /// The most actions one loop takes before publishing what it has done.
 const MAX_ACTIONS_PER_LOOP: usize = 8;
 
@@ -139,7 +141,7 @@ impl Keeper {
                     tracing::warn!(error = %e, "cannot read cluster data; leaving postgres as it is");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(sleep_interval) => continue,
+                        _ = tokio::time::sleep(sleep_interval.min(STORE_RETRY)) => continue,
                     }
                 }
             };

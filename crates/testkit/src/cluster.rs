@@ -143,14 +143,9 @@ impl ClusterBuilder {
             cluster.add_sentinel();
         }
         for (i, options) in self.keepers.into_iter().enumerate() {
-            cluster.keepers.push(KeeperHandle {
-                uid: KeeperUid::new(format!("keeper{i}")),
-                data_dir: cluster.root().join(format!("keeper{i}")),
-                pg_port: free_port(),
-                options,
-                process: None,
-                starts: 0,
-            });
+            cluster
+                .keepers
+                .push(KeeperHandle::new(&cluster, i, options));
             cluster.start_keeper(i);
         }
         for _ in 0..self.proxies {
@@ -175,6 +170,18 @@ pub struct KeeperHandle {
 }
 
 impl KeeperHandle {
+    /// A keeper `keeper<i>` of `cluster`, not started yet (see [`TestCluster::start_keeper`]).
+    pub fn new(cluster: &TestCluster, i: usize, options: KeeperOptions) -> KeeperHandle {
+        KeeperHandle {
+            uid: KeeperUid::new(format!("keeper{i}")),
+            data_dir: cluster.root().join(format!("keeper{i}")),
+            pg_port: free_port(),
+            options,
+            process: None,
+            starts: 0,
+        }
+    }
+
     /// The pid of the postmaster running on this keeper's data directory, if any.
     pub fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.data_dir.join("postgres/postmaster.pid")).ok()?;

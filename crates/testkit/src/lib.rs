@@ -8,7 +8,7 @@
 mod cluster;
 mod process;
 
-pub use cluster::{ClusterBuilder, KeeperOptions, TestCluster, SU_PASSWORD, SU_USER};
+pub use cluster::{ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster, SU_PASSWORD, SU_USER};
 pub use process::{EtcdServer, Process};
 
 use std::future::Future;
@@ -25,14 +25,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The directory with the workspace's binaries: the test executable lives in its `deps/`.
+/// The directory with the workspace's binaries: a test executable lives in its `deps/`,
+/// a benchmark binary beside them.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary in target/<profile>/deps")
-        .to_path_buf();
+    let here = exe.parent().expect("executable in a directory");
+    let dir = if here.join("stolon-keeper").exists() {
+        here.to_path_buf()
+    } else {
+        here.parent()
+            .expect("test binary in target/<profile>/deps")
+            .to_path_buf()
+    };
     for bin in [
         "stolon-keeper",
         "stolon-sentinel",

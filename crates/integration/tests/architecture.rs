@@ -1,0 +1,108 @@
+//! The arrows between crates are part of the design (ARCHITECTURE.md): this test reads
+//! `cargo metadata` and fails on any dependency between workspace crates not listed here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// For each workspace package, the workspace packages it may depend on (normal and build
+/// dependencies; dev-dependencies of tests are free).
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("stolon-cluster", &[]),
+    ("stolon-engine", &["stolon-cluster"]),
+    ("stolon-store", &["stolon-cluster"]),
+    ("stolon-store-etcd", &["stolon-store"]),
+    ("stolon-pg", &[]),
+    (
+        "stolon-daemon",
+        &["stolon-cluster", "stolon-store", "stolon-store-etcd"],
+    ),
+    (
+        "stolon-keeper",
+        &[
+            "stolon-cluster",
+            "stolon-engine",
+            "stolon-store",
+            "stolon-pg",
+            "stolon-daemon",
+        ],
+    ),
+    (
+        "stolon-sentinel",
+        &[
+            "stolon-cluster",
+            "stolon-engine",
+            "stolon-store",
+            "stolon-daemon",
+        ],
+    ),
+    (
+        "stolon-proxy",
+        &[
+            "stolon-cluster",
+            "stolon-engine",
+            "stolon-store",
+            "stolon-daemon",
+        ],
+    ),
+    (
+        "stolon-ctl",
+        &["stolon-cluster", "stolon-store", "stolon-daemon"],
+    ),
+    (
+        "stolon-testkit",
+        &["stolon-cluster", "stolon-store", "stolon-store-etcd"],
+    ),
+    ("stolon-integration", &[]),
+    ("stolon-bench", &["stolon-testkit"]),
+];
+
+#[test]
+fn workspace_dependencies_follow_the_architecture() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let allowed: BTreeMap<&str, BTreeSet<&str>> = ALLOWED
+        .iter()
+        .map(|(pkg, deps)| (*pkg, deps.iter().copied().collect()))
+        .collect();
+    let packages = meta["packages"].as_array().unwrap();
+    let names: BTreeSet<&str> = packages
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let mut violations = Vec::new();
+    for pkg in packages {
+        let name = pkg["name"].as_str().unwrap();
+        let Some(ok) = allowed.get(name) else {
+            violations.push(format!("{name} is not in the architecture table"));
+            continue;
+        };
+        for dep in pkg["dependencies"].as_array().unwrap() {
+            let dep_name = dep["name"].as_str().unwrap();
+            let is_dev = dep["kind"].as_str() == Some("dev");
+            if names.contains(dep_name) && !is_dev && !ok.contains(dep_name) {
+                violations.push(format!("{name} -> {dep_name}"));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "dependencies outside the architecture:\n{}",
+        violations.join("\n")
+    );
+}
