@@ -48,6 +48,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     GoDuration::parse(text).map(|d| d.0)
 }
 
+/// The whole `main` of a daemon: flags (with `env_prefix`), logging at the level the flags
+/// choose, a tokio runtime for `run`, and exit code 1 with one log line if it fails.
+pub fn daemon_main<C, Fut>(
+    env_prefix: &str,
+    log_level: impl FnOnce(&C) -> LogLevel,
+    run: impl FnOnce(C) -> Fut,
+) where
+    C: FromArgMatches + clap::CommandFactory,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cli: C = parse_with_env_prefix(env_prefix);
+    init_tracing(log_level(&cli));
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
 /// Parses the command line of a binary whose every long flag can also come from the
 /// environment as `<PREFIX>_<FLAG_NAME>` (for example `STKEEPER_DATA_DIR`); the command
 /// line wins.

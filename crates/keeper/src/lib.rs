@@ -13,13 +13,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, DbSpec, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId,
+    ClusterData, DbSpec, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId,
 };
 use stolon_engine::keeper::{next_action, Action, Endpoint, Instance, SLOT_PREFIX};
 use stolon_pg::conf::{render_pg_hba, render_postgresql_conf, ConfInput, StandbySettings};
 use stolon_pg::ctl::{OsUser, PgCtl, Upstream};
 use stolon_pg::probe::{LocalConn, Observed};
-use stolon_store::{InfoKind, Store, WatchScope};
+use stolon_store::{ChangeWaiter, InfoKind, Store, WatchScope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -127,13 +127,10 @@ struct Seen {
 
 impl Keeper {
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let mut watch = None;
+        let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
         let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
         let mut last_published: Option<(Instant, Option<PgState>)> = None;
         loop {
-            if watch.is_none() {
-                watch = self.store.watch(WatchScope::ClusterData).await.ok();
-            }
             let cd = match stolon_store::read_cluster_data(self.store.as_ref()).await {
                 Ok(cd) => cd,
                 Err(e) => {
@@ -171,12 +168,7 @@ impl Keeper {
                 .unwrap_or(sleep_interval);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(next_publish.max(Duration::from_millis(50))) => {}
-                changed = async { watch.as_mut().expect("checked").recv().await }, if watch.is_some() => {
-                    if changed.is_none() {
-                        watch = None;
-                    }
-                }
+                _ = changes.wait(self.store.as_ref(), next_publish.max(Duration::from_millis(50))) => {}
             }
         }
     }
@@ -351,6 +343,27 @@ impl Keeper {
         Ok(())
     }
 
+    /// Marks the data directory as being made for `db` (so a crash midway is detected and
+    /// the work redone), then empties it.
+    async fn begin_new_db(&self, db: &DbUid) -> anyhow::Result<()> {
+        self.data.save_db_state(&DbState {
+            uid: db.to_string(),
+            generation: 0,
+            initializing: true,
+        })?;
+        self.stop_if_running().await?;
+        self.pg.wipe_and_create_pgdata()?;
+        Ok(())
+    }
+
+    fn finish_new_db(&self, db: &DbUid) -> anyhow::Result<()> {
+        self.data.save_db_state(&DbState {
+            uid: db.to_string(),
+            generation: 0,
+            initializing: false,
+        })
+    }
+
     async fn stop_if_running(&self) -> anyhow::Result<()> {
         if self.pg.is_running(self.request_timeout).await? {
             tracing::info!("stopping database");
@@ -374,13 +387,7 @@ impl Keeper {
             Action::InitNew { db } => {
                 tracing::info!(db = %db, "initializing the database cluster");
                 let spec = self.my_db_spec(cd)?.clone();
-                self.data.save_db_state(&DbState {
-                    uid: db.to_string(),
-                    generation: 0,
-                    initializing: true,
-                })?;
-                self.stop_if_running().await?;
-                self.pg.wipe_and_create_pgdata()?;
+                self.begin_new_db(db).await?;
                 self.pg
                     .initdb(
                         &self.config.su_username,
@@ -395,23 +402,13 @@ impl Keeper {
                 self.local_conn()
                     .setup_roles(&self.config.repl_username, &self.config.repl_password)
                     .await?;
-                self.data.save_db_state(&DbState {
-                    uid: db.to_string(),
-                    generation: 0,
-                    initializing: false,
-                })?;
+                self.finish_new_db(db)?;
                 tracing::info!(db = %db, "database cluster initialized");
             }
             Action::Resync { db, from, slot } => {
                 tracing::info!(db = %db, from = %format!("{}:{}", from.host, from.port), "resyncing the database cluster");
                 let spec = self.my_db_spec(cd)?.clone();
-                self.data.save_db_state(&DbState {
-                    uid: db.to_string(),
-                    generation: 0,
-                    initializing: true,
-                })?;
-                self.stop_if_running().await?;
-                self.pg.wipe_and_create_pgdata()?;
+                self.begin_new_db(db).await?;
                 tracing::info!(slot = %slot, "running pg_basebackup");
                 let started = Instant::now();
                 self.pg
@@ -429,11 +426,7 @@ impl Keeper {
                 self.pg.write_file("standby.signal", "")?;
                 self.pg.remove_file("postgresql.auto.conf")?;
                 self.write_conf(&spec, Some(from), db.as_str())?;
-                self.data.save_db_state(&DbState {
-                    uid: db.to_string(),
-                    generation: 0,
-                    initializing: false,
-                })?;
+                self.finish_new_db(db)?;
                 tracing::info!(db = %db, elapsed = ?started.elapsed(), "sync succeeded");
             }
             Action::Start { follow } => {

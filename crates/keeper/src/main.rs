@@ -50,13 +50,7 @@ struct Cli {
 }
 
 fn main() {
-    let cli: Cli = stolon_daemon::parse_with_env_prefix("STKEEPER");
-    stolon_daemon::init_tracing(cli.common.log_level);
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = runtime.block_on(run(cli)) {
-        tracing::error!("{e:#}");
-        std::process::exit(1);
-    }
+    stolon_daemon::daemon_main("STKEEPER", |cli: &Cli| cli.common.log_level, run);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -203,15 +203,21 @@ impl PgCtl {
         self.run(cmd, "pg_basebackup", timeout).await.map(drop)
     }
 
-    pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
+    /// `pg_ctl <action> -D <pgdata>`, waiting up to `timeout` for the action to complete.
+    fn pg_ctl(&self, action: &str, timeout: Duration) -> Command {
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("start")
+        cmd.arg(action)
             .arg("-w")
             .arg("-t")
             .arg(timeout.as_secs().max(1).to_string())
             .arg("-D")
-            .arg(&self.pgdata)
-            .arg("-l")
+            .arg(&self.pgdata);
+        cmd
+    }
+
+    pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.pg_ctl("start", timeout);
+        cmd.arg("-l")
             .arg(&self.log_file)
             // pg_ctl's own stdout would keep our pipe open for the postmaster's lifetime.
             .stdout(Stdio::null())
@@ -237,28 +243,15 @@ impl PgCtl {
     }
 
     pub async fn stop(&self, timeout: Duration) -> Result<(), PgError> {
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop")
-            .arg("-w")
-            .arg("-m")
-            .arg("fast")
-            .arg("-t")
-            .arg(timeout.as_secs().max(1).to_string())
-            .arg("-D")
-            .arg(&self.pgdata);
+        let mut cmd = self.pg_ctl("stop", timeout);
+        cmd.arg("-m").arg("fast");
         self.run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
             .await
             .map(drop)
     }
 
     pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg("promote")
-            .arg("-w")
-            .arg("-t")
-            .arg(timeout.as_secs().max(1).to_string())
-            .arg("-D")
-            .arg(&self.pgdata);
+        let cmd = self.pg_ctl("promote", timeout);
         self.run(cmd, "pg_ctl promote", timeout + Duration::from_secs(5))
             .await
             .map(drop)

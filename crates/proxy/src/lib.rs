@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
 use stolon_engine::proxy::{route, Route};
-use stolon_store::{InfoKind, Store, StoreError, WatchScope};
+use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio::io::copy_bidirectional_with_sizes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -133,11 +133,8 @@ pub async fn run(
     let mut check_interval = DEFAULT_CHECK_INTERVAL;
     let mut proxy_timeout = DEFAULT_PROXY_TIMEOUT;
     let mut last_route: Option<Route> = None;
-    let mut watch = None;
+    let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
     while !shutdown.is_cancelled() {
-        if watch.is_none() {
-            watch = store.watch(WatchScope::ClusterData).await.ok();
-        }
         let started = Instant::now();
         match check(&shared, store.as_ref(), &mut proxy_timeout, &mut last_route).await {
             Ok(interval) => {
@@ -152,12 +149,7 @@ pub async fn run(
         shared.enforce_deadline();
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(check_interval) => {}
-            changed = async { watch.as_mut().expect("checked").recv().await }, if watch.is_some() => {
-                if changed.is_none() {
-                    watch = None;
-                }
-            }
+            _ = changes.wait(store.as_ref(), check_interval) => {}
         }
     }
     fence.abort();

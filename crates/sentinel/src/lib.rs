@@ -13,7 +13,7 @@ use stolon_cluster::{
 };
 use stolon_engine::sentinel::{step, Memory, Observations};
 use stolon_engine::{Event, Level};
-use stolon_store::{Expect, InfoKind, Store, StoreError, WatchScope};
+use stolon_store::{ChangeWaiter, Expect, InfoKind, Store, StoreError, WatchScope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -58,24 +58,20 @@ pub async fn run(
         info_published: None,
     };
     let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
-    let mut watch = None;
+    let mut changes = ChangeWaiter::new(WatchScope::Everything);
     while !shutdown.is_cancelled() {
-        if watch.is_none() {
-            watch = sentinel.store.watch(WatchScope::Everything).await.ok();
-        }
         match sentinel.check().await {
             Ok(Some(interval)) => sleep_interval = interval,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cluster check failed"),
         }
+        let store = sentinel.store.clone();
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(sleep_interval) => {}
-            changed = async { watch.as_mut().expect("checked").recv().await }, if watch.is_some() => {
-                if changed.is_none() {
-                    watch = None;
+            changed = changes.wait(store.as_ref(), sleep_interval) => {
+                if changed {
+                    tokio::time::sleep(DEBOUNCE).await;
                 }
-                tokio::time::sleep(DEBOUNCE).await;
             }
         }
     }

@@ -191,3 +191,45 @@ pub async fn read_infos<T: DeserializeOwned>(
         })
         .collect())
 }
+
+/// Waits for the next change in a scope, or for a timeout, keeping one watch open across
+/// calls and opening a new one when it breaks.
+pub struct ChangeWaiter {
+    scope: WatchScope,
+    changes: Option<mpsc::Receiver<()>>,
+}
+
+impl ChangeWaiter {
+    pub fn new(scope: WatchScope) -> ChangeWaiter {
+        ChangeWaiter {
+            scope,
+            changes: None,
+        }
+    }
+
+    /// Returns true after a change, false after `max`. Without a watch it opens one and
+    /// returns true at once: what changed before it was open is unknown.
+    pub async fn wait(&mut self, store: &dyn Store, max: Duration) -> bool {
+        let Some(changes) = self.changes.as_mut() else {
+            return match store.watch(self.scope).await {
+                Ok(changes) => {
+                    self.changes = Some(changes);
+                    true
+                }
+                Err(_) => {
+                    tokio::time::sleep(max).await;
+                    false
+                }
+            };
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(max) => false,
+            changed = changes.recv() => {
+                if changed.is_none() {
+                    self.changes = None;
+                }
+                true
+            }
+        }
+    }
+}
