@@ -120,6 +120,14 @@ pub fn next_action(
         });
 
     if local.uid.as_ref() != Some(&db.uid) || local.initializing {
+        // Every db this keeper makes is recorded before its data directory is touched, so
+        // an initialised data directory without a record is someone else's: never wiped.
+        if local.uid.is_none() && pg.initialized {
+            return stop_or_wait(
+                "the data directory holds a PostgreSQL cluster this keeper did not create: \
+                 refusing to wipe it (move it away to let the keeper initialise a new one)",
+            );
+        }
         return match db.spec.init_mode {
             InitMode::New => Action::InitNew { db: db.uid.clone() },
             InitMode::Resync => match followed {

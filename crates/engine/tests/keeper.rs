@@ -495,3 +495,37 @@ fn a_running_primary_that_does_not_answer_is_not_taken_for_a_standby() {
         );
     }
 }
+
+/// A data directory that holds a PostgreSQL cluster but no record of a db this keeper made
+/// (someone else's data, or a keeper state file that was lost) is never wiped, whatever
+/// init mode the cluster data asks for.
+#[test]
+fn an_initialised_data_directory_without_our_record_is_never_wiped() {
+    for role in [DbRole::Master, DbRole::Standby] {
+        for init_mode in [InitMode::New, InitMode::Resync] {
+            let cd = cluster(role, init_mode);
+            for running in [false, true] {
+                let pg = Instance {
+                    initialized: true,
+                    running,
+                    ..Instance::default()
+                };
+                let got = next_action(
+                    Some(&cd),
+                    &KeeperUid::new(ME),
+                    BOOT,
+                    &LocalDb::default(),
+                    &pg,
+                );
+                assert!(
+                    !destructive(&got),
+                    "{role:?} {init_mode:?} running={running}: {got:?}"
+                );
+                assert!(
+                    matches!(&got, Action::Wait(r) | Action::Stop(r) if r.contains("did not create")),
+                    "{role:?} {init_mode:?} running={running}: {got:?}"
+                );
+            }
+        }
+    }
+}

@@ -383,3 +383,69 @@ async fn proxy_refuses_without_a_primary_and_fences_without_the_store() {
     .await;
     cluster.assert_no_unexpected_errors(&[]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_09_stolonctl_status_and_init_confirmation() {
+    let cluster = ClusterBuilder::new().keepers(1).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+
+    let out = cluster.stolonctl(&["status", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["cluster"]["master_keeper_uid"].as_str(),
+        Some(cluster.keepers[master].uid.as_str())
+    );
+    assert_eq!(
+        status["cluster"]["available"],
+        serde_json::Value::Bool(true)
+    );
+    let text = cluster.stolonctl(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Master Keeper: keeper0"));
+
+    // Without -y an existing cluster is only replaced after a "yes".
+    let before = cluster.cluster_data().await.unwrap();
+    let refused = std::process::Command::new(stolon_testkit::bin_dir().join("stolonctl"))
+        .args([
+            "--cluster-name",
+            "test",
+            "--store-backend",
+            "etcdv3",
+            "--store-endpoints",
+        ])
+        .arg(&cluster.etcd.endpoint)
+        .arg("init")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Are you sure you want to continue?"));
+    assert_eq!(
+        cluster.cluster_data().await.unwrap().cluster.uid,
+        before.cluster.uid
+    );
+
+    let bad = cluster.stolonctl(&["init", "-y", r#"{"initMode":"new","failInterval":"5"}"#]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid duration"));
+    assert_eq!(
+        cluster.cluster_data().await.unwrap().cluster.uid,
+        before.cluster.uid,
+        "an invalid spec changes nothing"
+    );
+
+    let replaced = cluster.stolonctl(&["init", "-y"]);
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    assert_ne!(
+        cluster.cluster_data().await.unwrap().cluster.uid,
+        before.cluster.uid
+    );
+}

@@ -177,6 +177,7 @@ impl Keeper {
     /// observation.
     async fn reconcile(&mut self, cd: Option<&ClusterData>) -> Seen {
         let mut seen = self.observe().await;
+        let mut previous: Option<Action> = None;
         for _ in 0..MAX_ACTIONS_PER_LOOP {
             let local = match self.data.db_state() {
                 Ok(s) => s.local_db(),
@@ -186,6 +187,11 @@ impl Keeper {
                 }
             };
             let action = next_action(cd, &self.uid, &self.boot_uuid, &local, &seen.instance);
+            // The same action again right after it succeeded did not change what we observe
+            // (a slot still in use, say): retry on the next loop rather than spin now.
+            if previous.as_ref() == Some(&action) {
+                return seen;
+            }
             match &action {
                 Action::Idle => {
                     self.last_wait = None;
@@ -205,6 +211,7 @@ impl Keeper {
                 return self.observe().await;
             }
             seen = self.observe().await;
+            previous = Some(action);
         }
         seen
     }
