@@ -5,9 +5,8 @@
 //! Usage: `cargo build --release --bins && target/release/stolon-bench [RUNS] [FAIL_INTERVAL]`
 //! (defaults: 3 runs, failInterval 5s). Figures only: nothing here asserts a time.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use stolon_testkit::{connect, ClusterBuilder};
+use stolon_testkit::{connect, lost_writes, ClusterBuilder, Writer};
 use tokio::time::Instant;
 
 #[tokio::main]
@@ -41,20 +40,12 @@ async fn main() {
             .expect("create table");
         drop(client);
 
-        let acked: Arc<Mutex<Vec<Ack>>> = Arc::default();
-        let writer = tokio::spawn(write_loop(cluster.proxy_port(), acked.clone()));
+        let writer = Writer::start(cluster.proxy_port(), "bench");
         tokio::time::sleep(Duration::from_secs(2)).await;
         let killed_at = Instant::now();
         cluster.kill_keeper_and_postgres(master);
         let first_after = loop {
-            // A write sent before the kill may still be acknowledged by the old primary.
-            let after = acked
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|ack| ack.sent > killed_at)
-                .map(|ack| ack.acked);
-            if let Some(at) = after {
+            if let Some(at) = writer.first_acked_sent_after(killed_at) {
                 break at;
             }
             assert!(
@@ -64,26 +55,16 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        writer.abort();
+        let acked = writer.stop();
         let gap = first_after - killed_at;
-
-        let port = cluster.proxy_port();
-        let present: Vec<i32> = stolon_testkit::wait_until(
-            "reading back through the proxy",
+        let missing = lost_writes(
+            cluster.proxy_port(),
+            "bench",
+            &acked,
             Duration::from_secs(60),
-            || async move {
-                let client = connect(port).await.ok()?;
-                let rows = client.query("select id from bench", &[]).await.ok()?;
-                Some(rows.iter().map(|r| r.get(0)).collect())
-            },
         )
-        .await;
-        let missing = acked
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|ack| !present.contains(&ack.id))
-            .count();
+        .await
+        .len();
         println!(
             "run {run}: bootstrap {:.2}s, kill -> first acknowledged write through the proxy {:.2}s, acknowledged writes lost (async) {missing}",
             boot.as_secs_f64(),
@@ -105,40 +86,5 @@ async fn main() {
             values[values.len() / 2],
             values[values.len() - 1]
         );
-    }
-}
-
-/// One acknowledged insert.
-struct Ack {
-    id: i32,
-    sent: Instant,
-    acked: Instant,
-}
-
-/// Inserts one row every 20 ms through the proxy, reconnecting after any error, and records
-/// each acknowledged id with when it was sent and acknowledged.
-async fn write_loop(port: u16, acked: Arc<Mutex<Vec<Ack>>>) {
-    let mut id = 0;
-    loop {
-        let Ok(client) = connect(port).await else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        loop {
-            id += 1;
-            let sent = Instant::now();
-            match client
-                .execute("insert into bench (id) values ($1)", &[&id])
-                .await
-            {
-                Ok(_) => acked.lock().unwrap().push(Ack {
-                    id,
-                    sent,
-                    acked: Instant::now(),
-                }),
-                Err(_) => break,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 /// component refuse to act rather than guess.
 pub const CURRENT_FORMAT_VERSION: u32 = 1;
 
+/// The `synchronous_standby_names` entry that no standby answers to: listing it blocks
+/// commits while there are fewer real synchronous standbys than required.
+pub const FAKE_STANDBY_NAME: &str = "stolonfakestandby";
+
 /// The single document that holds the sentinel's decisions and the observed status. Every
 /// change between components goes through one compare-and-swap write of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +43,9 @@ pub struct ClusterStatus {
     /// The db that is, or is being made, the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<DbUid>,
+    /// Why the sentinel chose the current primary, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub master_choice: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -66,6 +73,13 @@ pub struct KeeperStatus {
     pub boot_uuid: String,
     #[serde(default = "yes")]
     pub can_be_master: bool,
+    #[serde(default = "yes")]
+    pub can_be_synchronous_replica: bool,
+    #[serde(default)]
+    pub priority: i32,
+    /// Set by `stolonctl failkeeper`: the sentinel treats the keeper as failed for one round.
+    #[serde(default)]
+    pub force_fail: bool,
 }
 
 fn yes() -> bool {
@@ -125,6 +139,18 @@ pub struct DbSpec {
     pub pg_parameters: BTreeMap<String, String>,
     #[serde(rename = "pgHBA", default, skip_serializing_if = "Option::is_none")]
     pub pg_hba: Option<Vec<String>>,
+    #[serde(default)]
+    pub synchronous_replication: bool,
+    /// The standbys the primary must wait for on commit. The sentinel records a standby
+    /// here before the keeper lists it in `synchronous_standby_names`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synchronous_standbys: Vec<DbUid>,
+    /// Names listed besides our standbys: the placeholder that blocks commits while there
+    /// are too few real synchronous standbys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_synchronous_standbys: Vec<String>,
+    #[serde(default)]
+    pub use_pgrewind: bool,
 }
 
 /// What the sentinel last learned of a db from its keeper.
@@ -145,6 +171,10 @@ pub struct DbStatus {
     pub timeline_id: TimelineId,
     #[serde(default)]
     pub x_log_pos: Lsn,
+    /// Standbys known to have been in sync while listed in the spec: only these may be
+    /// promoted when the primary fails in synchronous mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synchronous_standbys: Vec<DbUid>,
 }
 
 /// The proxies' routing: where to send clients and which proxies may do so.

@@ -17,8 +17,17 @@ pub struct KeeperInfo {
     #[serde(rename = "bootUUID")]
     pub boot_uuid: String,
     pub can_be_master: bool,
+    #[serde(default = "yes")]
+    pub can_be_synchronous_replica: bool,
+    /// Among equally advanced failover candidates, the higher priority wins.
+    #[serde(default)]
+    pub priority: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_state: Option<PgState>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The keeper's honest view of its local instance.
@@ -39,6 +48,12 @@ pub struct PgState {
     pub x_log_pos: Lsn,
     pub listen_address: String,
     pub port: u16,
+    /// On a primary: our standbys that `pg_stat_replication` reports in sync now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synchronous_standbys: Vec<DbUid>,
+    /// The oldest WAL segment still in `pg_wal`: a standby needing older WAL cannot catch up.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub older_wal_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ mod spec;
 
 pub use data::{
     Cluster, ClusterData, ClusterPhase, ClusterStatus, Db, DbRole, DbSpec, DbStatus, FollowConfig,
-    InitMode, Keeper, KeeperStatus, Proxy, ProxySpec, CURRENT_FORMAT_VERSION,
+    InitMode, Keeper, KeeperStatus, Proxy, ProxySpec, CURRENT_FORMAT_VERSION, FAKE_STANDBY_NAME,
 };
 pub use duration::GoDuration;
 pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};

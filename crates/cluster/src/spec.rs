@@ -147,12 +147,19 @@ pub struct ValidSpec {
     pub init_timeout: Duration,
     pub db_wait_ready_timeout: Duration,
     pub fail_interval: Duration,
+    pub dead_keeper_removal_interval: Duration,
     pub proxy_check_interval: Duration,
     pub proxy_timeout: Duration,
     pub max_standbys: u16,
     pub max_standbys_per_sender: u16,
     pub max_standby_lag: u32,
     pub additional_wal_senders: u16,
+    pub synchronous_replication: bool,
+    pub min_synchronous_standbys: u16,
+    pub max_synchronous_standbys: u16,
+    pub use_pgrewind: bool,
+    /// How long a resyncing standby may take to converge; None: as long as it takes.
+    pub sync_timeout: Option<Duration>,
     pub init_mode: ClusterSpecInitMode,
     pub pg_parameters: BTreeMap<String, String>,
     pub pg_hba: Option<Vec<String>>,
@@ -183,6 +190,10 @@ impl ClusterSpec {
         if self.role == Some(ClusterRole::Standby) {
             return Err(SpecError::UnsupportedRole);
         }
+        let (min_sync, max_sync) = (
+            self.min_synchronous_standbys.unwrap_or(1),
+            self.max_synchronous_standbys.unwrap_or(1),
+        );
         let spec = ValidSpec {
             sleep_interval: d(self.sleep_interval, 5),
             request_timeout: d(self.request_timeout, 10),
@@ -190,12 +201,18 @@ impl ClusterSpec {
             init_timeout: d(self.init_timeout, 300),
             db_wait_ready_timeout: d(self.db_wait_ready_timeout, 60),
             fail_interval: d(self.fail_interval, 20),
+            dead_keeper_removal_interval: d(self.dead_keeper_removal_interval, 48 * 3600),
             proxy_check_interval: d(self.proxy_check_interval, 5),
             proxy_timeout: d(self.proxy_timeout, 15),
             max_standbys: self.max_standbys.unwrap_or(20),
             max_standbys_per_sender: self.max_standbys_per_sender.unwrap_or(3),
             max_standby_lag: self.max_standby_lag.unwrap_or(1024 * 1024),
             additional_wal_senders: self.additional_wal_senders.unwrap_or(5),
+            synchronous_replication: self.synchronous_replication.unwrap_or(false),
+            min_synchronous_standbys: min_sync,
+            max_synchronous_standbys: max_sync,
+            use_pgrewind: self.use_pgrewind.unwrap_or(false),
+            sync_timeout: self.sync_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),
             pg_hba: self.pg_hba.clone(),
@@ -225,10 +242,7 @@ impl ClusterSpec {
                 timeout: GoDuration(spec.proxy_timeout),
             });
         }
-        let (min, max) = (
-            self.min_synchronous_standbys.unwrap_or(1),
-            self.max_synchronous_standbys.unwrap_or(1),
-        );
+        let (min, max) = (min_sync, max_sync);
         if max == 0 {
             return Err(SpecError::MustBePositive {
                 field: "maxSynchronousStandbys",

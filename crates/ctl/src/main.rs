@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use stolon_cluster::{
-    ClusterData, ClusterSpec, ClusterUid, DbRole, KeeperInfo, ProxyInfo, SentinelInfo,
+    ClusterData, ClusterSpec, ClusterUid, DbRole, KeeperInfo, KeeperUid, ProxyInfo, SentinelInfo,
 };
 use stolon_daemon::CommonArgs;
 use stolon_store::{Expect, InfoKind, Store, StoreError};
@@ -32,6 +32,17 @@ enum Cmd {
         /// Do not ask for confirmation.
         #[arg(short = 'y', long = "yes")]
         yes: bool,
+    },
+    /// Make the sentinel treat a keeper as failed for one round (forces a failover when it
+    /// holds the primary and another db can be elected).
+    Failkeeper {
+        /// The keeper's uid.
+        keeper: String,
+    },
+    /// Remove a keeper and its db from the cluster data (never the primary's keeper).
+    Removekeeper {
+        /// The keeper's uid.
+        keeper: String,
     },
     /// Show the cluster's components and databases.
     Status {
@@ -76,6 +87,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = stolon_daemon::connect_store(&cli.common).await?;
             init(store.as_ref(), spec, yes).await
         }
+        Cmd::Failkeeper { keeper } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            update_cluster_data(store.as_ref(), |cd| {
+                let k = cd
+                    .keepers
+                    .get_mut(&KeeperUid::new(&keeper))
+                    .with_context(|| format!("keeper doesn't exist: {keeper}"))?;
+                k.status.force_fail = true;
+                Ok(())
+            })
+            .await?;
+            println!("keeper {keeper} marked as failed for the next sentinel round");
+            Ok(())
+        }
+        Cmd::Removekeeper { keeper } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            update_cluster_data(store.as_ref(), |cd| {
+                let uid = KeeperUid::new(&keeper);
+                if !cd.keepers.contains_key(&uid) {
+                    bail!("keeper doesn't exist: {keeper}");
+                }
+                if cd.master_db().is_some_and(|db| db.spec.keeper_uid == uid) {
+                    bail!("keeper assigned db is the current cluster master db.");
+                }
+                cd.keepers.remove(&uid);
+                cd.dbs.retain(|_, db| db.spec.keeper_uid != uid);
+                Ok(())
+            })
+            .await?;
+            println!("keeper {keeper} removed");
+            Ok(())
+        }
         Cmd::Status { format } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
             let status = gather_status(store.as_ref()).await?;
@@ -86,6 +129,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Applies `change` to the current cluster data with compare-and-swap, retrying a few times
+/// when a sentinel wrote in between. A change that fails writes nothing.
+async fn update_cluster_data(
+    store: &dyn Store,
+    mut change: impl FnMut(&mut ClusterData) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for _ in 0..5 {
+        let read = stolon_store::read_cluster_data(store)
+            .await?
+            .context("no cluster data: run stolonctl init first")?;
+        let mut cd = read.data;
+        change(&mut cd)?;
+        match store
+            .put_cluster_data(cd.encode(), Expect::Revision(read.revision))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("the cluster data kept changing under us: try again")
 }
 
 async fn init(store: &dyn Store, spec: ClusterSpec, yes: bool) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@
 //! init or resync) is only ever chosen because the cluster data asks for a db this keeper
 //! does not have yet.
 
-use stolon_cluster::{ClusterData, DbRole, DbUid, Generation, InitMode, KeeperUid};
+use stolon_cluster::{ClusterData, Db, DbRole, DbUid, Generation, InitMode, KeeperUid};
 
 /// Where a standby streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub struct LocalDb {
     pub generation: Generation,
     /// An init or resync started and never finished: the data directory is half made.
     pub initializing: bool,
+    /// The system identifier the data directory had when the keeper made it.
+    pub system_id: Option<String>,
 }
 
 /// What the keeper sees of its PostgreSQL instance right now.
@@ -37,6 +39,10 @@ pub struct Instance {
     pub in_recovery: Option<bool>,
     /// The upstream its configuration streams from, when it is a standby.
     pub following: Option<Endpoint>,
+    /// The configuration files on disk differ from what the db spec asks for now.
+    pub config_stale: bool,
+    /// The system identifier in the data directory's control file.
+    pub system_id: Option<String>,
     /// Our replication slots (`stolon_` prefix), when the instance is a reachable primary.
     pub slots: Option<Vec<String>>,
 }
@@ -51,19 +57,22 @@ pub enum Action {
     InitNew {
         db: DbUid,
     },
-    /// Wipe the data directory and copy it from `from`, streaming through `slot`.
+    /// Make the data directory a copy of `from`'s, streaming through `slot`: with
+    /// `rewind`, try pg_rewind first (same system, only diverged); otherwise, or when that
+    /// fails, wipe it and take a base backup.
     Resync {
         db: DbUid,
         from: Endpoint,
         slot: String,
+        rewind: bool,
     },
     /// Start postgres in its local role; a standby streams from `follow`.
     Start {
         follow: Option<Endpoint>,
     },
     Promote,
-    /// Point a running standby at another upstream.
-    Follow(Endpoint),
+    /// Rewrite the configuration (upstream, synchronous standbys, access rules) and reload.
+    Reconfigure,
     SyncSlots {
         create: Vec<String>,
         drop: Vec<String>,
@@ -78,6 +87,31 @@ pub const SLOT_PREFIX: &str = "stolon_";
 
 pub fn slot_name(db: &DbUid) -> String {
     format!("{SLOT_PREFIX}{db}")
+}
+
+/// Where `db` streams from: the followed db's advertised address, once it is known.
+pub fn followed_endpoint(cd: &ClusterData, db: &Db) -> Option<Endpoint> {
+    db.spec
+        .follow_config
+        .as_ref()
+        .and_then(|f| cd.dbs.get(&f.db_uid))
+        .filter(|f| !f.status.listen_address.is_empty() && f.status.port != 0)
+        .map(|f| Endpoint {
+            host: f.status.listen_address.clone(),
+            port: f.status.port,
+        })
+}
+
+fn followed_system_id<'a>(cd: &'a ClusterData, db: &Db) -> Option<&'a str> {
+    let followed = cd.dbs.get(&db.spec.follow_config.as_ref()?.db_uid)?;
+    Some(followed.status.system_id.as_str()).filter(|id| !id.is_empty())
+}
+
+/// After a restart in synchronous mode, a primary only lets its own roles in until every
+/// standby it must wait for is in sync again: a commit acknowledged now could otherwise be
+/// lost in a failover that follows.
+pub fn sync_gate_lifted(wanted: &[DbUid], in_sync: &[DbUid]) -> bool {
+    wanted.iter().all(|uid| in_sync.contains(uid))
 }
 
 pub fn next_action(
@@ -108,16 +142,15 @@ pub fn next_action(
     let Some(db) = cd.db_of_keeper(me) else {
         return stop_or_wait("no db assigned");
     };
-    let followed = db
-        .spec
-        .follow_config
-        .as_ref()
-        .and_then(|f| cd.dbs.get(&f.db_uid))
-        .filter(|f| !f.status.listen_address.is_empty() && f.status.port != 0)
-        .map(|f| Endpoint {
-            host: f.status.listen_address.clone(),
-            port: f.status.port,
-        });
+    let followed = followed_endpoint(cd, db);
+    if let (Some(local_id), Some(recorded)) = (&pg.system_id, &local.system_id) {
+        if local_id != recorded && !local.initializing {
+            return stop_or_wait(
+                "the data directory's system identifier differs from the one recorded when \
+                 this keeper made it: refusing to act on it",
+            );
+        }
+    }
 
     if local.uid.as_ref() != Some(&db.uid) || local.initializing {
         // Every db this keeper makes is recorded before its data directory is touched, so
@@ -135,6 +168,11 @@ pub fn next_action(
                     db: db.uid.clone(),
                     from,
                     slot: slot_name(&db.uid),
+                    rewind: db.spec.use_pgrewind
+                        && pg.initialized
+                        && !local.initializing
+                        && pg.system_id.is_some()
+                        && pg.system_id.as_deref() == followed_system_id(cd, db),
                 },
                 None => stop_or_wait("waiting for the db to follow to have a known address"),
             },
@@ -164,6 +202,9 @@ pub fn next_action(
                 Some(false) => {}
             }
             let wanted: Vec<String> = db.spec.followers.iter().map(slot_name).collect();
+            if pg.config_stale {
+                return Action::Reconfigure;
+            }
             if let Some(slots) = &pg.slots {
                 let create: Vec<String> = wanted
                     .iter()
@@ -198,10 +239,9 @@ pub fn next_action(
                     None => Action::Wait("waiting for the db to follow to have a known address"),
                 };
             }
-            if let Some(want) = followed {
-                if pg.following.as_ref() != Some(&want) {
-                    return Action::Follow(want);
-                }
+            if followed.is_some_and(|want| pg.following.as_ref() != Some(&want)) || pg.config_stale
+            {
+                return Action::Reconfigure;
             }
         }
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use stolon_cluster::{
     ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbStatus, DbUid, FollowConfig, Generation,
     InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, ProxyInfo, ProxyUid, ValidSpec,
+    FAKE_STANDBY_NAME,
 };
 
 /// What the sentinel read from the store besides the cluster data.
@@ -71,6 +72,8 @@ pub fn step(
         seed,
         uids_made: 0,
         proxies: obs.proxies,
+        reported_sync: BTreeMap::new(),
+        failed_master: None,
     };
     let infos: BTreeMap<&KeeperUid, &KeeperInfo> = obs
         .keepers
@@ -104,6 +107,10 @@ struct Planner<'m> {
     seed: u64,
     uids_made: u64,
     proxies: &'m [ProxyInfo],
+    /// Per db, the synchronous standbys its keeper reports in sync now.
+    reported_sync: BTreeMap<DbUid, Vec<DbUid>>,
+    /// The primary this step found failed and could not replace.
+    failed_master: Option<DbUid>,
 }
 
 /// A standby the planner would not promote, and why.
@@ -133,7 +140,9 @@ impl Planner<'_> {
                     },
                 );
             }
-            if !self.cd.keepers.contains_key(&info.uid) {
+            // Only a keeper alive now joins: the leftover info of a keeper removed as dead
+            // must not bring it back.
+            if !self.cd.keepers.contains_key(&info.uid) && changed {
                 self.emit(Event::info("new keeper registered").with("keeper", &info.uid));
                 self.cd.keepers.insert(
                     info.uid.clone(),
@@ -156,10 +165,20 @@ impl Planner<'_> {
             let healthy = now.saturating_sub(hb.changed_at) <= self.spec.fail_interval;
             let fresh = self.info_is_fresh(&uid, infos);
             let keeper = self.cd.keepers.get_mut(&uid).expect("listed above");
-            keeper.status.healthy = healthy;
+            // `stolonctl failkeeper`: failed for this one round, then judged as usual.
+            let forced = std::mem::take(&mut keeper.status.force_fail);
+            keeper.status.healthy = healthy && !forced;
             if let (true, Some(info)) = (fresh, infos.get(&uid)) {
                 keeper.status.boot_uuid = info.boot_uuid.clone();
                 keeper.status.can_be_master = info.can_be_master;
+                keeper.status.can_be_synchronous_replica = info.can_be_synchronous_replica;
+                keeper.status.priority = info.priority;
+            }
+            if forced {
+                self.emit(
+                    Event::warn("keeper forced to fail (stolonctl failkeeper)")
+                        .with("keeper", &uid),
+                );
             }
         }
     }
@@ -192,6 +211,8 @@ impl Planner<'_> {
                     status.listen_address = state.listen_address.clone();
                     status.port = state.port;
                     if state.healthy {
+                        self.reported_sync
+                            .insert(uid.clone(), state.synchronous_standbys.clone());
                         status.in_recovery = state.in_recovery;
                         status.system_id = state.system_id.clone();
                         status.timeline_id = state.timeline_id;
@@ -305,6 +326,10 @@ impl Planner<'_> {
                 additional_wal_senders: self.spec.additional_wal_senders,
                 pg_parameters: self.spec.pg_parameters.clone(),
                 pg_hba: self.spec.pg_hba.clone(),
+                synchronous_replication: self.spec.synchronous_replication,
+                synchronous_standbys: Vec::new(),
+                external_synchronous_standbys: Vec::new(),
+                use_pgrewind: self.spec.use_pgrewind,
             },
             // A new db gets the same grace period as any db without a report yet, so
             // that the next step computes the same status.
@@ -389,6 +414,9 @@ impl Planner<'_> {
         };
         let db = self.new_db(&keeper, DbRole::Master, InitMode::New);
         self.cd.cluster.status.master = Some(db.clone());
+        self.cd.cluster.status.master_choice = format!(
+            "initial master: keeper {keeper} is the first healthy keeper that can be master"
+        );
         self.emit(
             Event::info("initializing cluster")
                 .with("db", db)
@@ -397,6 +425,7 @@ impl Planner<'_> {
     }
 
     fn run_normal(&mut self) {
+        self.remove_dead_keepers();
         let Some(master) = self.cd.master_db().cloned() else {
             self.emit(Event::warn(
                 "cluster has no master db: nothing can be decided",
@@ -428,6 +457,27 @@ impl Planner<'_> {
         }
     }
 
+    /// Keepers without a db, silent for deadKeeperRemovalInterval, leave the cluster data.
+    /// A keeper that owns a db stays: its data may still be needed.
+    fn remove_dead_keepers(&mut self) {
+        let dead: Vec<KeeperUid> = self
+            .cd
+            .keepers
+            .keys()
+            .filter(|uid| self.cd.db_of_keeper(uid).is_none())
+            .filter(|uid| {
+                self.memory.keepers.get(*uid).is_some_and(|hb| {
+                    self.now.saturating_sub(hb.changed_at) > self.spec.dead_keeper_removal_interval
+                })
+            })
+            .cloned()
+            .collect();
+        for uid in dead {
+            self.emit(Event::info("removing old dead keeper").with("keeper", &uid));
+            self.cd.keepers.remove(&uid);
+        }
+    }
+
     fn fail_over(&mut self, failed: &Db) {
         self.emit(
             Event::info("trying to find a standby to replace failed master")
@@ -441,34 +491,75 @@ impl Planner<'_> {
             .filter(|db| self.convergence_expired(db, self.spec.convergence_timeout))
             .map(|db| db.uid.clone())
             .collect();
-        let (best, rejected) =
-            choose_new_master(&self.cd, failed, self.spec.max_standby_lag, &stalled);
-        let Some(best) = best else {
+        // In synchronous mode only a standby known to have been in sync holds every
+        // acknowledged commit.
+        let synchronous = failed.spec.synchronous_replication.then(|| {
+            let spec: BTreeSet<&DbUid> = failed.spec.synchronous_standbys.iter().collect();
+            failed
+                .status
+                .synchronous_standbys
+                .iter()
+                .filter(|uid| spec.contains(uid))
+                .cloned()
+                .collect::<BTreeSet<DbUid>>()
+        });
+        let rules = ElectionRules {
+            max_lag: self.spec.max_standby_lag,
+            stalled,
+            synchronous,
+        };
+        let choice = choose_new_master(&self.cd, failed, &rules);
+        for r in &choice.rejected {
+            self.emit(
+                Event::info("ignoring keeper as new master")
+                    .with("keeper", &r.keeper)
+                    .with("reason", r.reason),
+            );
+        }
+        let Some(best) = choice.best else {
+            self.failed_master = Some(failed.uid.clone());
             let mut event = Event::warn("no eligible masters: no failover");
-            for r in &rejected {
+            for r in &choice.rejected {
                 event = event.with("rejected", format!("{}({})", r.keeper, r.reason));
             }
             self.emit(event);
             return;
         };
-        for r in rejected {
-            self.emit(
-                Event::info("ignoring keeper as new master")
-                    .with("keeper", r.keeper)
-                    .with("reason", r.reason),
-            );
-        }
         let keeper = self.cd.dbs[&best].spec.keeper_uid.clone();
         self.emit(
             Event::info("electing db as the new master")
                 .with("db", &best)
-                .with("keeper", keeper),
+                .with("keeper", &keeper)
+                .with("why", &choice.why),
         );
         if failed.spec.role == DbRole::Master {
             self.emit(Event::info("removing old master db").with("db", &failed.uid));
         }
         self.cd.dbs.remove(&failed.uid);
-        self.cd.cluster.status.master = Some(best);
+        self.cd.cluster.status.master = Some(best.clone());
+        self.cd.cluster.status.master_choice = format!(
+            "failover from db {} (keeper {}): {}",
+            failed.uid, failed.spec.keeper_uid, choice.why
+        );
+        // The new primary waits for the same standbys as the old one did (but itself),
+        // so that commits keep waiting for a copy from the first moment it serves.
+        let new_master = self.cd.dbs.get_mut(&best).expect("elected db exists");
+        new_master.spec.synchronous_standbys = failed
+            .spec
+            .synchronous_standbys
+            .iter()
+            .filter(|uid| **uid != best)
+            .cloned()
+            .collect();
+        new_master.status.synchronous_standbys.clear();
+        new_master.spec.external_synchronous_standbys = if failed.spec.synchronous_replication
+            && new_master.spec.synchronous_standbys.len()
+                < usize::from(self.spec.min_synchronous_standbys)
+        {
+            vec![FAKE_STANDBY_NAME.to_string()]
+        } else {
+            Vec::new()
+        };
         self.clear_proxy_target();
     }
 
@@ -534,55 +625,49 @@ impl Planner<'_> {
     }
 
     fn manage_standbys(&mut self, master: &Db) {
-        let standbys: Vec<Db> = self
-            .cd
-            .dbs
-            .values()
-            .filter(|db| db.uid != master.uid)
+        self.remove_invalid_standbys(master);
+        let (mut good, converging, failed) = self.classify_standbys(master);
+        if master.spec.synchronous_replication {
+            self.manage_synchronous_standbys(master, &good);
+        }
+        // Synchronous standbys are never removed here, neither those the primary waited for
+        // when this step began nor those it waits for now: they are the only failover
+        // candidates. One that leaves the set may go in a later step.
+        let protected: BTreeSet<DbUid> = master
+            .spec
+            .synchronous_standbys
+            .iter()
+            .chain(&self.cd.dbs[&master.uid].spec.synchronous_standbys)
             .cloned()
             .collect();
-        let (mut good, mut converging, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-        for db in standbys {
-            let keeper_healthy = self
-                .cd
-                .keepers
-                .get(&db.spec.keeper_uid)
-                .is_some_and(|k| k.status.healthy);
-            if keeper_healthy && Self::converged(&db) && db.status.healthy {
-                good.push(db);
-            } else if keeper_healthy
-                && !Self::converged(&db)
-                && db.spec.init_mode == InitMode::Resync
-            {
-                // A basebackup can take as long as the data is big: no timeout here.
-                converging.push(db);
-            } else if keeper_healthy
-                && !Self::converged(&db)
-                && !self.convergence_expired(&db, self.spec.convergence_timeout)
-            {
-                converging.push(db);
-            } else {
-                failed.push(db);
-            }
-        }
         let wanted = usize::from(self.spec.max_standbys_per_sender);
         if good.len() >= wanted {
             for db in failed.iter().chain(converging.iter()) {
-                self.emit(Event::info("removing non good standby").with("db", &db.uid));
-                self.cd.dbs.remove(&db.uid);
+                if !protected.contains(&db.uid) {
+                    self.emit(Event::info("removing non good standby").with("db", &db.uid));
+                    self.cd.dbs.remove(&db.uid);
+                }
             }
-            // Keep the most advanced standbys: they are the best failover candidates.
+            // The least advanced go first: the others are the better failover candidates.
             good.sort_by(|a, b| {
-                b.status
+                a.status
                     .x_log_pos
-                    .cmp(&a.status.x_log_pos)
-                    .then(a.uid.cmp(&b.uid))
+                    .cmp(&b.status.x_log_pos)
+                    .then(b.uid.cmp(&a.uid))
             });
-            for db in good.iter().skip(wanted) {
-                self.emit(Event::info("removing good standby in excess").with("db", &db.uid));
-                self.cd.dbs.remove(&db.uid);
+            let mut excess = good.len() - wanted;
+            for db in &good {
+                if excess == 0 {
+                    break;
+                }
+                if !protected.contains(&db.uid) {
+                    self.emit(Event::info("removing good standby in excess").with("db", &db.uid));
+                    self.cd.dbs.remove(&db.uid);
+                    excess -= 1;
+                }
             }
         } else {
+            // Failed standbys stay while there is room: they may come back.
             let room = wanted.saturating_sub(good.len() + converging.len());
             let free: Vec<KeeperUid> = self
                 .cd
@@ -610,6 +695,9 @@ impl Planner<'_> {
             db.spec.follow_config = Some(FollowConfig {
                 db_uid: master.uid.clone(),
             });
+            db.spec.synchronous_standbys.clear();
+            db.spec.external_synchronous_standbys.clear();
+            db.status.synchronous_standbys.clear();
             if Self::converged(db) && db.status.healthy {
                 db.spec.init_mode = InitMode::None;
             }
@@ -629,12 +717,223 @@ impl Planner<'_> {
             .followers = followers;
     }
 
+    /// A standby whose data comes from another cluster (system identifier) or that went
+    /// past the primary's timeline cannot stream from it: its keeper gets a fresh db.
+    fn remove_invalid_standbys(&mut self, master: &Db) {
+        let invalid: Vec<(DbUid, &'static str)> = self
+            .cd
+            .dbs
+            .values()
+            .filter(|db| db.uid != master.uid && db.status.current_generation != Generation::NONE)
+            .filter_map(|db| {
+                if !db.status.system_id.is_empty()
+                    && !master.status.system_id.is_empty()
+                    && db.status.system_id != master.status.system_id
+                {
+                    Some((
+                        db.uid.clone(),
+                        "its system identifier differs from the master's",
+                    ))
+                } else if db.status.timeline_id > master.status.timeline_id {
+                    Some((db.uid.clone(), "it is on a later timeline than the master"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (uid, reason) in invalid {
+            self.emit(
+                Event::warn("removing invalid db")
+                    .with("db", &uid)
+                    .with("reason", reason),
+            );
+            self.cd.dbs.remove(&uid);
+        }
+    }
+
+    /// Splits the standbys into good (healthy and converged), converging (still applying
+    /// their spec in time) and failed.
+    fn classify_standbys(&mut self, master: &Db) -> (Vec<Db>, Vec<Db>, Vec<Db>) {
+        let (mut good, mut converging, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        let standbys: Vec<Db> = self
+            .cd
+            .dbs
+            .values()
+            .filter(|db| db.uid != master.uid)
+            .cloned()
+            .collect();
+        for db in standbys {
+            let keeper_healthy = self
+                .cd
+                .keepers
+                .get(&db.spec.keeper_uid)
+                .is_some_and(|k| k.status.healthy);
+            // A basebackup takes as long as the data is big: syncTimeout, if any, bounds it.
+            let timeout = match db.spec.init_mode {
+                InitMode::Resync => self.spec.sync_timeout,
+                _ => Some(self.spec.convergence_timeout),
+            };
+            let timed_out = timeout.is_some_and(|t| self.convergence_expired(&db, t));
+            if keeper_healthy && Self::converged(&db) && db.status.healthy {
+                good.push(db);
+            } else if keeper_healthy && !Self::converged(&db) && !timed_out {
+                converging.push(db);
+            } else {
+                failed.push(db);
+            }
+        }
+        (good, converging, failed)
+    }
+
+    /// Keeps the primary's synchronous standby set: only change it from a state where every
+    /// listed standby is known in sync, add new members before removing old ones, and list
+    /// a placeholder when there are fewer real ones than minSynchronousStandbys.
+    fn manage_synchronous_standbys(&mut self, master: &Db, good: &[Db]) {
+        let min = usize::from(self.spec.min_synchronous_standbys);
+        let max = usize::from(self.spec.max_synchronous_standbys);
+        let good_set: BTreeSet<&DbUid> = good.iter().map(|db| &db.uid).collect();
+        let reported: BTreeSet<DbUid> = self
+            .reported_sync
+            .get(&master.uid)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut spec: BTreeSet<DbUid> = master.spec.synchronous_standbys.iter().cloned().collect();
+        let mut status: BTreeSet<DbUid> =
+            master.status.synchronous_standbys.iter().cloned().collect();
+        if status != spec {
+            status = status
+                .intersection(&spec)
+                .chain(reported.intersection(&spec))
+                .cloned()
+                .collect();
+            let hopeless = spec.iter().any(|uid| {
+                !status.contains(uid) && (!self.cd.dbs.contains_key(uid) || !good_set.contains(uid))
+            });
+            if hopeless {
+                self.emit(Event::info(
+                    "setting the expected sync-standbys to the current known in sync sync-standbys",
+                ));
+                spec = status.clone();
+            }
+        }
+        if status == spec {
+            let previous = spec.clone();
+            let mut next: BTreeSet<DbUid> = previous
+                .iter()
+                .filter(|uid| good_set.contains(uid))
+                .cloned()
+                .collect();
+            for gone in previous.difference(&next) {
+                self.emit(Event::info("removing failed synchronous standby").with("db", gone));
+            }
+            let mut by_position: Vec<&Db> = good.iter().collect();
+            by_position.sort_by(|a, b| {
+                b.status
+                    .x_log_pos
+                    .cmp(&a.status.x_log_pos)
+                    .then(a.uid.cmp(&b.uid))
+            });
+            while next.len() > max {
+                let least = by_position
+                    .iter()
+                    .rev()
+                    .find(|db| next.contains(&db.uid))
+                    .map(|db| db.uid.clone())
+                    .expect("members of next are good");
+                next.remove(&least);
+            }
+            for db in &by_position {
+                if next.len() >= max {
+                    break;
+                }
+                let can = self
+                    .cd
+                    .keepers
+                    .get(&db.spec.keeper_uid)
+                    .is_some_and(|k| k.status.can_be_synchronous_replica);
+                if can
+                    && !next.contains(&db.uid)
+                    && db.status.timeline_id == master.status.timeline_id
+                {
+                    self.emit(
+                        Event::info("adding new synchronous standby in good state trying to reach MaxSynchronousStandbys")
+                            .with("db", &db.uid),
+                    );
+                    next.insert(db.uid.clone());
+                }
+            }
+            // Below the minimum, keep the previous ones even if failed: one of them may come
+            // back, and until then commits must wait anyway.
+            if next.len() < min {
+                next.extend(
+                    previous
+                        .iter()
+                        .filter(|uid| self.cd.dbs.contains_key(*uid))
+                        .cloned(),
+                );
+            }
+            if next.iter().any(|uid| !previous.contains(uid)) && !previous.is_empty() {
+                self.emit(Event::info(
+                    "merging current and previous synchronous standbys",
+                ));
+                next.extend(
+                    previous
+                        .iter()
+                        .filter(|uid| self.cd.dbs.contains_key(*uid))
+                        .cloned(),
+                );
+            }
+            if next != spec {
+                self.emit(
+                    Event::info("synchronousStandbys changed").with(
+                        "standbys",
+                        next.iter()
+                            .map(|u| u.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                );
+            }
+            spec = next;
+            status.retain(|uid| spec.contains(uid));
+        } else {
+            self.emit(Event::info(
+                "waiting for new defined synchronous standbys to be in sync",
+            ));
+        }
+        let external = if spec.len() < min {
+            self.emit(Event::info(
+                "using a fake synchronous standby since there are not enough real standbys available",
+            ));
+            vec![FAKE_STANDBY_NAME.to_string()]
+        } else {
+            Vec::new()
+        };
+        let master = self.cd.dbs.get_mut(&master.uid).expect("master");
+        master.spec.synchronous_standbys = spec.into_iter().collect();
+        master.spec.external_synchronous_standbys = external;
+        master.status.synchronous_standbys = status.into_iter().collect();
+    }
+
     fn copy_cluster_spec_into_dbs(&mut self) {
+        // While the primary is failed and not replaced, no spec changes: its synchronous
+        // settings say which standbys may replace it, and a new generation would restart the
+        // convergence timers that decide who may.
+        if self.failed_master.is_some() {
+            return;
+        }
         for db in self.cd.dbs.values_mut() {
             db.spec.max_standbys = self.spec.max_standbys;
             db.spec.additional_wal_senders = self.spec.additional_wal_senders;
             db.spec.pg_parameters = self.spec.pg_parameters.clone();
             db.spec.pg_hba = self.spec.pg_hba.clone();
+            db.spec.use_pgrewind = self.spec.use_pgrewind;
+            db.spec.synchronous_replication = self.spec.synchronous_replication;
+            if !self.spec.synchronous_replication {
+                db.spec.synchronous_standbys.clear();
+                db.spec.external_synchronous_standbys.clear();
+                db.status.synchronous_standbys.clear();
+            }
         }
     }
 
@@ -664,21 +963,40 @@ impl Planner<'_> {
     }
 }
 
-/// The standby to promote in place of `failed`, and why every other one was passed over.
+/// What limits the choice of a new primary.
+#[derive(Debug, Clone, Default)]
+pub struct ElectionRules {
+    /// Async mode: the most bytes a candidate may be behind the failed primary's last report.
+    pub max_lag: u32,
+    /// Dbs that did not apply their spec within convergenceTimeout.
+    pub stalled: BTreeSet<DbUid>,
+    /// Sync mode: the only dbs that may be chosen (known in sync with the failed primary).
+    pub synchronous: Option<BTreeSet<DbUid>>,
+}
+
+/// A failover decision: the db to promote, why, and why every other standby was not chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub best: Option<DbUid>,
+    pub why: String,
+    pub rejected: Vec<Rejection>,
+}
+
+/// The standby to promote in place of `failed`.
 ///
-/// Eligible: a standby whose db is healthy, whose keeper may be master, on the failed
-/// primary's timeline and within `max_lag` bytes of its last reported position. Among them
-/// the highest position wins (the least data lost), then the lowest db uid so the choice is
-/// stable. `stalled` dbs did not apply their spec within convergenceTimeout: a keeper stuck
-/// there would not promote either.
-pub fn choose_new_master(
-    cd: &ClusterData,
-    failed: &Db,
-    max_lag: u32,
-    stalled: &BTreeSet<DbUid>,
-) -> (Option<DbUid>, Vec<Rejection>) {
+/// Eligible: a standby whose db is healthy and has applied a spec, whose keeper may be
+/// master, on the failed primary's timeline, and either within `max_lag` bytes of its last
+/// reported position (async) or known to have been synchronous (sync). Among them the highest
+/// position wins (the least data lost: never a less advanced one), then the higher keeper
+/// priority, then the lowest db uid so the choice is stable.
+pub fn choose_new_master(cd: &ClusterData, failed: &Db, rules: &ElectionRules) -> Choice {
     let mut eligible: Vec<&Db> = Vec::new();
     let mut rejected = Vec::new();
+    let priority = |db: &Db| {
+        cd.keepers
+            .get(&db.spec.keeper_uid)
+            .map_or(0, |k| k.status.priority)
+    };
     for db in cd.dbs.values().filter(|db| db.uid != failed.uid) {
         let keeper = cd.keepers.get(&db.spec.keeper_uid);
         let lag = failed
@@ -690,13 +1008,16 @@ pub fn choose_new_master(
             Some("it cannot be master (--can-be-master=false)")
         } else if !db.status.healthy {
             Some("its db is not healthy")
-        } else if stalled.contains(&db.uid) {
+        } else if rules.stalled.contains(&db.uid) {
             Some("its db has not converged within convergenceTimeout")
         } else if db.status.current_generation == Generation::NONE {
             Some("its db has not been initialized yet")
         } else if db.status.timeline_id != failed.status.timeline_id {
             Some("its db is on another timeline than the master")
-        } else if lag > u64::from(max_lag) {
+        } else if let Some(sync) = &rules.synchronous {
+            (!sync.contains(&db.uid))
+                .then_some("it was not a known synchronous standby of the failed master")
+        } else if lag > u64::from(rules.max_lag) {
             Some("it is behind the maximum xlog position (maxStandbyLag)")
         } else {
             None
@@ -709,14 +1030,46 @@ pub fn choose_new_master(
             None => eligible.push(db),
         }
     }
-    let best = eligible
-        .into_iter()
-        .max_by(|a, b| {
-            a.status
-                .x_log_pos
-                .cmp(&b.status.x_log_pos)
-                .then_with(|| b.uid.cmp(&a.uid))
-        })
-        .map(|db| db.uid.clone());
-    (best, rejected)
+    eligible.sort_by(|a, b| {
+        b.status
+            .x_log_pos
+            .cmp(&a.status.x_log_pos)
+            .then_with(|| priority(b).cmp(&priority(a)))
+            .then_with(|| a.uid.cmp(&b.uid))
+    });
+    let Some(best) = eligible.first() else {
+        return Choice {
+            best: None,
+            why: String::new(),
+            rejected,
+        };
+    };
+    for other in &eligible[1..] {
+        let reason = if other.status.x_log_pos < best.status.x_log_pos {
+            "it is less advanced than the chosen standby"
+        } else if priority(other) < priority(best) {
+            "it has a lower priority than the equally advanced chosen standby"
+        } else {
+            "an equally advanced standby of equal priority has a lower db uid"
+        };
+        rejected.push(Rejection {
+            keeper: other.spec.keeper_uid.clone(),
+            reason,
+        });
+    }
+    let mode = if rules.synchronous.is_some() {
+        "known synchronous"
+    } else {
+        "eligible"
+    };
+    Choice {
+        best: Some(best.uid.clone()),
+        why: format!(
+            "highest xlog position {} (priority {}) among {} {mode} standbys",
+            best.status.x_log_pos,
+            priority(best),
+            eligible.len()
+        ),
+        rejected,
+    }
 }

@@ -4,8 +4,11 @@
 mod common;
 
 use common::CdBuilder;
-use stolon_cluster::{ClusterData, DbRole, DbUid, Generation, InitMode, KeeperUid};
-use stolon_engine::keeper::{next_action, slot_name, Action, Endpoint, Instance, LocalDb};
+use stolon_cluster::{ClusterData, Db, DbRole, DbUid, Generation, InitMode, KeeperUid};
+use stolon_engine::keeper::{
+    followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
+    LocalDb,
+};
 
 const ME: &str = "k1";
 const BOOT: &str = "boot-k1";
@@ -52,6 +55,7 @@ fn local(uid: &str, generation: Generation) -> LocalDb {
         uid: Some(DbUid::new(uid)),
         generation,
         initializing: false,
+        system_id: None,
     }
 }
 
@@ -70,6 +74,8 @@ fn running_standby(following: Option<Endpoint>) -> Instance {
         standby_signal: true,
         in_recovery: Some(true),
         following,
+        config_stale: false,
+        system_id: None,
         slots: None,
     }
 }
@@ -89,6 +95,8 @@ fn running_primary(slots: &[&str]) -> Instance {
         standby_signal: false,
         in_recovery: Some(false),
         following: None,
+        config_stale: false,
+        system_id: None,
         slots: Some(slots.iter().map(|s| s.to_string()).collect()),
     }
 }
@@ -252,6 +260,7 @@ fn next_action_table() {
                 db: DbUid::new("db-1"),
                 from: upstream(),
                 slot: "stolon_db-1".into(),
+                rewind: false,
             }),
         },
         Case {
@@ -348,7 +357,7 @@ fn next_action_table() {
                 host: "old.example".into(),
                 port: 5432,
             })),
-            want: Expect::Is(Action::Follow(upstream())),
+            want: Expect::Is(Action::Reconfigure),
         },
         Case {
             name: "slots: create the followers', drop the others",
@@ -527,5 +536,416 @@ fn an_initialised_data_directory_without_our_record_is_never_wiped() {
                 );
             }
         }
+    }
+}
+
+const SYSTEM: &str = "7000000000000000001";
+
+fn with_system_id(pg: Instance, id: Option<&str>) -> Instance {
+    Instance {
+        system_id: id.map(String::from),
+        ..pg
+    }
+}
+
+fn recorded(local: LocalDb, id: Option<&str>) -> LocalDb {
+    LocalDb {
+        system_id: id.map(String::from),
+        ..local
+    }
+}
+
+/// db-1 is a standby to resync from db-2, with usePgrewind as given.
+fn resync(use_pgrewind: bool) -> ClusterData {
+    let mut cd = standby(InitMode::Resync);
+    cd.dbs
+        .get_mut(&DbUid::new("db-1"))
+        .unwrap()
+        .spec
+        .use_pgrewind = use_pgrewind;
+    cd
+}
+
+fn resync_action(rewind: bool) -> Expect {
+    Expect::Is(Action::Resync {
+        db: DbUid::new("db-1"),
+        from: upstream(),
+        slot: "stolon_db-1".into(),
+        rewind,
+    })
+}
+
+#[test]
+fn rewind_table() {
+    let upstream_system_unknown = {
+        let mut cd = resync(true);
+        cd.dbs
+            .get_mut(&DbUid::new("db-2"))
+            .unwrap()
+            .status
+            .system_id = String::new();
+        cd
+    };
+    let old_primary = || with_system_id(stopped_primary(), Some(SYSTEM));
+    let cases = vec![
+        Case {
+            name: "usePgrewind, same system, initialised, not half made: rewind",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: local("db-old", Generation(9)),
+            pg: old_primary(),
+            want: resync_action(true),
+        },
+        Case {
+            name: "the same, with the system id recorded and matching: rewind",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: recorded(local("db-old", Generation(9)), Some(SYSTEM)),
+            pg: old_primary(),
+            want: resync_action(true),
+        },
+        Case {
+            name: "a running old primary is rewound too (the daemon stops it first)",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: local("db-old", Generation(9)),
+            pg: with_system_id(running_primary(&[]), Some(SYSTEM)),
+            want: resync_action(true),
+        },
+        Case {
+            name: "usePgrewind off: base backup",
+            cd: Some(resync(false)),
+            boot: BOOT,
+            local: local("db-old", Generation(9)),
+            pg: old_primary(),
+            want: resync_action(false),
+        },
+        Case {
+            name: "data directory not initialised: base backup",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: local("db-old", Generation(9)),
+            pg: with_system_id(empty_dir(), Some(SYSTEM)),
+            want: resync_action(false),
+        },
+        Case {
+            name: "a half-made resync is redone from scratch",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: LocalDb {
+                initializing: true,
+                ..local("db-1", Generation::NONE)
+            },
+            pg: old_primary(),
+            want: resync_action(false),
+        },
+        Case {
+            name: "another system: base backup",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: local("db-old", Generation(9)),
+            pg: with_system_id(stopped_primary(), Some("7000000000000000999")),
+            want: resync_action(false),
+        },
+        Case {
+            name: "our system id unknown: base backup",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: local("db-old", Generation(9)),
+            pg: with_system_id(stopped_primary(), None),
+            want: resync_action(false),
+        },
+        Case {
+            name: "the upstream's system id unknown: base backup",
+            cd: Some(upstream_system_unknown),
+            boot: BOOT,
+            local: local("db-old", Generation(9)),
+            pg: old_primary(),
+            want: resync_action(false),
+        },
+    ];
+    for case in cases {
+        check(case);
+    }
+}
+
+#[test]
+fn system_id_mismatch_table() {
+    const OTHER: &str = "7000000000000000999";
+    const REFUSE: &str = "system identifier differs";
+    let cases = vec![
+        Case {
+            name: "standby, running, another system in the directory: stop",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: recorded(applied(), Some(SYSTEM)),
+            pg: with_system_id(running_standby(Some(upstream())), Some(OTHER)),
+            want: Expect::Refuses(REFUSE),
+        },
+        Case {
+            name: "standby, stopped, another system in the directory: wait",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: recorded(applied(), Some(SYSTEM)),
+            pg: with_system_id(stopped_standby(), Some(OTHER)),
+            want: Expect::Refuses(REFUSE),
+        },
+        Case {
+            name: "primary, running, another system in the directory: stop",
+            cd: Some(master()),
+            boot: BOOT,
+            local: recorded(applied(), Some(SYSTEM)),
+            pg: with_system_id(running_primary(&["stolon_db-2"]), Some(OTHER)),
+            want: Expect::Refuses(REFUSE),
+        },
+        Case {
+            name: "a resync asked for does not override the refusal",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: recorded(local("db-old", Generation(9)), Some(SYSTEM)),
+            pg: with_system_id(stopped_primary(), Some(OTHER)),
+            want: Expect::Refuses(REFUSE),
+        },
+        Case {
+            name: "mismatch while initialising (half-made resync): redo it",
+            cd: Some(resync(true)),
+            boot: BOOT,
+            local: recorded(
+                LocalDb {
+                    initializing: true,
+                    ..local("db-1", Generation::NONE)
+                },
+                Some(SYSTEM),
+            ),
+            pg: with_system_id(stopped_primary(), Some(OTHER)),
+            want: resync_action(false),
+        },
+        Case {
+            name: "same system: idle",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: recorded(applied(), Some(SYSTEM)),
+            pg: with_system_id(running_standby(Some(upstream())), Some(SYSTEM)),
+            want: Expect::Is(Action::Idle),
+        },
+        Case {
+            name: "no system id recorded: not judged",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: recorded(applied(), None),
+            pg: with_system_id(running_standby(Some(upstream())), Some(OTHER)),
+            want: Expect::Is(Action::Idle),
+        },
+        Case {
+            name: "system id of the directory unknown: not judged",
+            cd: Some(master()),
+            boot: BOOT,
+            local: recorded(applied(), Some(SYSTEM)),
+            pg: with_system_id(running_primary(&["stolon_db-2"]), None),
+            want: Expect::Is(Action::Idle),
+        },
+    ];
+    for case in cases {
+        check(case);
+    }
+}
+
+#[test]
+fn reconfigure_table() {
+    let stale = |pg: Instance| Instance {
+        config_stale: true,
+        ..pg
+    };
+    let upstream_unknown = {
+        let mut cd = standby(InitMode::None);
+        cd.dbs.get_mut(&DbUid::new("db-2")).unwrap().status.port = 0;
+        cd
+    };
+    let master_with_followers = {
+        let mut cd = master();
+        cd.dbs.get_mut(&DbUid::new("db-1")).unwrap().spec.followers =
+            vec![DbUid::new("db-2"), DbUid::new("db-3")];
+        cd
+    };
+    let cases = vec![
+        Case {
+            name: "running primary with a stale configuration",
+            cd: Some(master()),
+            boot: BOOT,
+            local: applied(),
+            pg: stale(running_primary(&["stolon_db-2"])),
+            want: Expect::Is(Action::Reconfigure),
+        },
+        Case {
+            name: "running primary, stale configuration before slots",
+            cd: Some(master_with_followers),
+            boot: BOOT,
+            local: applied(),
+            pg: stale(running_primary(&["stolon_gone"])),
+            want: Expect::Is(Action::Reconfigure),
+        },
+        Case {
+            name: "running primary, stale, on an older generation: reconfigure before marking",
+            cd: Some(master()),
+            boot: BOOT,
+            local: local("db-1", Generation(2)),
+            pg: stale(running_primary(&["stolon_db-2"])),
+            want: Expect::Is(Action::Reconfigure),
+        },
+        Case {
+            name: "stopped primary with a stale configuration: start (it reads the new one)",
+            cd: Some(master()),
+            boot: BOOT,
+            local: applied(),
+            pg: stale(stopped_primary()),
+            want: Expect::Is(Action::Start { follow: None }),
+        },
+        Case {
+            name: "primary role on a stale standby: promote first",
+            cd: Some(master()),
+            boot: BOOT,
+            local: applied(),
+            pg: stale(running_standby(Some(upstream()))),
+            want: Expect::Is(Action::Promote),
+        },
+        Case {
+            name: "running standby on the right upstream with a stale configuration",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: applied(),
+            pg: stale(running_standby(Some(upstream()))),
+            want: Expect::Is(Action::Reconfigure),
+        },
+        Case {
+            name: "running standby, stale, on an older generation: reconfigure before marking",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: local("db-1", Generation(1)),
+            pg: stale(running_standby(Some(upstream()))),
+            want: Expect::Is(Action::Reconfigure),
+        },
+        Case {
+            name: "running standby without a known upstream in its configuration",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: applied(),
+            pg: running_standby(None),
+            want: Expect::Is(Action::Reconfigure),
+        },
+        Case {
+            name: "running standby on another port of the same host",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: applied(),
+            pg: running_standby(Some(Endpoint {
+                port: 5433,
+                ..upstream()
+            })),
+            want: Expect::Is(Action::Reconfigure),
+        },
+        Case {
+            name: "stopped standby with a stale configuration: start following",
+            cd: Some(standby(InitMode::None)),
+            boot: BOOT,
+            local: applied(),
+            pg: stale(stopped_standby()),
+            want: Expect::Is(Action::Start {
+                follow: Some(upstream()),
+            }),
+        },
+        Case {
+            name: "upstream address unknown: keep following the old one",
+            cd: Some(upstream_unknown.clone()),
+            boot: BOOT,
+            local: applied(),
+            pg: running_standby(Some(Endpoint {
+                host: "old.example".into(),
+                port: 5432,
+            })),
+            want: Expect::Is(Action::Idle),
+        },
+        Case {
+            name: "upstream address unknown, stale configuration: reconfigure",
+            cd: Some(upstream_unknown),
+            boot: BOOT,
+            local: applied(),
+            pg: stale(running_standby(Some(upstream()))),
+            want: Expect::Is(Action::Reconfigure),
+        },
+    ];
+    for case in cases {
+        check(case);
+    }
+}
+
+#[test]
+fn followed_endpoint_table() {
+    let cd = standby(InitMode::None);
+    let db = |cd: &ClusterData, uid: &str| cd.dbs[&DbUid::new(uid)].clone();
+    let no_port = {
+        let mut cd = cd.clone();
+        cd.dbs.get_mut(&DbUid::new("db-2")).unwrap().status.port = 0;
+        cd
+    };
+    let no_address = {
+        let mut cd = cd.clone();
+        cd.dbs
+            .get_mut(&DbUid::new("db-2"))
+            .unwrap()
+            .status
+            .listen_address
+            .clear();
+        cd
+    };
+    let followed_gone = {
+        let mut cd = cd.clone();
+        cd.dbs.remove(&DbUid::new("db-2"));
+        cd
+    };
+    let cases: Vec<(&str, &ClusterData, Db, Option<Endpoint>)> = vec![
+        (
+            "standby following a known db",
+            &cd,
+            db(&cd, "db-1"),
+            Some(upstream()),
+        ),
+        ("the primary follows no one", &cd, db(&cd, "db-2"), None),
+        (
+            "followed db without a port",
+            &no_port,
+            db(&no_port, "db-1"),
+            None,
+        ),
+        (
+            "followed db without an address",
+            &no_address,
+            db(&no_address, "db-1"),
+            None,
+        ),
+        ("followed db gone", &followed_gone, db(&cd, "db-1"), None),
+    ];
+    for (name, cd, db, want) in cases {
+        assert_eq!(followed_endpoint(cd, &db), want, "{name}");
+    }
+}
+
+#[test]
+fn sync_gate_table() {
+    let u = |v: &[&str]| v.iter().map(|s| DbUid::new(*s)).collect::<Vec<_>>();
+    let cases: [(&str, &[&str], &[&str], bool); 6] = [
+        ("nothing to wait for", &[], &[], true),
+        ("nothing to wait for, some in sync", &[], &["a"], true),
+        ("the one wanted is in sync", &["a"], &["a"], true),
+        (
+            "all wanted in sync, and more",
+            &["a", "b"],
+            &["b", "c", "a"],
+            true,
+        ),
+        ("none in sync", &["a"], &[], false),
+        ("one of two missing", &["a", "b"], &["a"], false),
+    ];
+    for (name, wanted, in_sync, lifted) in cases {
+        assert_eq!(sync_gate_lifted(&u(wanted), &u(in_sync)), lifted, "{name}");
     }
 }

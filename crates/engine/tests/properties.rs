@@ -1,12 +1,13 @@
 //! Properties of the sentinel's planner over random histories of a 3-keeper, 2-proxy cluster:
 //! keepers publishing or going silent, their positions moving, proxies acknowledging or not,
-//! time advancing by random amounts. Checked after every step.
+//! synchronous replication turned on and off, primaries reporting random sets of standbys in
+//! sync, time advancing by random amounts. Checked after every step.
 
 mod common;
 
 use common::*;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation};
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
 
@@ -36,6 +37,13 @@ enum Op {
     ProxyGone(usize),
     /// Another sentinel becomes leader: the memory starts empty.
     NewLeader,
+    /// `stolonctl update` turns synchronous replication on or off.
+    SyncMode(bool),
+    /// From its next report on, the keeper gives as in sync the dbs of the keepers whose bit
+    /// is set (as they are now)...
+    ReportSync(usize, u8),
+    /// ...or, again, the synchronous standbys of its spec whose keepers are alive.
+    AutoSync(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -48,12 +56,15 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (k.clone(), 0u64..1_500).prop_map(|(k, n)| Op::Write(k, n)),
         1 => k.clone().prop_map(Op::KeeperSilent),
         2 => k.clone().prop_map(Op::KeeperAlive),
-        1 => k.prop_map(Op::KeeperGone),
+        1 => k.clone().prop_map(Op::KeeperGone),
         2 => (p.clone(), any::<bool>()).prop_map(|(p, a)| Op::ProxyAcks(p, a)),
         1 => p.clone().prop_map(Op::ProxySilent),
         1 => p.clone().prop_map(Op::ProxyAlive),
         1 => p.prop_map(Op::ProxyGone),
         1 => Just(Op::NewLeader),
+        1 => any::<bool>().prop_map(Op::SyncMode),
+        2 => (k.clone(), 0u8..8).prop_map(|(k, m)| Op::ReportSync(k, m)),
+        1 => k.clone().prop_map(Op::AutoSync),
     ]
 }
 
@@ -79,6 +90,17 @@ fn apply(w: &mut World, op: &Op) {
             sim.present = false;
         }
         Op::NewLeader => w.memory = Memory::default(),
+        Op::SyncMode(on) => w.spec.synchronous_replication = on,
+        Op::ReportSync(k, mask) => {
+            let dbs: Vec<DbUid> = KEEPERS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .filter_map(|(_, k)| w.cd.db_of_keeper(&(*k).into()).map(|db| db.uid.clone()))
+                .collect();
+            w.keeper(KEEPERS[k]).in_sync = Some(dbs);
+        }
+        Op::AutoSync(k) => w.keeper(KEEPERS[k]).in_sync = None,
     }
 }
 
@@ -198,6 +220,44 @@ fn continues(out: &StepOutput, again: &StepOutput) -> bool {
         .any(|(opened, next)| has(&out.events, opened) && has(&again.events, next))
 }
 
+/// Synchronous replication: a failover elects only a db the failed primary listed in its
+/// spec *and* knew in sync; and a db the primary waits for (listed in its spec) is never
+/// removed by the step that reads it there: it must leave the spec first.
+fn check_sync(input: &ClusterData, output: &ClusterData) -> Result<(), TestCaseError> {
+    let (Some(old), Some(new)) = (
+        input.cluster.status.master.as_ref(),
+        output.cluster.status.master.as_ref(),
+    ) else {
+        return Ok(());
+    };
+    let Some(primary) = input.dbs.get(old) else {
+        return Ok(());
+    };
+    if new != old && primary.spec.synchronous_replication {
+        let spec: BTreeSet<&DbUid> = primary.spec.synchronous_standbys.iter().collect();
+        let known: BTreeSet<&DbUid> = primary.status.synchronous_standbys.iter().collect();
+        prop_assert!(
+            spec.contains(new) && known.contains(new),
+            "elected {} in synchronous mode, not in spec {:?} ∩ status {:?} of failed {}",
+            new,
+            spec,
+            known,
+            old
+        );
+    }
+    for uid in &primary.spec.synchronous_standbys {
+        if input.dbs.contains_key(uid) {
+            prop_assert!(
+                output.dbs.contains_key(uid),
+                "synchronous standby {} of {} removed while listed in the spec",
+                uid,
+                old
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One step as [`World::step`] does it, checked against the invariants; then the same step
 /// again on its own output, at the same time, with the same observations and a clone of the
 /// memory it left: it must change nothing, unless it continues one of the [`CONTINUATIONS`],
@@ -214,6 +274,7 @@ fn step_checked(w: &mut World, watch: &mut Watch) -> Result<StepOutput, TestCase
     let first = sentinel::step(w.now, &input, &w.spec, obs, &mut w.memory, seed);
     watch.check(&first.data)?;
     check_fencing(w, &input, &first.data)?;
+    check_sync(&input, &first.data)?;
     w.cd = first.data.clone();
 
     let mut memory = w.memory.clone();
@@ -235,6 +296,7 @@ fn step_checked(w: &mut World, watch: &mut Watch) -> Result<StepOutput, TestCase
         );
         watch.check(&again.data)?;
         check_fencing(w, &out.data, &again.data)?;
+        check_sync(&out.data, &again.data)?;
         out = again;
     }
     Err(TestCaseError::fail("no fixpoint at the same time"))
@@ -265,11 +327,33 @@ fn diff(a: &ClusterData, b: &ClusterData) -> Vec<String> {
     out
 }
 
-fn run(start_normal: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+/// The cluster spec of one history.
+#[derive(Debug, Clone)]
+struct Setup {
+    synchronous: bool,
+    min_sync: u16,
+    max_sync: u16,
+    max_standbys_per_sender: u16,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    (any::<bool>(), 0u16..=2, 1u16..=2, 1u16..=3).prop_map(|(synchronous, min, max, per)| Setup {
+        synchronous,
+        min_sync: min.min(max),
+        max_sync: max,
+        max_standbys_per_sender: per,
+    })
+}
+
+fn run(setup: &Setup, start_normal: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let overrides = format!(
+        r#"{{"synchronousReplication": {}, "minSynchronousStandbys": {}, "maxSynchronousStandbys": {}, "maxStandbysPerSender": {}}}"#,
+        setup.synchronous, setup.min_sync, setup.max_sync, setup.max_standbys_per_sender
+    );
     let mut w = if start_normal {
-        World::normal(&KEEPERS, &PROXIES)
+        World::normal_with(&overrides, &KEEPERS, &PROXIES)
     } else {
-        let mut w = World::new(&KEEPERS);
+        let mut w = World::with_spec(&overrides, &KEEPERS);
         for p in PROXIES {
             w.add_proxy(p);
         }
@@ -294,9 +378,10 @@ proptest! {
 
     #[test]
     fn planner_invariants_hold_after_every_step(
+        setup in setup(),
         start_normal in any::<bool>(),
         ops in prop::collection::vec(op(), 1..80),
     ) {
-        run(start_normal, &ops)?;
+        run(&setup, start_normal, &ops)?;
     }
 }

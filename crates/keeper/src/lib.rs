@@ -13,12 +13,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, DbSpec, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId,
+    ClusterData, Db, DbRole, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId,
 };
-use stolon_engine::keeper::{next_action, Action, Endpoint, Instance, SLOT_PREFIX};
+use stolon_engine::keeper::{
+    followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
+    SLOT_PREFIX,
+};
 use stolon_pg::conf::{render_pg_hba, render_postgresql_conf, ConfInput, StandbySettings};
 use stolon_pg::ctl::{OsUser, PgCtl, Upstream};
 use stolon_pg::probe::{LocalConn, Observed};
+use stolon_pg::PgError;
 use stolon_store::{ChangeWaiter, InfoKind, Store, WatchScope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +35,9 @@ const DEFAULT_SLEEP_INTERVAL: Duration = Duration::from_secs(5);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// The most actions one loop takes before publishing what it has done.
 const MAX_ACTIONS_PER_LOOP: usize = 8;
+/// Failed starts of the same db spec before the keeper stops trying (and the sentinel,
+/// seeing the db unhealthy, fails it over).
+const MAX_START_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct KeeperConfig {
@@ -45,6 +52,9 @@ pub struct KeeperConfig {
     pub repl_username: String,
     pub repl_password: String,
     pub can_be_master: bool,
+    pub can_be_synchronous_replica: bool,
+    /// Among equally advanced failover candidates, the higher priority wins.
+    pub priority: i32,
     /// The OS user PostgreSQL runs as, when the keeper runs as root.
     pub run_as: Option<OsUser>,
 }
@@ -80,6 +90,8 @@ pub async fn run(
         last_wait: None,
         request_timeout: Duration::from_secs(10),
         db_wait_ready_timeout: Duration::from_secs(60),
+        sync_gate: false,
+        failed_starts: (None, 0),
     };
     // A postgres left running by a previous keeper acts on decisions we did not see: stop
     // it, and start it again only once the sentinel has seen this boot.
@@ -117,6 +129,11 @@ struct Keeper {
     last_wait: Option<&'static str>,
     request_timeout: Duration,
     db_wait_ready_timeout: Duration,
+    /// Set when a synchronous primary starts: only internal roles may connect until its
+    /// synchronous standbys are in sync again.
+    sync_gate: bool,
+    /// Consecutive failed starts, per (db, generation).
+    failed_starts: (Option<(DbUid, Generation)>, u32),
 }
 
 /// What one observation of the instance gave.
@@ -176,7 +193,7 @@ impl Keeper {
     /// Observes and acts until the engine has nothing more to do; returns the last
     /// observation.
     async fn reconcile(&mut self, cd: Option<&ClusterData>) -> Seen {
-        let mut seen = self.observe().await;
+        let mut seen = self.observe(cd).await;
         let mut previous: Option<Action> = None;
         for _ in 0..MAX_ACTIONS_PER_LOOP {
             let local = match self.data.db_state() {
@@ -206,17 +223,50 @@ impl Keeper {
                 }
                 _ => self.last_wait = None,
             }
-            if let Err(e) = self.act(cd, &action).await {
-                tracing::error!(action = ?action, error = %format!("{e:#}"), "action failed");
-                return self.observe().await;
+            if matches!(action, Action::Start { .. }) && !self.may_start(cd) {
+                if self.last_wait != Some(GAVE_UP_STARTING) {
+                    tracing::error!("{GAVE_UP_STARTING} (attempts={MAX_START_ATTEMPTS})");
+                    self.last_wait = Some(GAVE_UP_STARTING);
+                }
+                return seen;
             }
-            seen = self.observe().await;
+            let result = self.act(cd, &action).await;
+            if matches!(action, Action::Start { .. }) {
+                self.count_start(cd, result.is_ok());
+            }
+            if let Err(e) = result {
+                tracing::error!(action = ?action, error = %format!("{e:#}"), "action failed");
+                return self.observe(cd).await;
+            }
+            seen = self.observe(cd).await;
             previous = Some(action);
         }
         seen
     }
 
-    async fn observe(&self) -> Seen {
+    /// The db and generation a start is for: failed starts are counted per spec.
+    fn start_key(&self, cd: Option<&ClusterData>) -> Option<(DbUid, Generation)> {
+        cd.and_then(|cd| cd.db_of_keeper(&self.uid))
+            .map(|db| (db.uid.clone(), db.generation))
+    }
+
+    fn may_start(&self, cd: Option<&ClusterData>) -> bool {
+        let (key, failures) = &self.failed_starts;
+        *key != self.start_key(cd) || *failures < MAX_START_ATTEMPTS
+    }
+
+    fn count_start(&mut self, cd: Option<&ClusterData>, succeeded: bool) {
+        let key = self.start_key(cd);
+        if succeeded {
+            self.failed_starts = (key, 0);
+        } else if self.failed_starts.0 == key {
+            self.failed_starts.1 += 1;
+        } else {
+            self.failed_starts = (key, 1);
+        }
+    }
+
+    async fn observe(&mut self, cd: Option<&ClusterData>) -> Seen {
         let initialized = self.pg.is_initialized();
         let running = match self.pg.is_running(self.request_timeout).await {
             Ok(r) => r,
@@ -236,11 +286,28 @@ impl Keeper {
         } else {
             None
         };
-        let following = self
-            .pg
-            .read_file("postgresql.conf")
-            .and_then(|c| stolon_pg::conf::parse_upstream(&c))
+        let on_disk = self.pg.read_file("postgresql.conf");
+        let following = on_disk
+            .as_deref()
+            .and_then(stolon_pg::conf::parse_upstream)
             .map(|(host, port)| Endpoint { host, port });
+        let db = cd.and_then(|cd| cd.db_of_keeper(&self.uid).map(|db| (cd, db)));
+        if let (true, Some(probe), Some((_, db))) = (self.sync_gate, &probe, db) {
+            if sync_gate_lifted(&db.spec.synchronous_standbys, &in_sync_dbs(probe)) {
+                tracing::info!(
+                    "synchronous standbys in sync: allowing connections from normal users"
+                );
+                self.sync_gate = false;
+            }
+        }
+        let config_stale = match db {
+            Some((cd, db)) if initialized => {
+                let (conf, hba) = self.desired_files(cd, db, following.as_ref());
+                on_disk.as_deref() != Some(conf.as_str())
+                    || self.pg.read_file("pg_hba.conf").as_deref() != Some(hba.as_str())
+            }
+            _ => false,
+        };
         Seen {
             instance: Instance {
                 initialized,
@@ -249,6 +316,12 @@ impl Keeper {
                 in_recovery: probe.as_ref().map(|p| p.in_recovery),
                 following,
                 slots: probe.as_ref().map(|p| p.slots.clone()),
+                config_stale,
+                system_id: if initialized {
+                    self.pg.system_id()
+                } else {
+                    None
+                },
             },
             probe,
         }
@@ -280,6 +353,8 @@ impl Keeper {
             x_log_pos: probe.and_then(|p| Lsn::parse(&p.lsn)).unwrap_or_default(),
             listen_address: self.config.advertise_address.clone(),
             port: self.config.port,
+            synchronous_standbys: probe.map(in_sync_dbs).unwrap_or_default(),
+            older_wal_file: String::new(),
         })
     }
 
@@ -295,6 +370,8 @@ impl Keeper {
             cluster_uid: cd.cluster.uid.clone(),
             boot_uuid: self.boot_uuid.clone(),
             can_be_master: self.config.can_be_master,
+            can_be_synchronous_replica: self.config.can_be_synchronous_replica,
+            priority: self.config.priority,
             postgres_state: state,
         };
         let ttl = (3 * sleep_interval).max(Duration::from_secs(3));
@@ -309,21 +386,28 @@ impl Keeper {
         Ok(())
     }
 
-    fn my_db_spec<'a>(&self, cd: Option<&'a ClusterData>) -> anyhow::Result<&'a DbSpec> {
+    fn my_db<'a>(&self, cd: Option<&'a ClusterData>) -> anyhow::Result<&'a Db> {
         cd.and_then(|cd| cd.db_of_keeper(&self.uid))
-            .map(|db| &db.spec)
             .context("no db assigned")
     }
 
-    /// Rewrites the configuration files for the instance's current local role.
-    fn write_conf(
+    /// The configuration files the instance should have now: its local role decides
+    /// whether it streams (from the followed db, or where it already streams from while that
+    /// is unknown); a primary lists its synchronous standbys; the sync gate narrows access.
+    fn desired_files(
         &self,
-        spec: &DbSpec,
-        follow: Option<&Endpoint>,
-        db_uid: &str,
-    ) -> anyhow::Result<()> {
-        let app_name = format!("{SLOT_PREFIX}{db_uid}");
-        let standby = follow.map(|ep| StandbySettings {
+        cd: &ClusterData,
+        db: &Db,
+        following: Option<&Endpoint>,
+    ) -> (String, String) {
+        let spec = &db.spec;
+        let follow = self
+            .pg
+            .has_standby_signal()
+            .then(|| followed_endpoint(cd, db).or_else(|| following.cloned()))
+            .flatten();
+        let app_name = slot_name(&db.uid);
+        let standby = follow.as_ref().map(|ep| StandbySettings {
             host: &ep.host,
             port: ep.port,
             user: &self.config.repl_username,
@@ -331,6 +415,16 @@ impl Keeper {
             application_name: &app_name,
             slot: &app_name,
         });
+        let synchronous: Vec<String> =
+            if spec.role == DbRole::Master && spec.synchronous_replication && follow.is_none() {
+                spec.synchronous_standbys
+                    .iter()
+                    .map(slot_name)
+                    .chain(spec.external_synchronous_standbys.iter().cloned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let conf = render_postgresql_conf(&ConfInput {
             listen_address: &self.config.listen_address,
             port: self.config.port,
@@ -339,13 +433,29 @@ impl Keeper {
             additional_wal_senders: spec.additional_wal_senders,
             user_parameters: &spec.pg_parameters,
             standby,
+            synchronous_standbys: &synchronous,
+            wal_log_hints: spec.use_pgrewind,
         });
-        self.pg.write_file("postgresql.conf", &conf)?;
         let hba = render_pg_hba(
             &self.config.su_username,
             &self.config.repl_username,
             spec.pg_hba.as_deref(),
+            self.sync_gate,
         );
+        (conf, hba)
+    }
+
+    fn write_files(&self, cd: Option<&ClusterData>) -> anyhow::Result<()> {
+        let cd = cd.context("no cluster data")?;
+        let db = cd.db_of_keeper(&self.uid).context("no db assigned")?;
+        let following = self
+            .pg
+            .read_file("postgresql.conf")
+            .as_deref()
+            .and_then(stolon_pg::conf::parse_upstream)
+            .map(|(host, port)| Endpoint { host, port });
+        let (conf, hba) = self.desired_files(cd, db, following.as_ref());
+        self.pg.write_file("postgresql.conf", &conf)?;
         self.pg.write_file("pg_hba.conf", &hba)?;
         Ok(())
     }
@@ -357,17 +467,19 @@ impl Keeper {
             uid: db.to_string(),
             generation: 0,
             initializing: true,
+            system_id: String::new(),
         })?;
         self.stop_if_running().await?;
-        self.pg.wipe_and_create_pgdata()?;
         Ok(())
     }
 
+    /// Records the finished db with the system identifier its data directory now has.
     fn finish_new_db(&self, db: &DbUid) -> anyhow::Result<()> {
         self.data.save_db_state(&DbState {
             uid: db.to_string(),
             generation: 0,
             initializing: false,
+            system_id: self.pg.system_id().unwrap_or_default(),
         })
     }
 
@@ -380,11 +492,6 @@ impl Keeper {
     }
 
     async fn act(&mut self, cd: Option<&ClusterData>, action: &Action) -> anyhow::Result<()> {
-        let db_uid = || {
-            cd.and_then(|cd| cd.db_of_keeper(&self.uid))
-                .map(|db| db.uid.to_string())
-                .unwrap_or_default()
-        };
         match action {
             Action::Idle | Action::Wait(_) => {}
             Action::Stop(reason) => {
@@ -393,8 +500,8 @@ impl Keeper {
             }
             Action::InitNew { db } => {
                 tracing::info!(db = %db, "initializing the database cluster");
-                let spec = self.my_db_spec(cd)?.clone();
                 self.begin_new_db(db).await?;
+                self.pg.wipe_and_create_pgdata()?;
                 self.pg
                     .initdb(
                         &self.config.su_username,
@@ -402,7 +509,7 @@ impl Keeper {
                         self.db_wait_ready_timeout,
                     )
                     .await?;
-                self.write_conf(&spec, None, db.as_str())?;
+                self.write_files(cd)?;
                 tracing::info!("starting database");
                 self.pg.start(self.db_wait_ready_timeout).await?;
                 tracing::info!("setting roles");
@@ -412,47 +519,70 @@ impl Keeper {
                 self.finish_new_db(db)?;
                 tracing::info!(db = %db, "database cluster initialized");
             }
-            Action::Resync { db, from, slot } => {
+            Action::Resync {
+                db,
+                from,
+                slot,
+                rewind,
+            } => {
                 tracing::info!(db = %db, from = %format!("{}:{}", from.host, from.port), "resyncing the database cluster");
-                let spec = self.my_db_spec(cd)?.clone();
                 self.begin_new_db(db).await?;
-                tracing::info!(slot = %slot, "running pg_basebackup");
                 let started = Instant::now();
-                self.pg
-                    .basebackup(
-                        &Upstream {
-                            host: &from.host,
-                            port: from.port,
-                            user: &self.config.repl_username,
-                            password: &self.config.repl_password,
-                        },
-                        slot,
-                        Duration::from_secs(24 * 3600),
-                    )
-                    .await?;
+                if !(*rewind && self.try_rewind(from).await) {
+                    self.pg.wipe_and_create_pgdata()?;
+                    tracing::info!(slot = %slot, "syncing from followed db: running pg_basebackup");
+                    let copied = self
+                        .pg
+                        .basebackup(
+                            &Upstream {
+                                host: &from.host,
+                                port: from.port,
+                                user: &self.config.repl_username,
+                                password: &self.config.repl_password,
+                            },
+                            slot,
+                            Duration::from_secs(24 * 3600),
+                        )
+                        .await;
+                    match copied {
+                        // The primary's keeper creates our slot when it sees us among its
+                        // followers; until then there is nothing to copy from.
+                        Err(PgError::Tool { stderr, .. })
+                            if stderr.contains("replication slot")
+                                && stderr.contains("does not exist") =>
+                        {
+                            tracing::info!(slot = %slot, "the primary has not created our replication slot yet: retrying");
+                            return Ok(());
+                        }
+                        copied => copied?,
+                    }
+                }
+                // Both tools leave the source's configuration behind: ours replaces it.
                 self.pg.write_file("standby.signal", "")?;
                 self.pg.remove_file("postgresql.auto.conf")?;
-                self.write_conf(&spec, Some(from), db.as_str())?;
+                self.write_files(cd)?;
                 self.finish_new_db(db)?;
                 tracing::info!(db = %db, elapsed = ?started.elapsed(), "sync succeeded");
             }
-            Action::Start { follow } => {
-                let spec = self.my_db_spec(cd)?.clone();
-                self.write_conf(&spec, follow.as_ref(), &db_uid())?;
+            Action::Start { .. } => {
+                let db = self.my_db(cd)?;
+                if db.spec.role == DbRole::Master && db.spec.synchronous_replication {
+                    tracing::info!("not allowing connection as normal users since synchronous replication is enabled and instance was down");
+                    self.sync_gate = true;
+                }
+                self.write_files(cd)?;
                 tracing::info!(standby = self.pg.has_standby_signal(), "starting database");
                 self.pg.start(self.db_wait_ready_timeout).await?;
             }
             Action::Promote => {
                 tracing::info!("promoting to master");
                 self.pg.promote(self.db_wait_ready_timeout).await?;
-                let spec = self.my_db_spec(cd)?.clone();
-                self.write_conf(&spec, None, &db_uid())?;
+                self.write_files(cd)?;
                 self.pg.reload(self.request_timeout).await?;
             }
-            Action::Follow(ep) => {
-                tracing::info!(upstream = %format!("{}:{}", ep.host, ep.port), "recovery parameters changed, reloading postgres instance");
-                let spec = self.my_db_spec(cd)?.clone();
-                self.write_conf(&spec, Some(ep), &db_uid())?;
+            Action::Reconfigure => {
+                tracing::info!("postgres parameters changed, reloading postgres instance");
+                self.write_files(cd)?;
                 self.pg.reload(self.request_timeout).await?;
             }
             Action::SyncSlots { create, drop } => {
@@ -478,7 +608,59 @@ impl Keeper {
         }
         Ok(())
     }
+
+    /// pg_rewind from the primary; false (logged) when it fails, for a base backup instead.
+    async fn try_rewind(&self, from: &Endpoint) -> bool {
+        tracing::info!("syncing using pg_rewind");
+        let _ = self.pg.remove_file("postgresql.auto.conf");
+        let source = Upstream {
+            host: &from.host,
+            port: from.port,
+            user: &self.config.su_username,
+            password: &self.config.su_password,
+        };
+        if let Err(e) = stolon_pg::probe::checkpoint(
+            source.host,
+            source.port,
+            source.user,
+            source.password,
+            self.db_wait_ready_timeout,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "cannot checkpoint the primary before pg_rewind: falling back to pg_basebackup");
+            return false;
+        }
+        match self
+            .pg
+            .rewind(
+                &source,
+                self.db_wait_ready_timeout.max(Duration::from_secs(600)),
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "error syncing with pg_rewind: falling back to pg_basebackup");
+                false
+            }
+        }
+    }
 }
+
+/// Our standbys that a primary's `pg_stat_replication` reports in sync.
+fn in_sync_dbs(probe: &Observed) -> Vec<DbUid> {
+    probe
+        .in_sync
+        .iter()
+        .filter_map(|name| name.strip_prefix(SLOT_PREFIX))
+        .map(DbUid::new)
+        .collect()
+}
+
+/// Logged once when the keeper stops restarting postgres.
+const GAVE_UP_STARTING: &str =
+    "postgres failed to start repeatedly: not trying again until the db spec changes or the keeper restarts";
 
 /// Two reports that differ only by WAL position: not worth an early publish.
 fn same_but_position(a: Option<&PgState>, b: Option<&PgState>) -> bool {

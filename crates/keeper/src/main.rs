@@ -44,6 +44,13 @@ struct Cli {
     /// Whether this keeper may be elected primary on failover.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     can_be_master: bool,
+    /// Whether this keeper may be chosen as a synchronous standby.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    can_be_synchronous_replica: bool,
+    /// Among equally advanced failover candidates, the higher priority wins; a lower
+    /// priority never makes a less advanced standby win.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
     /// When the keeper runs as root: the OS user PostgreSQL runs as.
     #[arg(long, default_value = "postgres")]
     pg_os_user: String,
@@ -106,6 +113,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         repl_username: cli.pg_repl_username.clone(),
         repl_password,
         can_be_master: cli.can_be_master,
+        can_be_synchronous_replica: cli.can_be_synchronous_replica,
+        priority: cli.priority,
         run_as,
     };
     let shutdown = stolon_daemon::shutdown_on_signals();

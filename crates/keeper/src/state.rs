@@ -24,6 +24,9 @@ pub struct DbState {
     pub generation: u64,
     #[serde(rename = "Initializing")]
     pub initializing: bool,
+    /// The system identifier the data directory got when this keeper made it.
+    #[serde(rename = "SystemID", default)]
+    pub system_id: String,
 }
 
 impl DbState {
@@ -32,6 +35,7 @@ impl DbState {
             uid: (!self.uid.is_empty()).then(|| DbUid::new(&self.uid)),
             generation: Generation(self.generation),
             initializing: self.initializing,
+            system_id: (!self.system_id.is_empty()).then(|| self.system_id.clone()),
         }
     }
 }

@@ -215,6 +215,49 @@ impl PgCtl {
         cmd
     }
 
+    /// Rewinds a stopped data directory that diverged from `source` (a primary of the same
+    /// system) so that it can follow it. pg_rewind recovers an uncleanly stopped target
+    /// first, and copies the source's configuration files: the caller rewrites them.
+    pub async fn rewind(&self, source: &Upstream<'_>, timeout: Duration) -> Result<(), PgError> {
+        let scratch = self.pgdata.parent().unwrap_or(Path::new("/tmp"));
+        let passfile = self.secret_file(
+            scratch,
+            ".rewind-pgpass",
+            &format!(
+                "*:*:*:{}:{}\n",
+                source.user,
+                source.password.replace(':', "\\:")
+            ),
+        )?;
+        let mut cmd = self.command("pg_rewind");
+        cmd.env("PGPASSFILE", &passfile.0)
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg(format!(
+                "--source-server=host={} port={} user={} dbname=postgres",
+                source.host, source.port, source.user
+            ));
+        if let Some(dir) = &self.bin_dir {
+            // pg_rewind starts `postgres --single` to recover the target: same version.
+            cmd.env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            );
+        }
+        self.run(cmd, "pg_rewind", timeout).await.map(drop)
+    }
+
+    /// The system identifier in the control file (its first field), as PostgreSQL prints it.
+    pub fn system_id(&self) -> Option<String> {
+        let bytes = std::fs::read(self.pgdata.join("global/pg_control")).ok()?;
+        let id: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(id).to_string())
+    }
+
     pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
         let mut cmd = self.pg_ctl("start", timeout);
         cmd.arg("-l")
@@ -245,9 +288,18 @@ impl PgCtl {
     pub async fn stop(&self, timeout: Duration) -> Result<(), PgError> {
         let mut cmd = self.pg_ctl("stop", timeout);
         cmd.arg("-m").arg("fast");
-        self.run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
+        match self
+            .run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
             .await
-            .map(drop)
+        {
+            Ok(_) => Ok(()),
+            // A postmaster that died without removing its pid file makes pg_ctl fail; what
+            // matters is that nothing runs any more.
+            Err(e) => match self.is_running(timeout).await {
+                Ok(false) => Ok(()),
+                _ => Err(e),
+            },
+        }
     }
 
     pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {

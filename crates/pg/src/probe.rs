@@ -22,6 +22,8 @@ pub struct Observed {
     pub timeline_id: u32,
     pub lsn: String,
     pub slots: Vec<String>,
+    /// Application names of the standbys in sync now (`pg_stat_replication`).
+    pub in_sync: Vec<String>,
 }
 
 impl LocalConn {
@@ -86,6 +88,16 @@ impl LocalConn {
             .iter()
             .map(|r| r.get::<_, String>(0))
             .collect();
+        let in_sync = self
+            .bounded(client.query(
+                "select application_name::text from pg_stat_replication
+                  where sync_state in ('sync', 'quorum') order by 1",
+                &[],
+            ))
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
         let timeline: i32 = row.get(2);
         Ok(Observed {
             in_recovery: row.get(0),
@@ -96,6 +108,7 @@ impl LocalConn {
                 .get::<_, Option<String>>(3)
                 .unwrap_or_else(|| "0/0".into()),
             slots,
+            in_sync,
         })
     }
 
@@ -129,4 +142,35 @@ impl LocalConn {
         };
         self.bounded(client.batch_execute(&sql)).await
     }
+}
+
+/// Asks a (remote) primary for a checkpoint. A freshly promoted primary records its new
+/// timeline in its control file only at its next checkpoint, and pg_rewind reads the
+/// timeline from there: without it, pg_rewind sees no divergence and does nothing.
+pub async fn checkpoint(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<(), PgError> {
+    let mut config = Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .application_name("stolon-keeper")
+        .connect_timeout(timeout);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| PgError::Unexpected("connection to the primary timed out".into()))??;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    tokio::time::timeout(timeout, client.batch_execute("checkpoint"))
+        .await
+        .map_err(|_| PgError::Unexpected("checkpoint timed out".into()))?
+        .map_err(PgError::from)
 }

@@ -19,6 +19,8 @@ const CLUSTER_NAME: &str = "test";
 #[derive(Debug, Clone)]
 pub struct KeeperOptions {
     pub can_be_master: bool,
+    pub can_be_synchronous_replica: bool,
+    pub priority: i32,
     /// Start the keeper itself as the `postgres` OS user instead of root.
     pub as_postgres_user: bool,
 }
@@ -27,6 +29,8 @@ impl Default for KeeperOptions {
     fn default() -> Self {
         KeeperOptions {
             can_be_master: true,
+            can_be_synchronous_replica: true,
+            priority: 0,
             as_postgres_user: false,
         }
     }
@@ -269,7 +273,11 @@ impl TestCluster {
             .arg("--pg-repl-passwordfile")
             .arg(self.root().join("repl-password"))
             .arg("--can-be-master")
-            .arg(k.options.can_be_master.to_string());
+            .arg(k.options.can_be_master.to_string())
+            .arg("--can-be-synchronous-replica")
+            .arg(k.options.can_be_synchronous_replica.to_string())
+            .arg("--priority")
+            .arg(k.options.priority.to_string());
         if k.options.as_postgres_user {
             let (uid, gid) = postgres_os_user().expect("the postgres OS user exists");
             std::fs::create_dir_all(&k.data_dir).unwrap();
@@ -296,8 +304,101 @@ impl TestCluster {
             p.kill();
         }
         if let Some(pid) = postmaster {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            // Gone means reaped too: a zombie still answers signal 0.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
+    }
+
+    /// A frozen node: SIGSTOP (or with `false`, SIGCONT) the keeper, its postmaster and
+    /// every postgres process the postmaster started.
+    pub fn freeze_keeper_and_postgres(&self, i: usize, frozen: bool) {
+        if let Some(p) = &self.keepers[i].process {
+            p.signal(if frozen {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            });
+        }
+        self.freeze_postgres(i, frozen);
+    }
+
+    /// SIGSTOP (or SIGCONT) keeper `i`'s postmaster and the processes it started.
+    pub fn freeze_postgres(&self, i: usize, frozen: bool) {
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        if let Some(pid) = self.keepers[i].postmaster_pid() {
+            for child in children_of(pid).into_iter().chain([pid]) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), signal);
+            }
+        }
+    }
+
+    /// SIGKILLs every process whose command line names keeper `i`'s data directory and
+    /// `program` (a pg_basebackup the keeper started, say).
+    pub fn kill_processes_of(&self, i: usize, program: &str) {
+        let dir = self.keepers[i].data_dir.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains(program) && cmdline.contains(&dir) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Changes the stored cluster data with compare-and-swap, as stolonctl would.
+    pub async fn update_cluster_data(&self, change: impl Fn(&mut ClusterData)) {
+        loop {
+            let read = stolon_store::read_cluster_data(self.store.as_ref())
+                .await
+                .unwrap()
+                .expect("cluster data");
+            let mut cd = read.data;
+            change(&mut cd);
+            match self
+                .store
+                .put_cluster_data(cd.encode(), stolon_store::Expect::Revision(read.revision))
+                .await
+            {
+                Ok(_) => return,
+                Err(stolon_store::StoreError::Conflict) => continue,
+                Err(e) => panic!("writing cluster data: {e}"),
+            }
+        }
+    }
+
+    /// The log of keeper `i`, every start of it in order.
+    pub fn keeper_log(&self, i: usize) -> String {
+        let k = &self.keepers[i];
+        (0..k.starts)
+            .map(|n| match n {
+                0 => format!("{}.log", k.uid),
+                n => format!("{}-restart{n}.log", k.uid),
+            })
+            .map(|name| std::fs::read_to_string(self.log_dir.join(name)).unwrap_or_default())
+            .collect()
+    }
+
+    /// The log of keeper `i`'s latest start.
+    pub fn keeper_last_log(&self, i: usize) -> String {
+        let k = &self.keepers[i];
+        let name = match k.starts {
+            0 | 1 => format!("{}.log", k.uid),
+            n => format!("{}-restart{}.log", k.uid, n - 1),
+        };
+        std::fs::read_to_string(self.log_dir.join(name)).unwrap_or_default()
     }
 
     pub fn keeper_index(&self, uid: &KeeperUid) -> usize {
@@ -430,4 +531,24 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
 }

@@ -99,3 +99,99 @@ pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres
     });
     Ok(client)
 }
+
+/// Whether a client error means the server side of the connection went away: closed by the
+/// proxy, reset, or a backend announcing its end because its postmaster died.
+pub fn is_connection_loss(err: &tokio_postgres::Error) -> bool {
+    err.is_closed()
+        || err.to_string().contains("connection")
+        || err
+            .as_db_error()
+            .is_some_and(|db| db.message().contains("terminating connection"))
+}
+
+/// One insert the server acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub id: i32,
+    pub sent: Instant,
+    pub acked: Instant,
+}
+
+/// A client inserting one row every 20 ms through `port` into `table (id int primary key)`,
+/// reconnecting after any error, and recording what was acknowledged: the measure of
+/// availability and of lost writes.
+pub struct Writer {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<Ack>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(port: u16, table: &'static str) -> Writer {
+        let acked: std::sync::Arc<std::sync::Mutex<Vec<Ack>>> = Default::default();
+        let log = acked.clone();
+        let task = tokio::spawn(async move {
+            let sql = format!("insert into {table} (id) values ($1)");
+            let mut id = 0;
+            loop {
+                let Ok(client) = connect(port).await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                loop {
+                    id += 1;
+                    let sent = Instant::now();
+                    match client.execute(&sql, &[&id]).await {
+                        Ok(_) => log.lock().unwrap().push(Ack {
+                            id,
+                            sent,
+                            acked: Instant::now(),
+                        }),
+                        Err(_) => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Writer { acked, task }
+    }
+
+    pub fn acked(&self) -> Vec<Ack> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// The first acknowledgement of a write sent after `t` (a write sent before may still be
+    /// acknowledged by the old primary).
+    pub fn first_acked_sent_after(&self, t: Instant) -> Option<Instant> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|ack| ack.sent > t)
+            .map(|ack| ack.acked)
+    }
+
+    pub fn stop(self) -> Vec<Ack> {
+        self.task.abort();
+        self.acked()
+    }
+}
+
+/// The acknowledged ids missing from `table` as read through `port`.
+pub async fn lost_writes(port: u16, table: &str, acked: &[Ack], timeout: Duration) -> Vec<i32> {
+    let sql = format!("select id from {table}");
+    let present: Vec<i32> = wait_until("reading back through the proxy", timeout, || {
+        let sql = sql.clone();
+        async move {
+            let client = connect(port).await.ok()?;
+            let rows = client.query(&sql, &[]).await.ok()?;
+            Some(rows.iter().map(|r| r.get(0)).collect())
+        }
+    })
+    .await;
+    acked
+        .iter()
+        .map(|a| a.id)
+        .filter(|id| !present.contains(id))
+        .collect()
+}

@@ -58,6 +58,8 @@ pub struct KeeperSim {
     pub uid: KeeperUid,
     pub index: usize,
     pub can_be_master: bool,
+    pub can_be_synchronous_replica: bool,
+    pub priority: i32,
     pub boot_uuid: String,
     /// Publishes a new info (a new info_uid) before every step.
     pub alive: bool,
@@ -68,6 +70,10 @@ pub struct KeeperSim {
     pub pg: Option<PgState>,
     /// The WAL position the next [`World::report`] publishes.
     pub xlog: u64,
+    /// What the next report of a primary gives as its standbys in sync now: exactly these
+    /// when set; otherwise every db of its `spec.synchronous_standbys` whose keeper is alive,
+    /// as a real primary's `pg_stat_replication` would.
+    pub in_sync: Option<Vec<DbUid>>,
 }
 
 /// A proxy as the sentinel sees it through its published info.
@@ -135,12 +141,15 @@ impl World {
                 uid: KeeperUid::new(k),
                 index,
                 can_be_master: true,
+                can_be_synchronous_replica: true,
+                priority: 0,
                 boot_uuid: format!("boot-{k}"),
                 alive: true,
                 present: true,
                 info_uid: String::new(),
                 pg: None,
                 xlog: 0,
+                in_sync: None,
             },
         );
     }
@@ -215,6 +224,8 @@ impl World {
                 cluster_uid: ClusterUid::new(CLUSTER),
                 boot_uuid: k.boot_uuid.clone(),
                 can_be_master: k.can_be_master,
+                can_be_synchronous_replica: k.can_be_synchronous_replica,
+                priority: k.priority,
                 postgres_state: k.pg.clone(),
             })
             .collect();
@@ -278,8 +289,25 @@ impl World {
 
     pub fn report_with(&mut self, k: &str, adjust: impl FnOnce(&mut PgState)) {
         let db = self.cd.db_of_keeper(&KeeperUid::new(k)).cloned();
-        let sim = self.keeper(k);
         let Some(db) = db else { return };
+        let auto_sync: Vec<DbUid> = if db.spec.role == DbRole::Master {
+            db.spec
+                .synchronous_standbys
+                .iter()
+                .filter(|uid| {
+                    self.cd.dbs.get(*uid).is_some_and(|s| {
+                        self.keepers
+                            .get(&s.spec.keeper_uid)
+                            .is_some_and(|sim| sim.alive)
+                    })
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let sim = self.keeper(k);
+        let synchronous_standbys = sim.in_sync.clone().unwrap_or(auto_sync);
         let mut state = PgState {
             db_uid: db.uid.clone(),
             generation: db.generation,
@@ -290,6 +318,8 @@ impl World {
             x_log_pos: Lsn(sim.xlog),
             listen_address: format!("10.0.0.{}", sim.index + 1),
             port: 5432,
+            synchronous_standbys,
+            older_wal_file: String::new(),
         };
         adjust(&mut state);
         sim.pg = Some(state);
@@ -324,10 +354,21 @@ impl World {
     }
 
     pub fn normal_with(overrides: &str, keepers: &[&str], proxies: &[&str]) -> World {
+        World::normal_setup(overrides, keepers, proxies, |_| {})
+    }
+
+    /// [`World::normal_with`], with `setup` applied to the keepers before the first step.
+    pub fn normal_setup(
+        overrides: &str,
+        keepers: &[&str],
+        proxies: &[&str],
+        setup: impl FnOnce(&mut World),
+    ) -> World {
         let mut w = World::with_spec(overrides, keepers);
         for p in proxies {
             w.add_proxy(p);
         }
+        setup(&mut w);
         w.step();
         w.settle();
         assert_eq!(w.cd.cluster.status.phase, ClusterPhase::Normal);
@@ -376,6 +417,48 @@ impl World {
             }
         }
         None
+    }
+
+    /// `stolonctl failkeeper k`: the flag is written into the cluster data the sentinel
+    /// reads next.
+    pub fn fail_keeper(&mut self, k: &str) {
+        self.cd
+            .keepers
+            .get_mut(&KeeperUid::new(k))
+            .unwrap_or_else(|| panic!("no keeper {k} in the cluster data"))
+            .status
+            .force_fail = true;
+    }
+
+    /// The db of each keeper, in the order given.
+    pub fn dbs_of(&self, ks: &[&str]) -> Vec<DbUid> {
+        ks.iter().map(|k| self.db_of(k).uid.clone()).collect()
+    }
+
+    /// The primary's keeper reports exactly the dbs of these keepers in sync from now on,
+    /// starting with a report now.
+    pub fn report_in_sync(&mut self, ks: &[&str]) {
+        let uids = self.dbs_of(ks);
+        let master = self.master_uid();
+        let k = self.keeper_of(&master);
+        self.keeper(&k).in_sync = Some(uids);
+        self.report(&k);
+    }
+
+    /// The primary's `spec.synchronous_standbys`, as keepers, sorted.
+    pub fn sync_spec(&self) -> Vec<String> {
+        self.keepers_of(&self.master().spec.synchronous_standbys)
+    }
+
+    /// The primary's `status.synchronous_standbys`, as keepers, sorted.
+    pub fn sync_status(&self) -> Vec<String> {
+        self.keepers_of(&self.master().status.synchronous_standbys)
+    }
+
+    pub fn keepers_of(&self, dbs: &[DbUid]) -> Vec<String> {
+        let mut ks: Vec<String> = dbs.iter().map(|db| self.keeper_of(db)).collect();
+        ks.sort();
+        ks
     }
 }
 
@@ -452,10 +535,43 @@ impl CdBuilder {
                     healthy: true,
                     boot_uuid: format!("boot-{k}"),
                     can_be_master,
+                    can_be_synchronous_replica: true,
+                    priority: 0,
+                    force_fail: false,
                 },
             },
         );
         self
+    }
+
+    pub fn adjust_keeper(mut self, k: &str, adjust: impl FnOnce(&mut KeeperStatus)) -> CdBuilder {
+        adjust(
+            &mut self
+                .cd
+                .keepers
+                .get_mut(&KeeperUid::new(k))
+                .expect("keeper added first")
+                .status,
+        );
+        self
+    }
+
+    pub fn priority(self, k: &str, priority: i32) -> CdBuilder {
+        self.adjust_keeper(k, |s| s.priority = priority)
+    }
+
+    /// Synchronous replication on every db, and on `master` the standbys it must wait for
+    /// (`spec`) and those known in sync (`status`).
+    pub fn sync(mut self, master: &str, spec: &[&str], status: &[&str]) -> CdBuilder {
+        for db in self.cd.dbs.values_mut() {
+            db.spec.synchronous_replication = true;
+        }
+        let uids = |v: &[&str]| v.iter().map(|u| DbUid::new(*u)).collect::<Vec<_>>();
+        let (spec, status) = (uids(spec), uids(status));
+        self.adjust_db(master, |db| {
+            db.spec.synchronous_standbys = spec;
+            db.status.synchronous_standbys = status;
+        })
     }
 
     /// A converged, healthy db on timeline 1 at position `xlog`, listening on a known
@@ -476,6 +592,10 @@ impl CdBuilder {
                     additional_wal_senders: 5,
                     pg_parameters: BTreeMap::new(),
                     pg_hba: None,
+                    synchronous_replication: false,
+                    synchronous_standbys: Vec::new(),
+                    external_synchronous_standbys: Vec::new(),
+                    use_pgrewind: false,
                 },
                 status: DbStatus {
                     healthy: true,
@@ -486,6 +606,7 @@ impl CdBuilder {
                     system_id: "7000000000000000001".into(),
                     timeline_id: TimelineId(1),
                     x_log_pos: Lsn(xlog),
+                    synchronous_standbys: Vec::new(),
                 },
             },
         );

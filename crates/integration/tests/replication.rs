@@ -1,0 +1,731 @@
+//! Replication lifecycle scenarios: synchronous replication, rejoin, standby management,
+//! keeper management. Real etcd and PostgreSQL; assertions through the proxy.
+
+use std::time::Duration;
+use stolon_cluster::{DbRole, DbUid};
+use stolon_testkit::{
+    connect, lost_writes, wait_until, ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster,
+    Writer,
+};
+use tokio::time::Instant;
+
+const BOOT: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(60);
+/// Errors scenarios provoke on purpose (killed primaries, their cut connections).
+const EXPECTED: &[&str] = &["action failed", "cannot connect to master"];
+
+async fn execute(port: u16, sql: &str) -> Option<()> {
+    let client = connect(port).await.ok()?;
+    client.batch_execute(sql).await.ok()
+}
+
+async fn count(port: u16, table: &str) -> Option<i64> {
+    let client = connect(port).await.ok()?;
+    let row = client
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
+async fn create_table(cluster: &TestCluster, table: &str) {
+    let port = cluster.proxy_port();
+    let sql = format!("create table {table} (id int primary key)");
+    wait_until("creating a table through the proxy", BOOT, || {
+        execute(port, &sql)
+    })
+    .await;
+}
+
+/// The db uid a keeper owns now.
+async fn db_of(cluster: &TestCluster, i: usize) -> Option<DbUid> {
+    let cd = cluster.cluster_data().await?;
+    cd.db_of_keeper(&cluster.keepers[i].uid)
+        .map(|db| db.uid.clone())
+}
+
+/// Waits until keeper `i` owns a healthy standby db that has applied its spec.
+async fn wait_for_standby(cluster: &TestCluster, i: usize, timeout: Duration) {
+    let uid = cluster.keepers[i].uid.clone();
+    wait_until(
+        &format!("keeper{i} to be a healthy standby"),
+        timeout,
+        || async {
+            let cd = cluster.cluster_data().await?;
+            let db = cd.db_of_keeper(&uid)?;
+            (db.spec.role == DbRole::Standby
+                && db.status.healthy
+                && db.status.in_recovery
+                && db.status.current_generation == db.generation)
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until the primary lists `n` standbys as known in sync, and returns them.
+async fn wait_for_sync_standbys(cluster: &TestCluster, n: usize) -> Vec<DbUid> {
+    wait_until(&format!("{n} known synchronous standbys"), BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        let master = cd.master_db()?;
+        let known = &master.status.synchronous_standbys;
+        (known.len() == n && master.spec.synchronous_standbys == *known).then(|| known.clone())
+    })
+    .await
+}
+
+fn sync_cluster(keepers: usize) -> ClusterBuilder {
+    ClusterBuilder::new()
+        .keepers(keepers)
+        .spec("synchronousReplication", true.into())
+        .spec("minSynchronousStandbys", 1.into())
+        .spec("maxSynchronousStandbys", 1.into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_01_sync_replication_standby_is_in_the_reported_set() {
+    let cluster = sync_cluster(2).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let standby = 1 - master;
+    wait_for_standby(&cluster, standby, BOOT).await;
+    let sync = wait_for_sync_standbys(&cluster, 1).await;
+    assert_eq!(Some(&sync[0]), db_of(&cluster, standby).await.as_ref());
+    // The primary really waits for it: pg_stat_replication says so.
+    let primary_port = cluster.keepers[master].pg_port;
+    let client = connect(primary_port).await.unwrap();
+    let state: String = client
+        .query_one(
+            "select sync_state::text from pg_stat_replication where application_name = $1",
+            &[&format!("stolon_{}", sync[0])],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "sync");
+    create_table(&cluster, "t").await;
+    execute(cluster.proxy_port(), "insert into t values (1), (2)")
+        .await
+        .unwrap();
+    // A synchronous commit is on the standby when it returns.
+    assert_eq!(count(cluster.keepers[standby].pg_port, "t").await, Some(2));
+    cluster.assert_no_unexpected_errors(&[]);
+}
+
+/// Synchronous failover under a steady write load: the known synchronous standby is
+/// promoted and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_02_sync_failover_loses_no_acknowledged_write() {
+    let mut cluster = sync_cluster(3).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    let sync = wait_for_sync_standbys(&cluster, 1).await;
+    create_table(&cluster, "w").await;
+    let writer = Writer::start(cluster.proxy_port(), "w");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let killed = Instant::now();
+    cluster.kill_keeper_and_postgres(master);
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    assert_eq!(
+        db_of(&cluster, new_master).await.as_ref(),
+        Some(&sync[0]),
+        "the synchronous standby is promoted"
+    );
+    wait_until("writes through the proxy again", FAILOVER, || async {
+        writer.first_acked_sent_after(killed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = writer.stop();
+    assert!(
+        acked.len() > 20,
+        "the writer made progress: {}",
+        acked.len()
+    );
+    let lost = lost_writes(cluster.proxy_port(), "w", &acked, FAILOVER).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// The old primary, SIGKILLed and restarted after a failover, comes back as a standby of
+/// the new primary and receives new rows; it is never a primary again.
+async fn old_primary_rejoins(rewind: bool, sync: bool, min_sync: u16) {
+    let mut builder = ClusterBuilder::new()
+        .keepers(3)
+        .spec("usePgrewind", rewind.into());
+    if sync {
+        builder = builder
+            .spec("synchronousReplication", true.into())
+            .spec("minSynchronousStandbys", min_sync.into());
+    }
+    let mut cluster = builder.start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    create_table(&cluster, "r").await;
+    execute(
+        cluster.proxy_port(),
+        "insert into r select generate_series(1, 100)",
+    )
+    .await
+    .unwrap();
+    // Let the standbys report the rows (async mode elects within maxStandbyLag).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    cluster.kill_keeper_and_postgres(master);
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    let port = cluster.proxy_port();
+    wait_until("a write on the new primary", FAILOVER, || {
+        execute(port, "insert into r select generate_series(101, 200)")
+    })
+    .await;
+
+    let old_port = cluster.keepers[master].pg_port;
+    cluster.start_keeper(master);
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let client = connect(old_port).await.ok();
+        if let Some(client) = client {
+            let recovery: Option<bool> = client
+                .query_one("select pg_is_in_recovery()", &[])
+                .await
+                .ok()
+                .map(|r| r.get(0));
+            assert_ne!(
+                recovery,
+                Some(false),
+                "the old primary must never be a primary again"
+            );
+        }
+        let cd = cluster.cluster_data().await.unwrap();
+        let rejoined = cd
+            .db_of_keeper(&cluster.keepers[master].uid)
+            .is_some_and(|db| {
+                db.spec.role == DbRole::Standby && db.status.healthy && db.status.in_recovery
+            });
+        if rejoined {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old primary did not rejoin as a standby"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until("new rows on the old primary", BOOT, || async {
+        (count(old_port, "r").await? == 200).then_some(())
+    })
+    .await;
+    let restart_log = &cluster.keeper_last_log(master);
+    if rewind {
+        assert!(
+            restart_log.contains("syncing using pg_rewind"),
+            "{restart_log}"
+        );
+        assert!(
+            !restart_log.contains("falling back to pg_basebackup"),
+            "{restart_log}"
+        );
+    } else {
+        assert!(!restart_log.contains("pg_rewind"), "{restart_log}");
+        assert!(
+            restart_log.contains("running pg_basebackup"),
+            "{restart_log}"
+        );
+    }
+    assert_ne!(new_master, master);
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_04_old_primary_rejoins_with_pg_rewind() {
+    old_primary_rejoins(true, false, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_04_old_primary_rejoins_with_basebackup() {
+    old_primary_rejoins(false, false, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_04_old_primary_rejoins_sync_with_pg_rewind() {
+    old_primary_rejoins(true, true, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_04_old_primary_rejoins_sync_without_pg_rewind() {
+    old_primary_rejoins(false, true, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_04_old_primary_rejoins_sync_min_synchronous_standbys_0() {
+    old_primary_rejoins(true, true, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_05_frozen_primary_is_replaced_and_rejoins_when_thawed() {
+    let cluster = ClusterBuilder::new().keepers(2).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    create_table(&cluster, "f").await;
+    cluster.freeze_keeper_and_postgres(master, true);
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    let port = cluster.proxy_port();
+    wait_until("a write through the proxy", FAILOVER, || {
+        execute(port, "insert into f values (1)")
+    })
+    .await;
+    cluster.freeze_keeper_and_postgres(master, false);
+    wait_for_standby(&cluster, master, BOOT).await;
+    execute(port, "insert into f values (2)").await.unwrap();
+    let old_port = cluster.keepers[master].pg_port;
+    wait_until("the thawed primary to catch up", BOOT, || async {
+        (count(old_port, "f").await? == 2).then_some(())
+    })
+    .await;
+    assert_ne!(new_master, master);
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_06_failed_standby_is_replaced_by_a_free_keeper() {
+    let mut cluster = ClusterBuilder::new()
+        .keepers(3)
+        .spec("maxStandbysPerSender", 1.into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    let standby = (0..3)
+        .find(|&i| i != master && cd.db_of_keeper(&cluster.keepers[i].uid).is_some())
+        .unwrap();
+    let free = 3 - master - standby;
+    assert!(
+        db_of(&cluster, free).await.is_none(),
+        "one keeper is free with maxStandbysPerSender 1"
+    );
+    let failed_db = db_of(&cluster, standby).await.unwrap();
+    cluster.kill_keeper_and_postgres(standby);
+    wait_for_standby(&cluster, free, BOOT).await;
+    wait_until("the failed standby's db to be removed", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        (!cd.dbs.contains_key(&failed_db)).then_some(())
+    })
+    .await;
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_07_lowering_max_standbys_per_sender_removes_the_excess() {
+    let cluster = ClusterBuilder::new().keepers(3).start().await;
+    cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    cluster
+        .update_cluster_data(|cd| cd.cluster.spec.max_standbys_per_sender = Some(1))
+        .await;
+    wait_until("one standby to be removed", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        (cd.dbs.len() == 2).then_some(())
+    })
+    .await;
+    // The keeper left without a db stops its postgres.
+    let cd = cluster.cluster_data().await.unwrap();
+    let freed = (0..3)
+        .find(|&i| cd.db_of_keeper(&cluster.keepers[i].uid).is_none())
+        .unwrap();
+    wait_until("the freed keeper to stop postgres", BOOT, || async {
+        cluster.keepers[freed]
+            .postmaster_pid()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    cluster.assert_no_unexpected_errors(&[]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_08_dead_keepers_and_removekeeper() {
+    let mut cluster = ClusterBuilder::new()
+        .keepers(3)
+        .spec("maxStandbysPerSender", 1.into())
+        .spec("deadKeeperRemovalInterval", "8s".into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    let free = (0..3)
+        .find(|&i| cd.db_of_keeper(&cluster.keepers[i].uid).is_none())
+        .unwrap();
+    let standby = 3 - master - free;
+    let free_uid = cluster.keepers[free].uid.clone();
+    let standby_uid = cluster.keepers[standby].uid.clone();
+
+    // The primary's keeper cannot be removed.
+    let refused = cluster.stolonctl(&["removekeeper", cluster.keepers[master].uid.as_str()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("current cluster master db"));
+
+    // A dead keeper without a db goes; a dead keeper owning a db stays.
+    cluster.kill_keeper_and_postgres(free);
+    cluster.kill_keeper_and_postgres(standby);
+    wait_until("the dead free keeper to be removed", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        (!cd.keepers.contains_key(&free_uid)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    assert!(
+        cd.keepers.contains_key(&standby_uid),
+        "a keeper owning a db is kept"
+    );
+
+    let removed = cluster.stolonctl(&["removekeeper", standby_uid.as_str()]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let cd = cluster.cluster_data().await.unwrap();
+    assert!(!cd.keepers.contains_key(&standby_uid));
+    assert!(cd.db_of_keeper(&standby_uid).is_none());
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+async fn failkeeper_fails_over(sync: bool) {
+    let builder = if sync {
+        sync_cluster(3)
+    } else {
+        ClusterBuilder::new().keepers(3)
+    };
+    let cluster = builder.start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    let sync_set = if sync {
+        wait_for_sync_standbys(&cluster, 1).await
+    } else {
+        Vec::new()
+    };
+    create_table(&cluster, "k").await;
+    let writer = Writer::start(cluster.proxy_port(), "k");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = cluster.stolonctl(&["failkeeper", cluster.keepers[master].uid.as_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let forced = Instant::now();
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    if sync {
+        assert_eq!(
+            db_of(&cluster, new_master).await.as_ref(),
+            Some(&sync_set[0])
+        );
+    }
+    wait_until("writes through the proxy again", FAILOVER, || async {
+        writer.first_acked_sent_after(forced)
+    })
+    .await;
+    let acked = writer.stop();
+    if sync {
+        let lost = lost_writes(cluster.proxy_port(), "k", &acked, FAILOVER).await;
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    }
+    assert!(cluster
+        .sentinel_logs()
+        .contains("keeper forced to fail (stolonctl failkeeper)"));
+    let unknown = cluster.stolonctl(&["failkeeper", "nosuchkeeper"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("keeper doesn't exist"));
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_09_failkeeper_async() {
+    failkeeper_fails_over(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_09_failkeeper_sync() {
+    failkeeper_fails_over(true).await;
+}
+
+/// Equally advanced standbys: the higher --priority wins; --can-be-master=false is never
+/// chosen even when it has the highest priority.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_10_candidate_choice_priority_and_can_be_master() {
+    let mut cluster = ClusterBuilder::new()
+        .keeper(KeeperOptions::default())
+        .keeper(KeeperOptions {
+            priority: 1,
+            ..Default::default()
+        })
+        .keeper(KeeperOptions {
+            priority: 5,
+            ..Default::default()
+        })
+        .keeper(KeeperOptions {
+            priority: 9,
+            can_be_master: false,
+            ..Default::default()
+        })
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    assert_eq!(
+        master, 0,
+        "the initial primary is the first keeper that can be master"
+    );
+    cluster.wait_for_standbys(3, BOOT).await;
+    // Idle: every standby reports the primary's position.
+    wait_until("standbys at the same position", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        let positions: std::collections::BTreeSet<_> =
+            cd.dbs.values().map(|db| db.status.x_log_pos).collect();
+        (positions.len() == 1).then_some(())
+    })
+    .await;
+    cluster.kill_keeper_and_postgres(master);
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    assert_eq!(
+        new_master, 2,
+        "highest priority among the equally advanced that can be master"
+    );
+    let cd = cluster.cluster_data().await.unwrap();
+    assert!(
+        cd.cluster.status.master_choice.contains("priority 5"),
+        "{}",
+        cd.cluster.status.master_choice
+    );
+    let logs = cluster.sentinel_logs();
+    assert!(
+        logs.contains("it cannot be master (--can-be-master=false)"),
+        "rejections are logged"
+    );
+    assert!(logs.contains("lower priority"), "rejections are logged");
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_10_can_be_synchronous_replica_false_is_never_synchronous() {
+    let cluster = ClusterBuilder::new()
+        .keeper(KeeperOptions::default())
+        .keeper(KeeperOptions {
+            can_be_synchronous_replica: false,
+            ..Default::default()
+        })
+        .keeper(KeeperOptions::default())
+        .spec("synchronousReplication", true.into())
+        .spec("maxSynchronousStandbys", 2.into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    assert_eq!(master, 0);
+    cluster.wait_for_standbys(2, BOOT).await;
+    let sync = wait_for_sync_standbys(&cluster, 1).await;
+    assert_eq!(Some(&sync[0]), db_of(&cluster, 2).await.as_ref());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    let never = db_of(&cluster, 1).await.unwrap();
+    assert!(!cd
+        .master_db()
+        .unwrap()
+        .spec
+        .synchronous_standbys
+        .contains(&never));
+    cluster.assert_no_unexpected_errors(&[]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_07_second_keeper_on_the_same_data_dir_fails() {
+    let cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    let out = std::process::Command::new(stolon_testkit::bin_dir().join("stolon-keeper"))
+        .args([
+            "--cluster-name",
+            "test",
+            "--store-backend",
+            "etcdv3",
+            "--store-endpoints",
+        ])
+        .arg(&cluster.etcd.endpoint)
+        .arg("--data-dir")
+        .arg(&cluster.keepers[0].data_dir)
+        .args(["--pg-listen-address", "127.0.0.1", "--pg-su-password", "x"])
+        .args(["--pg-repl-username", "r", "--pg-repl-password", "y"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("cannot take exclusive lock on data dir"),
+        "{text}"
+    );
+    cluster.assert_no_unexpected_errors(&[]);
+}
+
+/// After a keeper restart, postgres left running is stopped and stays down until the
+/// sentinel has seen the new keeper process; then it comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn keeper_restart_waits_for_the_sentinel_before_starting_postgres() {
+    let mut cluster = ClusterBuilder::new().keepers(2).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let standby = 1 - master;
+    wait_for_standby(&cluster, standby, BOOT).await;
+    if let Some(mut keeper) = cluster.keepers[standby].process.take() {
+        keeper.kill();
+    }
+    assert!(
+        cluster.keepers[standby].postmaster_pid().is_some(),
+        "postgres outlives a killed keeper"
+    );
+    cluster.start_keeper(standby);
+    wait_until("the restarted keeper to start postgres", BOOT, || async {
+        cluster
+            .keeper_last_log(standby)
+            .contains("starting database")
+            .then_some(())
+    })
+    .await;
+    wait_for_standby(&cluster, standby, BOOT).await;
+    let restart = &cluster.keeper_last_log(standby);
+    let stopped = restart
+        .find("stopping postgres left running by a previous keeper process")
+        .expect(restart);
+    let waited = restart
+        .find("our db boot UID is different than the cluster data one")
+        .expect(restart);
+    let started = restart.find("starting database").expect(restart);
+    assert!(stopped < waited && waited < started, "{restart}");
+    cluster.assert_no_unexpected_errors(&[]);
+}
+
+/// A resync that crashed midway (the keeper killed during its base backup) is redone when
+/// the keeper comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn crashed_resync_is_redone() {
+    let mut cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    // A frozen primary holds the new standby's base backup in the middle.
+    cluster.freeze_postgres(0, true);
+    cluster
+        .keepers
+        .push(KeeperHandle::new(&cluster, 1, KeeperOptions::default()));
+    cluster.start_keeper(1);
+    wait_until("the base backup to start", BOOT, || async {
+        cluster
+            .keeper_log(1)
+            .contains("running pg_basebackup")
+            .then_some(())
+    })
+    .await;
+    if let Some(mut keeper) = cluster.keepers[1].process.take() {
+        keeper.kill();
+    }
+    cluster.kill_processes_of(1, "pg_basebackup");
+    cluster.freeze_postgres(0, false);
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cluster.keepers[1].data_dir.join("dbstate")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        state["Initializing"], true,
+        "the crash left the resync marked unfinished"
+    );
+
+    cluster.start_keeper(1);
+    wait_for_standby(&cluster, 1, BOOT).await;
+    let restart = &cluster.keeper_last_log(1);
+    assert!(
+        restart.contains("resyncing the database cluster"),
+        "{restart}"
+    );
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// A primary whose data directory disappeared is never initialised again on its own: its
+/// keeper refuses, and the sentinel fails over to the standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn disappeared_data_dir_is_never_reinitialised() {
+    let mut cluster = ClusterBuilder::new().keepers(2).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    cluster.kill_keeper_and_postgres(master);
+    std::fs::remove_dir_all(cluster.keepers[master].data_dir.join("postgres")).unwrap();
+    cluster.start_keeper(master);
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    assert_ne!(new_master, master);
+    let restart = &cluster.keeper_last_log(master);
+    assert!(
+        restart.contains("refusing to re-initialise it on our own"),
+        "{restart}"
+    );
+    assert!(
+        !restart.contains("initializing the database cluster"),
+        "{restart}"
+    );
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// Postgres killed under a live keeper is restarted by it: no failover.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_killed_under_a_live_keeper_is_restarted() {
+    let cluster = ClusterBuilder::new()
+        .keepers(2)
+        .spec("failInterval", "20s".into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    create_table(&cluster, "p").await;
+    let pid = cluster.keepers[master].postmaster_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let port = cluster.proxy_port();
+    wait_until("writes through the proxy again", FAILOVER, || {
+        execute(port, "insert into p values (1)")
+    })
+    .await;
+    assert_eq!(
+        cluster.wait_for_master(BOOT).await,
+        master,
+        "the same primary, restarted"
+    );
+    assert_ne!(cluster.keepers[master].postmaster_pid(), Some(pid));
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// The keeper refuses a data directory whose system identifier is not the one it recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn keeper_refuses_a_data_dir_of_another_system() {
+    let mut cluster = ClusterBuilder::new().keepers(2).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let standby = 1 - master;
+    wait_for_standby(&cluster, standby, BOOT).await;
+    cluster.kill_keeper_and_postgres(standby);
+    let state_path = cluster.keepers[standby].data_dir.join("dbstate");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["SystemID"] = "12345".into();
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    cluster.start_keeper(standby);
+    let log_has = |needle: &'static str| {
+        let cluster = &cluster;
+        async move { cluster.keeper_log(standby).contains(needle).then_some(()) }
+    };
+    wait_until("the keeper to refuse the data dir", BOOT, || {
+        log_has("system identifier differs")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        cluster.keepers[standby].postmaster_pid().is_none(),
+        "postgres is not started on it"
+    );
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
