@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use stolon_cluster::{
     ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbStatus, DbUid, FollowConfig, Generation,
-    InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, ProxyInfo, ProxyUid, ValidSpec,
+    InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, ProxyInfo, ProxyUid, ValidSpec,
     FAKE_STANDBY_NAME,
 };
 
@@ -45,6 +45,8 @@ pub struct Memory {
     convergence: BTreeMap<DbUid, (Generation, Duration)>,
     failed_init_keepers: BTreeSet<KeeperUid>,
     db_uids_used: BTreeSet<DbUid>,
+    /// Per db, its last reported WAL position and since when it has been the same.
+    wal_progress: BTreeMap<DbUid, (Lsn, Duration)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,7 @@ pub fn step(
         uids_made: 0,
         proxies: obs.proxies,
         reported_sync: BTreeMap::new(),
+        reported_oldest_wal: BTreeMap::new(),
         failed_master: None,
     };
     let infos: BTreeMap<&KeeperUid, &KeeperInfo> = obs
@@ -109,6 +112,8 @@ struct Planner<'m> {
     proxies: &'m [ProxyInfo],
     /// Per db, the synchronous standbys its keeper reports in sync now.
     reported_sync: BTreeMap<DbUid, Vec<DbUid>>,
+    /// Per db, the oldest WAL segment its keeper reports in `pg_wal`.
+    reported_oldest_wal: BTreeMap<DbUid, String>,
     /// The primary this step found failed and could not replace.
     failed_master: Option<DbUid>,
 }
@@ -213,6 +218,17 @@ impl Planner<'_> {
                     if state.healthy {
                         self.reported_sync
                             .insert(uid.clone(), state.synchronous_standbys.clone());
+                        self.reported_oldest_wal
+                            .insert(uid.clone(), state.older_wal_file.clone());
+                        let now = self.now;
+                        let progress = self
+                            .memory
+                            .wal_progress
+                            .entry(uid.clone())
+                            .or_insert((state.x_log_pos, now));
+                        if progress.0 != state.x_log_pos {
+                            *progress = (state.x_log_pos, now);
+                        }
                         status.in_recovery = state.in_recovery;
                         status.system_id = state.system_id.clone();
                         status.timeline_id = state.timeline_id;
@@ -248,6 +264,9 @@ impl Planner<'_> {
         }
         self.memory
             .db_errors
+            .retain(|uid, _| self.cd.dbs.contains_key(uid));
+        self.memory
+            .wal_progress
             .retain(|uid, _| self.cd.dbs.contains_key(uid));
     }
 
@@ -626,6 +645,7 @@ impl Planner<'_> {
 
     fn manage_standbys(&mut self, master: &Db) {
         self.remove_invalid_standbys(master);
+        self.remove_standbys_missing_wal(master);
         let (mut good, converging, failed) = self.classify_standbys(master);
         if master.spec.synchronous_replication {
             self.manage_synchronous_standbys(master, &good);
@@ -715,6 +735,47 @@ impl Planner<'_> {
             .expect("master")
             .spec
             .followers = followers;
+    }
+
+    /// A standby whose position has not moved for a while and whose next WAL segment the
+    /// primary no longer has will never catch up: its keeper gets a fresh db (a new base
+    /// backup).
+    fn remove_standbys_missing_wal(&mut self, master: &Db) {
+        let Some(oldest) = self
+            .reported_oldest_wal
+            .get(&master.uid)
+            .and_then(|name| name.get(8..24))
+            .filter(|name| name.len() == 16)
+        else {
+            return;
+        };
+        let stuck_for = STUCK_STANDBY_SLEEP_INTERVALS * self.spec.sleep_interval;
+        let hopeless: Vec<DbUid> = self
+            .cd
+            .dbs
+            .values()
+            .filter(|db| db.uid != master.uid && db.generation != Generation::INITIAL)
+            .filter(|db| db.status.healthy && db.status.x_log_pos != master.status.x_log_pos)
+            .filter(|db| {
+                self.memory
+                    .wal_progress
+                    .get(&db.uid)
+                    .is_some_and(|(lsn, since)| {
+                        *lsn == db.status.x_log_pos && self.now.saturating_sub(*since) > stuck_for
+                    })
+            })
+            .filter(|db| wal_segment(db.status.x_log_pos).as_str() < oldest)
+            .map(|db| db.uid.clone())
+            .collect();
+        for uid in hopeless {
+            self.emit(
+                Event::warn(
+                    "removing db that won't be able to sync due to missing wals on current master",
+                )
+                .with("db", &uid),
+            );
+            self.cd.dbs.remove(&uid);
+        }
     }
 
     /// A standby whose data comes from another cluster (system identifier) or that went
@@ -961,6 +1022,16 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// How many sleep intervals a standby's position may stay still before a missing WAL
+/// segment on the primary is taken as the reason.
+const STUCK_STANDBY_SLEEP_INTERVALS: u32 = 10;
+
+/// The WAL segment holding `lsn`, named as in `pg_wal` without its timeline part (16 MiB
+/// segments).
+fn wal_segment(lsn: Lsn) -> String {
+    format!("{:08X}{:08X}", lsn.0 >> 32, (lsn.0 & 0xffff_ffff) >> 24)
 }
 
 /// What limits the choice of a new primary.

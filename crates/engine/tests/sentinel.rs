@@ -1750,3 +1750,56 @@ fn a_removed_dead_keeper_is_not_registered_again_from_its_stale_info() {
         }
     }
 }
+
+/// A standby whose position stays still while the primary no longer has the WAL segment it
+/// needs is given up: its db goes, and its keeper gets a fresh one (a new base backup). A
+/// standby merely idle at the primary's position, or one whose segment is still there, stays.
+#[test]
+fn a_standby_stuck_behind_the_primarys_oldest_wal_gets_a_fresh_db() {
+    let mut w = World::normal(&["k0", "k1", "k2"], &["p0"]);
+    let master_keeper = w.keeper_of(&w.master_uid());
+    let standbys: Vec<String> = ["k0", "k1", "k2"]
+        .iter()
+        .filter(|k| **k != master_keeper)
+        .map(|k| k.to_string())
+        .collect();
+    let (stuck, fine) = (&standbys[0], &standbys[1]);
+    // Segments: the stuck standby waits in 0/3000000's segment, the other is in 0/5000000's;
+    // the primary is at 0/6000000 and its oldest kept segment is the one of 0/5000000.
+    let stuck_db = w.db_of(stuck).uid.clone();
+    let fine_db = w.db_of(fine).uid.clone();
+    w.keeper(stuck).xlog = 0x300_0000;
+    w.keeper(fine).xlog = 0x500_0000;
+    w.keeper(&master_keeper).xlog = 0x600_0000;
+    let oldest = "000000010000000000000005";
+    let sleep = w.spec.sleep_interval;
+    for step in 0..12 {
+        for k in [stuck, fine] {
+            w.report(k);
+        }
+        w.report_with(&master_keeper, |s| s.older_wal_file = oldest.into());
+        w.step_after(sleep);
+        if step < 9 {
+            assert!(
+                w.cd.dbs.contains_key(&stuck_db),
+                "given up too early, step {step}"
+            );
+        }
+    }
+    assert!(
+        !w.cd.dbs.contains_key(&stuck_db),
+        "the stuck standby's db is removed"
+    );
+    assert!(
+        w.cd.dbs.contains_key(&fine_db),
+        "a standby whose WAL is still there stays"
+    );
+    assert!(has(
+        &w.log,
+        "removing db that won't be able to sync due to missing wals on current master"
+    ));
+    // Its keeper is free again and gets a new standby db.
+    w.settle();
+    let new_db = w.db_of(stuck).uid.clone();
+    assert_ne!(new_db, stuck_db);
+}

@@ -729,3 +729,124 @@ async fn keeper_refuses_a_data_dir_of_another_system() {
     );
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
+
+/// Synchronous replication switched on and off on a running cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn synchronous_replication_can_be_switched_at_runtime() {
+    let cluster = ClusterBuilder::new().keepers(2).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    wait_for_standby(&cluster, 1 - master, BOOT).await;
+    let primary_port = cluster.keepers[master].pg_port;
+    let names = || async move {
+        let client = connect(primary_port).await.ok()?;
+        let row = client
+            .query_one("show synchronous_standby_names", &[])
+            .await
+            .ok()?;
+        Some(row.get::<_, String>(0))
+    };
+    assert_eq!(names().await.as_deref(), Some(""));
+
+    cluster
+        .update_cluster_data(|cd| cd.cluster.spec.synchronous_replication = Some(true))
+        .await;
+    let sync = wait_for_sync_standbys(&cluster, 1).await;
+    let want = format!("\"stolon_{}\"", sync[0]);
+    wait_until(
+        "the primary to wait for its synchronous standby",
+        BOOT,
+        || async { (names().await? == want).then_some(()) },
+    )
+    .await;
+
+    cluster
+        .update_cluster_data(|cd| cd.cluster.spec.synchronous_replication = Some(false))
+        .await;
+    wait_until("the primary to stop waiting", BOOT, || async {
+        names().await?.is_empty().then_some(())
+    })
+    .await;
+    let cd = cluster.cluster_data().await.unwrap();
+    assert!(cd.master_db().unwrap().spec.synchronous_standbys.is_empty());
+    cluster.assert_no_unexpected_errors(&[]);
+}
+
+/// After its postgres restarts in synchronous mode, a primary only lets the internal roles
+/// in until its synchronous standby is in sync again.
+#[tokio::test(flavor = "multi_thread")]
+async fn restarted_sync_primary_admits_only_internal_roles_until_standbys_sync() {
+    let cluster = sync_cluster(2)
+        .spec("failInterval", "30s".into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let standby = 1 - master;
+    wait_for_standby(&cluster, standby, BOOT).await;
+    wait_for_sync_standbys(&cluster, 1).await;
+    let port = cluster.proxy_port();
+    execute(port, "create role app login password 'app-secret'")
+        .await
+        .unwrap();
+    let primary_port = cluster.keepers[master].pg_port;
+    let app_connects = || async move {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(primary_port)
+            .user("app")
+            .password("app-secret")
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(3));
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                drop(client);
+                Some(true)
+            }
+            Err(e)
+                if e.as_db_error()
+                    .is_some_and(|d| d.message().contains("pg_hba.conf")) =>
+            {
+                Some(false)
+            }
+            Err(_) => None,
+        }
+    };
+    wait_until("the app user to get in", BOOT, || async {
+        app_connects().await?.then_some(())
+    })
+    .await;
+
+    // The standby cannot sync while frozen; the primary's postgres dies and its keeper
+    // restarts it.
+    cluster.freeze_postgres(standby, true);
+    let pid = cluster.keepers[master].postmaster_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "the restarted primary to refuse the app user",
+        BOOT,
+        || async { (!app_connects().await?).then_some(()) },
+    )
+    .await;
+    let su = wait_until("the superuser to get in meanwhile", BOOT, || async {
+        connect(primary_port).await.ok()
+    })
+    .await;
+    su.simple_query("select 1").await.unwrap();
+
+    cluster.freeze_postgres(standby, false);
+    wait_until(
+        "the app user to get in once the standby is in sync",
+        BOOT,
+        || async { app_connects().await?.then_some(()) },
+    )
+    .await;
+    assert!(cluster.keeper_log(master).contains(
+        "not allowing connection as normal users since synchronous replication is enabled"
+    ));
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}

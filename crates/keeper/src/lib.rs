@@ -354,7 +354,7 @@ impl Keeper {
             listen_address: self.config.advertise_address.clone(),
             port: self.config.port,
             synchronous_standbys: probe.map(in_sync_dbs).unwrap_or_default(),
-            older_wal_file: String::new(),
+            older_wal_file: probe.map(|p| p.oldest_wal_file.clone()).unwrap_or_default(),
         })
     }
 

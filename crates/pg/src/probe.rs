@@ -24,6 +24,8 @@ pub struct Observed {
     pub slots: Vec<String>,
     /// Application names of the standbys in sync now (`pg_stat_replication`).
     pub in_sync: Vec<String>,
+    /// The oldest WAL segment file still in `pg_wal`.
+    pub oldest_wal_file: String,
 }
 
 impl LocalConn {
@@ -74,7 +76,8 @@ impl LocalConn {
                         case when pg_is_in_recovery()
                              then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text
                              else pg_current_wal_lsn()::text
-                        end",
+                        end,
+                        (select min(name) from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$')",
                 &[],
             ))
             .await?;
@@ -109,6 +112,7 @@ impl LocalConn {
                 .unwrap_or_else(|| "0/0".into()),
             slots,
             in_sync,
+            oldest_wal_file: row.get::<_, Option<String>>(4).unwrap_or_default(),
         })
     }
 
