@@ -1,4 +1,5 @@
 use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, TimelineId};
+use crate::info::TimelineSwitch;
 use crate::spec::{ClusterSpec, ValidSpec};
 use crate::DecodeError;
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,9 @@ pub struct DbStatus {
     /// promoted when the primary fails in synchronous mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub synchronous_standbys: Vec<DbUid>,
+    /// Where the db's earlier timelines ended, as its keeper last reported them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timelines_history: Vec<TimelineSwitch>,
 }
 
 /// The proxies' routing: where to send clients and which proxies may do so.

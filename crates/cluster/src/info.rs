@@ -54,6 +54,59 @@ pub struct PgState {
     /// The oldest WAL segment still in `pg_wal`: a standby needing older WAL cannot catch up.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub older_wal_file: String,
+    /// On a primary: where each earlier timeline ended (its history file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timelines_history: Vec<TimelineSwitch>,
+}
+
+/// One line of a timeline history file: timeline `timeline_id` ended at `switch_point`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineSwitch {
+    #[serde(rename = "timelineID")]
+    pub timeline_id: TimelineId,
+    pub switch_point: Lsn,
+}
+
+impl TimelineSwitch {
+    /// Parses PostgreSQL's `NNNNNNNN.history` file: `timeline<TAB>X/Y<TAB>reason` lines.
+    pub fn parse_history(text: &str) -> Vec<TimelineSwitch> {
+        text.lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let timeline = parts.next()?.parse().ok()?;
+                let switch_point = Lsn::parse(parts.next()?)?;
+                Some(TimelineSwitch {
+                    timeline_id: TimelineId(timeline),
+                    switch_point,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_history_file() {
+        let text =
+            "1\t0/4024A10\tno recovery target specified\n\n2\t0/5000000\tbefore 2000\n# comment\n";
+        assert_eq!(
+            TimelineSwitch::parse_history(text),
+            vec![
+                TimelineSwitch {
+                    timeline_id: TimelineId(1),
+                    switch_point: Lsn(0x402_4A10)
+                },
+                TimelineSwitch {
+                    timeline_id: TimelineId(2),
+                    switch_point: Lsn(0x500_0000)
+                },
+            ]
+        );
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ pub use data::{
 };
 pub use duration::GoDuration;
 pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
-pub use info::{KeeperInfo, PgState, ProxyInfo, SentinelInfo};
+pub use info::{KeeperInfo, PgState, ProxyInfo, SentinelInfo, TimelineSwitch};
 pub use spec::{ClusterSpec, ClusterSpecInitMode, SpecError, ValidSpec};
 
 /// Errors met while decoding a stored document.

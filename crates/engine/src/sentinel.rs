@@ -233,6 +233,7 @@ impl Planner<'_> {
                         status.system_id = state.system_id.clone();
                         status.timeline_id = state.timeline_id;
                         status.x_log_pos = state.x_log_pos;
+                        status.timelines_history = state.timelines_history.clone();
                         None
                     } else {
                         Some("db is not healthy")
@@ -797,6 +798,11 @@ impl Planner<'_> {
                     ))
                 } else if db.status.timeline_id > master.status.timeline_id {
                     Some((db.uid.clone(), "it is on a later timeline than the master"))
+                } else if diverged(db, master) {
+                    Some((
+                        db.uid.clone(),
+                        "it went past the point where the master's timeline forked from its own",
+                    ))
                 } else {
                     None
                 }
@@ -1022,6 +1028,20 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// Whether `db`, on an earlier timeline than `master`, wrote past the point where the
+/// master's history left that timeline: it holds WAL the master never had and cannot follow
+/// it (PostgreSQL: "new timeline forked off current database system timeline before current
+/// recovery point").
+fn diverged(db: &Db, master: &Db) -> bool {
+    db.status.timeline_id < master.status.timeline_id
+        && master
+            .status
+            .timelines_history
+            .iter()
+            .find(|switch| switch.timeline_id == db.status.timeline_id)
+            .is_some_and(|switch| db.status.x_log_pos > switch.switch_point)
 }
 
 /// How many sleep intervals a standby's position may stay still before a missing WAL

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use stolon_cluster::{
-    ClusterPhase, DbRole, DbUid, Generation, InitMode, KeeperUid, ProxyUid, TimelineId,
+    ClusterPhase, DbRole, DbUid, Generation, InitMode, KeeperUid, Lsn, ProxyUid, TimelineId,
 };
 use stolon_engine::keeper;
 use stolon_engine::sentinel::{self, choose_new_master, ElectionRules, Observations, Rejection};
@@ -1802,4 +1802,43 @@ fn a_standby_stuck_behind_the_primarys_oldest_wal_gets_a_fresh_db() {
     w.settle();
     let new_db = w.db_of(stuck).uid.clone();
     assert_ne!(new_db, stuck_db);
+}
+
+/// A standby still on the old timeline is fine while it is before the point where the
+/// primary's timeline forked, and invalid once past it: its keeper gets a fresh db.
+#[test]
+fn a_standby_past_the_primarys_fork_point_is_replaced() {
+    let mut w = World::normal(&["k0", "k1", "k2"], &["p0"]);
+    let master_keeper = w.keeper_of(&w.master_uid());
+    let others: Vec<String> = ["k0", "k1", "k2"]
+        .iter()
+        .filter(|k| **k != master_keeper)
+        .map(|k| k.to_string())
+        .collect();
+    let (behind, past) = (&others[0], &others[1]);
+    let behind_db = w.db_of(behind).uid.clone();
+    let past_db = w.db_of(past).uid.clone();
+    let fork = stolon_cluster::TimelineSwitch {
+        timeline_id: TimelineId(1),
+        switch_point: Lsn(0x400_0000),
+    };
+    w.report_with(&master_keeper, |s| {
+        s.timeline_id = TimelineId(2);
+        s.x_log_pos = Lsn(0x500_0000);
+        s.timelines_history = vec![fork];
+    });
+    w.report_with(behind, |s| s.x_log_pos = Lsn(0x300_0000));
+    w.report_with(past, |s| s.x_log_pos = Lsn(0x400_0100));
+    let sleep = w.spec.sleep_interval;
+    w.step_after(sleep);
+    assert!(
+        w.cd.dbs.contains_key(&behind_db),
+        "before the fork point it can follow"
+    );
+    assert!(
+        !w.cd.dbs.contains_key(&past_db),
+        "past the fork point it cannot"
+    );
+    let event = find(&w.log, "removing invalid db");
+    assert!(fields(event, "reason")[0].contains("forked"), "{event}");
 }

@@ -179,6 +179,13 @@ async fn old_primary_rejoins(rewind: bool, sync: bool, min_sync: u16) {
     })
     .await;
 
+    // The new primary reports where timeline 1 ended: what tells a diverged standby apart.
+    wait_until("the new primary's timeline history", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        let history = &cd.master_db()?.status.timelines_history;
+        (history.first()?.timeline_id.0 == 1).then_some(())
+    })
+    .await;
     let old_port = cluster.keepers[master].pg_port;
     cluster.start_keeper(master);
     let deadline = Instant::now() + BOOT;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
     ClusterData, Db, DbRole, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId,
+    TimelineSwitch,
 };
 use stolon_engine::keeper::{
     followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
@@ -355,6 +356,14 @@ impl Keeper {
             port: self.config.port,
             synchronous_standbys: probe.map(in_sync_dbs).unwrap_or_default(),
             older_wal_file: probe.map(|p| p.oldest_wal_file.clone()).unwrap_or_default(),
+            timelines_history: probe
+                .filter(|p| !p.in_recovery && p.timeline_id > 1)
+                .and_then(|p| {
+                    self.pg
+                        .read_file(&format!("pg_wal/{:08X}.history", p.timeline_id))
+                })
+                .map(|text| TimelineSwitch::parse_history(&text))
+                .unwrap_or_default(),
         })
     }
 

@@ -320,6 +320,7 @@ impl World {
             port: 5432,
             synchronous_standbys,
             older_wal_file: String::new(),
+            timelines_history: Vec::new(),
         };
         adjust(&mut state);
         sim.pg = Some(state);
@@ -607,6 +608,7 @@ impl CdBuilder {
                     timeline_id: TimelineId(1),
                     x_log_pos: Lsn(xlog),
                     synchronous_standbys: Vec::new(),
+                    timelines_history: Vec::new(),
                 },
             },
         );
