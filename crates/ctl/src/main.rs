@@ -226,6 +226,8 @@ struct ClusterStatus {
     phase: Option<String>,
     proxy_generation: Option<u64>,
     proxies_route_to: Option<String>,
+    master_choice: Option<String>,
+    synchronous_standbys: Vec<String>,
 }
 
 async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
@@ -264,6 +266,8 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
         phase: None,
         proxy_generation: None,
         proxies_route_to: None,
+        master_choice: None,
+        synchronous_standbys: Vec::new(),
     };
     if let Some(read) = &read {
         let cd = &read.data;
@@ -275,6 +279,15 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
                 master.status.healthy && cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid);
             cluster.master_db_uid = Some(master.uid.to_string());
             cluster.master_keeper_uid = Some(master.spec.keeper_uid.to_string());
+            cluster.master_choice =
+                Some(cd.cluster.status.master_choice.clone()).filter(|c| !c.is_empty());
+            cluster.synchronous_standbys = master
+                .spec
+                .synchronous_standbys
+                .iter()
+                .filter_map(|db| cd.dbs.get(db))
+                .map(|db| db.spec.keeper_uid.to_string())
+                .collect();
         }
         for keeper in cd.keepers.values() {
             let db = cd.db_of_keeper(&keeper.uid);
@@ -393,6 +406,15 @@ fn render_status(s: &Status) -> String {
                 "Master Keeper: {}\n",
                 s.cluster.master_keeper_uid.as_deref().unwrap_or("(none)")
             );
+            if let Some(choice) = &s.cluster.master_choice {
+                out += &format!("Master chosen because: {choice}\n");
+            }
+            if !s.cluster.synchronous_standbys.is_empty() {
+                out += &format!(
+                    "Synchronous standby keepers: {}\n",
+                    s.cluster.synchronous_standbys.join(", ")
+                );
+            }
             out += &format!(
                 "Proxies route to db: {}\n",
                 s.cluster
