@@ -47,6 +47,10 @@ pub struct ClusterStatus {
     /// Why the sentinel chose the current primary, in words.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub master_choice: String,
+    /// The primary a failover in progress replaces, kept until the new primary serves: if
+    /// the elected standby fails before that, the old primary can be reinstated (async).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deposed_master: Option<Box<Db>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

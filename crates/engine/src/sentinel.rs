@@ -77,16 +77,17 @@ pub fn step(
         reported_sync: BTreeMap::new(),
         reported_oldest_wal: BTreeMap::new(),
         failed_master: None,
+        infos: BTreeMap::new(),
     };
-    let infos: BTreeMap<&KeeperUid, &KeeperInfo> = obs
+    planner.infos = obs
         .keepers
         .iter()
         .filter(|i| i.cluster_uid == cd.cluster.uid)
-        .map(|i| (&i.uid, i))
+        .map(|i| (i.uid.clone(), i.clone()))
         .collect();
     planner.memory.db_uids_used.extend(cd.dbs.keys().cloned());
-    planner.observe_keepers(&infos);
-    planner.observe_dbs(&infos);
+    planner.observe_keepers();
+    planner.observe_dbs();
     planner.observe_proxies(obs.proxies);
     match planner.cd.cluster.status.phase {
         ClusterPhase::Initializing => planner.initialize(),
@@ -116,6 +117,8 @@ struct Planner<'m> {
     reported_oldest_wal: BTreeMap<DbUid, String>,
     /// The primary this step found failed and could not replace.
     failed_master: Option<DbUid>,
+    /// The keepers' infos of this cluster, as read for this step.
+    infos: BTreeMap<KeeperUid, KeeperInfo>,
 }
 
 /// A standby the planner would not promote, and why.
@@ -130,7 +133,8 @@ impl Planner<'_> {
         self.events.push(event);
     }
 
-    fn observe_keepers(&mut self, infos: &BTreeMap<&KeeperUid, &KeeperInfo>) {
+    fn observe_keepers(&mut self) {
+        let infos = std::mem::take(&mut self.infos);
         for info in infos.values() {
             let changed = match self.memory.keepers.get(&info.uid) {
                 Some(hb) => hb.info_uid != info.info_uid,
@@ -168,7 +172,7 @@ impl Planner<'_> {
                 changed_at: now,
             });
             let healthy = now.saturating_sub(hb.changed_at) <= self.spec.fail_interval;
-            let fresh = self.info_is_fresh(&uid, infos);
+            let fresh = self.info_is_fresh(&uid, &infos);
             let keeper = self.cd.keepers.get_mut(&uid).expect("listed above");
             // `stolonctl failkeeper`: failed for this one round, then judged as usual.
             let forced = std::mem::take(&mut keeper.status.force_fail);
@@ -186,25 +190,42 @@ impl Planner<'_> {
                 );
             }
         }
+        self.infos = infos;
     }
 
     /// An info is fresh when it is in the store and changed within two sleep intervals: a
     /// live keeper publishes once per interval.
-    fn info_is_fresh(&self, uid: &KeeperUid, infos: &BTreeMap<&KeeperUid, &KeeperInfo>) -> bool {
+    fn info_is_fresh(&self, uid: &KeeperUid, infos: &BTreeMap<KeeperUid, KeeperInfo>) -> bool {
         infos.contains_key(uid)
             && self.memory.keepers.get(uid).is_some_and(|hb| {
                 self.now.saturating_sub(hb.changed_at) <= 2 * self.spec.sleep_interval
             })
     }
 
-    fn observe_dbs(&mut self, infos: &BTreeMap<&KeeperUid, &KeeperInfo>) {
+    fn observe_dbs(&mut self) {
         let uids: Vec<DbUid> = self.cd.dbs.keys().cloned().collect();
         for uid in uids {
+            self.observe_db(&uid);
+        }
+        self.memory
+            .db_errors
+            .retain(|uid, _| self.cd.dbs.contains_key(uid));
+        self.memory
+            .wal_progress
+            .retain(|uid, _| self.cd.dbs.contains_key(uid));
+    }
+
+    /// Updates a db's status from its keeper's report, and its health.
+    fn observe_db(&mut self, uid: &DbUid) {
+        let uid = uid.clone();
+        {
             let keeper_uid = self.cd.dbs[&uid].spec.keeper_uid.clone();
-            let info = infos
+            let info = self
+                .infos
                 .get(&keeper_uid)
-                .filter(|_| self.info_is_fresh(&keeper_uid, infos));
-            let problem = match info.map(|i| &i.postgres_state) {
+                .filter(|_| self.info_is_fresh(&keeper_uid, &self.infos))
+                .cloned();
+            let problem = match info.as_ref().map(|i| &i.postgres_state) {
                 None => Some("no keeper info available"),
                 Some(None) => Some("no db state available"),
                 Some(Some(state)) if state.db_uid != uid => {
@@ -263,12 +284,6 @@ impl Planner<'_> {
                 .is_none_or(|since| self.now.saturating_sub(since) <= self.spec.fail_interval);
             self.cd.dbs.get_mut(&uid).expect("listed").status.healthy = db_ok && keeper_healthy;
         }
-        self.memory
-            .db_errors
-            .retain(|uid, _| self.cd.dbs.contains_key(uid));
-        self.memory
-            .wal_progress
-            .retain(|uid, _| self.cd.dbs.contains_key(uid));
     }
 
     fn observe_proxies(&mut self, proxies: &[ProxyInfo]) {
@@ -471,6 +486,7 @@ impl Planner<'_> {
                 let serving = Self::converged(&master) && !master.status.in_recovery;
                 self.publish_to_proxies(&master, serving);
                 if serving {
+                    self.cd.cluster.status.deposed_master = None;
                     self.manage_standbys(&master);
                 }
             }
@@ -499,6 +515,7 @@ impl Planner<'_> {
     }
 
     fn fail_over(&mut self, failed: &Db) {
+        let served = self.cd.proxy.spec.master_db_uid.as_ref() == Some(&failed.uid);
         self.emit(
             Event::info("trying to find a standby to replace failed master")
                 .with("db", &failed.uid)
@@ -537,6 +554,9 @@ impl Planner<'_> {
             );
         }
         let Some(best) = choice.best else {
+            if self.reinstate_deposed_master(failed) {
+                return;
+            }
             self.failed_master = Some(failed.uid.clone());
             let mut event = Event::warn("no eligible masters: no failover");
             for r in &choice.rejected {
@@ -554,6 +574,11 @@ impl Planner<'_> {
         );
         if failed.spec.role == DbRole::Master {
             self.emit(Event::info("removing old master db").with("db", &failed.uid));
+        }
+        // The primary that served is remembered until its successor serves; a candidate
+        // that fails before that does not replace it in memory.
+        if served || self.cd.cluster.status.deposed_master.is_none() {
+            self.cd.cluster.status.deposed_master = Some(Box::new(failed.clone()));
         }
         self.cd.dbs.remove(&failed.uid);
         self.cd.cluster.status.master = Some(best.clone());
@@ -581,6 +606,79 @@ impl Planner<'_> {
             Vec::new()
         };
         self.clear_proxy_target();
+    }
+
+    /// When the standby elected to replace the primary fails before it serves and nothing
+    /// else qualifies, the old primary comes back if its keeper is alive and still holds its
+    /// data: in asynchronous mode it has every commit the cluster acknowledged. Not in
+    /// synchronous mode, where only a known synchronous standby may take over.
+    fn reinstate_deposed_master(&mut self, failed: &Db) -> bool {
+        let Some(deposed) = self.cd.cluster.status.deposed_master.clone() else {
+            return false;
+        };
+        if deposed.uid == failed.uid {
+            return false;
+        }
+        if deposed.spec.synchronous_replication
+            || failed.spec.synchronous_replication
+            || self.spec.synchronous_replication
+        {
+            self.emit(
+                Event::info("not reinstating the old master: synchronous replication only promotes a known synchronous standby")
+                    .with("db", &deposed.uid),
+            );
+            return false;
+        }
+        let keeper = &deposed.spec.keeper_uid;
+        let alive = self
+            .cd
+            .keepers
+            .get(keeper)
+            .is_some_and(|k| k.status.healthy)
+            && self
+                .infos
+                .get(keeper)
+                .and_then(|i| i.postgres_state.as_ref())
+                .is_some_and(|state| state.db_uid == deposed.uid)
+            && self.cd.db_of_keeper(keeper).is_none();
+        if !alive {
+            return false;
+        }
+        let generation = self.cd.proxy.generation;
+        let lagging = self
+            .live_proxies(self.proxies)
+            .iter()
+            .any(|p| p.generation != generation);
+        if lagging || self.cd.proxy.spec.master_db_uid.is_some() {
+            self.clear_proxy_target();
+            self.emit(Event::info(
+                "waiting for proxies to be converged to the current generation",
+            ));
+            return true;
+        }
+        self.emit(
+            Event::info("reinstating the old master db: the standby elected to replace it failed before serving")
+                .with("db", &deposed.uid)
+                .with("keeper", keeper),
+        );
+        self.cd.dbs.remove(&failed.uid);
+        let mut db = *deposed;
+        db.spec.role = DbRole::Master;
+        db.spec.follow_config = None;
+        // It serves only once its keeper reports it running as a primary again.
+        db.status.in_recovery = true;
+        self.cd.cluster.status.master_choice = format!(
+            "reinstated db {} (keeper {}): the standby elected to replace it (db {}) failed before serving and no other standby qualifies",
+            db.uid, db.spec.keeper_uid, failed.uid
+        );
+        self.cd.cluster.status.master = Some(db.uid.clone());
+        self.cd.cluster.status.deposed_master = None;
+        self.memory.db_errors.remove(&db.uid);
+        let uid = db.uid.clone();
+        self.cd.dbs.insert(uid.clone(), db);
+        // What its keeper reports now, as any later step would read it.
+        self.observe_db(&uid);
+        true
     }
 
     fn clear_proxy_target(&mut self) {

@@ -204,11 +204,15 @@ fn check_fencing(
 /// The handshakes whose next stage the planner takes on the very next step, even at the same
 /// time, by design: (event of the step that opened it, event of the step that continues it).
 /// Each is one compare-and-swap write of its own.
-const CONTINUATIONS: [(&str, &str); 2] = [
+const CONTINUATIONS: [(&str, &str); 3] = [
     ("db failed to initialize", "initializing cluster"),
     (
         "electing db as the new master",
         "proxies fenced: promoting db",
+    ),
+    (
+        "reinstating the old master db: the standby elected to replace it failed before serving",
+        "proxies may now route to the master db",
     ),
 ];
 

@@ -1842,3 +1842,62 @@ fn a_standby_past_the_primarys_fork_point_is_replaced() {
     let event = find(&w.log, "removing invalid db");
     assert!(fields(event, "reason")[0].contains("forked"), "{event}");
 }
+
+/// The elected standby dies before its promotion (a proxy holds it back), and the old
+/// primary's keeper comes back still holding its db: reinstated in asynchronous mode, never
+/// in synchronous mode.
+fn reinstatement(sync: bool) -> (World, DbUid, DbUid) {
+    let overrides = if sync {
+        r#"{"synchronousReplication": true}"#
+    } else {
+        "{}"
+    };
+    let mut w = World::normal_with(overrides, &["k0", "k1"], &["p0"]);
+    let old = w.master_uid();
+    let old_keeper = w.keeper_of(&old);
+    let other = if old_keeper == "k0" { "k1" } else { "k0" }.to_string();
+    let old_pg = w.keeper(&old_keeper).pg.clone();
+    w.proxy("p0").acks = false;
+    let elected = w.fail_master().expect("the standby is elected");
+    assert_eq!(
+        w.cd.dbs[&elected].spec.role,
+        DbRole::Standby,
+        "not promoted yet"
+    );
+    w.keeper(&other).alive = false;
+    w.keeper(&old_keeper).alive = true;
+    w.keeper(&old_keeper).pg = old_pg.map(|mut pg| {
+        pg.healthy = false;
+        pg
+    });
+    w.proxy("p0").acks = true;
+    let sleep = w.spec.sleep_interval;
+    for _ in 0..30 {
+        w.step_after(sleep);
+    }
+    (w, old, elected)
+}
+
+#[test]
+fn async_old_primary_is_reinstated_when_the_elected_standby_dies_unpromoted() {
+    let (w, old, elected) = reinstatement(false);
+    assert_eq!(w.cd.cluster.status.master.as_ref(), Some(&old));
+    assert_eq!(w.cd.dbs[&old].spec.role, DbRole::Master);
+    assert!(!w.cd.dbs.contains_key(&elected));
+    assert!(w.cd.cluster.status.master_choice.starts_with("reinstated"));
+    assert!(has(
+        &w.log,
+        "reinstating the old master db: the standby elected to replace it failed before serving"
+    ));
+}
+
+#[test]
+fn sync_old_primary_is_never_reinstated() {
+    let (w, old, elected) = reinstatement(true);
+    assert_eq!(w.cd.cluster.status.master.as_ref(), Some(&elected));
+    assert!(!w.cd.dbs.contains_key(&old));
+    assert!(has(
+        &w.log,
+        "not reinstating the old master: synchronous replication only promotes a known synchronous standby"
+    ));
+}

@@ -857,3 +857,101 @@ async fn restarted_sync_primary_admits_only_internal_roles_until_standbys_sync()
     ));
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
+
+/// The standby elected to replace a lost primary dies before it is promoted; then the old
+/// primary comes back. In asynchronous mode it has every acknowledged commit and is
+/// reinstated; in synchronous mode only a known synchronous standby may take over, so the
+/// cluster waits for that one.
+async fn failover_fails_midway(sync: bool) {
+    let builder = if sync {
+        sync_cluster(2)
+    } else {
+        ClusterBuilder::new().keepers(2)
+    };
+    let mut cluster = builder.start().await;
+    let old = cluster.wait_for_master(BOOT).await;
+    let elected = 1 - old;
+    wait_for_standby(&cluster, elected, BOOT).await;
+    if sync {
+        wait_for_sync_standbys(&cluster, 1).await;
+    }
+    create_table(&cluster, "m").await;
+    execute(cluster.proxy_port(), "insert into m values (1)")
+        .await
+        .unwrap();
+    let elected_db = db_of(&cluster, elected).await.unwrap();
+    let old_db = db_of(&cluster, old).await.unwrap();
+
+    cluster.kill_keeper_and_postgres(old);
+    // A proxy that does not acknowledge holds the elected standby unpromoted for up to its
+    // proxyTimeout: the window in which it dies.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.proxies[0]
+        .1
+        .signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_until("the standby to be elected", FAILOVER, || async {
+        let cd = cluster.cluster_data().await?;
+        (cd.cluster.status.master.as_ref() == Some(&elected_db)).then_some(())
+    })
+    .await;
+    cluster.kill_keeper_and_postgres(elected);
+    let cd = cluster.cluster_data().await.unwrap();
+    assert_eq!(
+        cd.dbs[&elected_db].spec.role,
+        DbRole::Standby,
+        "killed before its promotion"
+    );
+    cluster.proxies[0]
+        .1
+        .signal(nix::sys::signal::Signal::SIGCONT);
+
+    cluster.start_keeper(old);
+    if !sync {
+        let master = cluster.wait_for_master(FAILOVER).await;
+        assert_eq!(master, old, "the old primary is reinstated");
+        assert_eq!(
+            db_of(&cluster, old).await,
+            Some(old_db),
+            "with its own data"
+        );
+    } else {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let cd = cluster.cluster_data().await.unwrap();
+        assert_ne!(
+            cd.cluster.status.master.as_ref(),
+            Some(&old_db),
+            "not in synchronous mode"
+        );
+        assert!(cluster
+            .sentinel_logs()
+            .contains("not reinstating the old master"));
+        assert_eq!(
+            connect(cluster.keepers[old].pg_port).await.ok().map(|_| ()),
+            None,
+            "the old primary's postgres stays stopped"
+        );
+        cluster.start_keeper(elected);
+        assert_eq!(cluster.wait_for_master(FAILOVER).await, elected);
+    }
+    let port = cluster.proxy_port();
+    wait_until("a write through the proxy", FAILOVER, || {
+        execute(port, "insert into m values (2)")
+    })
+    .await;
+    assert_eq!(
+        count(port, "m").await,
+        Some(2),
+        "nothing acknowledged was lost"
+    );
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_03_failover_fails_midway_async_reinstates_the_old_primary() {
+    failover_fails_midway(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_03_failover_fails_midway_sync_never_reinstates_the_old_primary() {
+    failover_fails_midway(true).await;
+}
