@@ -4,8 +4,8 @@
 use std::time::Duration;
 use stolon_cluster::{DbRole, DbUid};
 use stolon_testkit::{
-    connect, lost_writes, wait_until, ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster,
-    Writer,
+    connect, failing_pg_bin_dir, lost_writes, wait_until, ClusterBuilder, KeeperHandle,
+    KeeperOptions, TestCluster, Writer,
 };
 use tokio::time::Instant;
 
@@ -954,4 +954,145 @@ async fn s_ha_03_failover_fails_midway_async_reinstates_the_old_primary() {
 #[tokio::test(flavor = "multi_thread")]
 async fn s_ha_03_failover_fails_midway_sync_never_reinstates_the_old_primary() {
     failover_fails_midway(true).await;
+}
+
+/// The most advanced standby wins even against a higher priority: a standby held behind
+/// (its WAL receiver frozen while the primary writes) loses to one that has the rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_10_most_advanced_standby_wins_over_priority() {
+    let mut cluster = ClusterBuilder::new()
+        .keeper(KeeperOptions::default())
+        .keeper(KeeperOptions::default())
+        .keeper(KeeperOptions {
+            priority: 10,
+            ..Default::default()
+        })
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    assert_eq!(master, 0);
+    cluster.wait_for_standbys(2, BOOT).await;
+    create_table(&cluster, "x").await;
+    let behind_db = db_of(&cluster, 2).await.unwrap();
+    // keeper2 stops receiving WAL while the primary writes.
+    cluster.freeze_walreceiver(2, true);
+    let primary = connect(cluster.keepers[master].pg_port).await.unwrap();
+    primary
+        .batch_execute("insert into x select generate_series(1, 1000)")
+        .await
+        .unwrap();
+    drop(primary);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    let ahead = &cd.db_of_keeper(&cluster.keepers[1].uid).unwrap().status;
+    let behind = &cd.dbs[&behind_db].status;
+    assert!(
+        ahead.x_log_pos > behind.x_log_pos,
+        "keeper2 is behind: {ahead:?} {behind:?}"
+    );
+
+    cluster.kill_keeper_and_postgres(master);
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    assert_eq!(
+        new_master, 1,
+        "the most advanced standby, not the higher priority one"
+    );
+    cluster.freeze_walreceiver(2, false);
+    assert_eq!(count(cluster.proxy_port(), "x").await, Some(1000));
+    assert!(cluster
+        .sentinel_logs()
+        .contains("it is less advanced than the chosen standby"));
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// A pg_rewind that fails (injected: the program exits 1) falls back to a base backup, and
+/// the old primary rejoins all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_pg_rewind_falls_back_to_a_base_backup() {
+    let mut cluster = ClusterBuilder::new()
+        .keepers(2)
+        .spec("usePgrewind", true.into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    wait_for_standby(&cluster, 1 - master, BOOT).await;
+    create_table(&cluster, "b").await;
+    execute(cluster.proxy_port(), "insert into b values (1)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.kill_keeper_and_postgres(master);
+    cluster.wait_for_new_master(master, FAILOVER).await;
+    let fake = failing_pg_bin_dir(&cluster.root().join("failing-rewind"), "pg_rewind");
+    cluster.keepers[master].options.pg_bin_dir = Some(fake);
+    cluster.start_keeper(master);
+    wait_for_standby(&cluster, master, BOOT).await;
+    let log = cluster.keeper_last_log(master);
+    assert!(log.contains("syncing using pg_rewind"), "{log}");
+    assert!(
+        log.contains("error syncing with pg_rewind: falling back to pg_basebackup"),
+        "{log}"
+    );
+    assert!(log.contains("running pg_basebackup"), "{log}");
+    let port = cluster.keepers[master].pg_port;
+    wait_until("the row on the rejoined standby", BOOT, || async {
+        (count(port, "b").await? == 1).then_some(())
+    })
+    .await;
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// A postgres that cannot start (a parameter it rejects) is tried a bounded number of
+/// times, and the keeper says it gave up; it reports the db unhealthy meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
+    let cluster = ClusterBuilder::new()
+        .keepers(1)
+        .spec("failInterval", "60s".into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster
+        .update_cluster_data(|cd| {
+            cd.cluster.spec.pg_parameters =
+                Some([("shared_buffers".to_string(), "not-a-size".to_string())].into())
+        })
+        .await;
+    // The reload keeps the old value; the next start fails on it.
+    wait_until("the bad parameter to be written", BOOT, || async {
+        cluster
+            .keeper_log(master)
+            .contains("postgres parameters changed")
+            .then_some(())
+    })
+    .await;
+    let pid = cluster.keepers[master].postmaster_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the keeper to give up", BOOT, || async {
+        cluster
+            .keeper_log(master)
+            .contains("postgres failed to start repeatedly")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = cluster.keeper_log(master);
+    assert_eq!(
+        log.matches("action failed action=Start").count(),
+        5,
+        "{log}"
+    );
+    let cd = cluster.cluster_data().await.unwrap();
+    let info: Vec<stolon_cluster::KeeperInfo> =
+        stolon_store::read_infos(cluster.store.as_ref(), stolon_store::InfoKind::Keeper)
+            .await
+            .unwrap();
+    let state = info[0].postgres_state.as_ref().unwrap();
+    assert!(!state.healthy, "the keeper reports its postgres down");
+    assert!(cd.master_db().is_some());
+    cluster.assert_no_unexpected_errors(&["action failed", "postgres failed to start repeatedly"]);
 }

@@ -21,6 +21,8 @@ pub struct KeeperOptions {
     pub can_be_master: bool,
     pub can_be_synchronous_replica: bool,
     pub priority: i32,
+    /// PostgreSQL's programs for this keeper, instead of the installed ones (fault injection).
+    pub pg_bin_dir: Option<PathBuf>,
     /// Start the keeper itself as the `postgres` OS user instead of root.
     pub as_postgres_user: bool,
 }
@@ -31,6 +33,7 @@ impl Default for KeeperOptions {
             can_be_master: true,
             can_be_synchronous_replica: true,
             priority: 0,
+            pg_bin_dir: None,
             as_postgres_user: false,
         }
     }
@@ -263,7 +266,7 @@ impl TestCluster {
             .arg("--pg-port")
             .arg(k.pg_port.to_string())
             .arg("--pg-bin-path")
-            .arg(pg_bin_dir())
+            .arg(k.options.pg_bin_dir.clone().unwrap_or_else(pg_bin_dir))
             .arg("--pg-su-username")
             .arg(SU_USER)
             .arg("--pg-su-passwordfile")
@@ -337,6 +340,23 @@ impl TestCluster {
         };
         if let Some(pid) = self.keepers[i].postmaster_pid() {
             for child in children_of(pid).into_iter().chain([pid]) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), signal);
+            }
+        }
+    }
+
+    /// SIGSTOP (or SIGCONT) only keeper `i`'s WAL receiver: the standby stays up and
+    /// answers, but receives nothing more.
+    pub fn freeze_walreceiver(&self, i: usize, frozen: bool) {
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        let pid = self.keepers[i].postmaster_pid().expect("postgres runs");
+        for child in children_of(pid) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("walreceiver") {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), signal);
             }
         }
@@ -551,4 +571,26 @@ fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// A copy of PostgreSQL's bin directory in `dir` where `program` always fails: the others
+/// are links to the real ones.
+pub fn failing_pg_bin_dir(dir: &Path, program: &str) -> PathBuf {
+    let real = pg_bin_dir();
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(&real).unwrap().flatten() {
+        let name = entry.file_name();
+        if name != program {
+            std::os::unix::fs::symlink(entry.path(), dir.join(&name)).unwrap();
+        }
+    }
+    let fake = dir.join(program);
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"{program}: fault injected by the test\" >&2\nexit 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.to_path_buf()
 }

@@ -8,7 +8,10 @@
 mod cluster;
 mod process;
 
-pub use cluster::{ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster, SU_PASSWORD, SU_USER};
+pub use cluster::{
+    failing_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster, SU_PASSWORD,
+    SU_USER,
+};
 pub use process::{EtcdServer, Process};
 
 use std::future::Future;
