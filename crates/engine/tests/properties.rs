@@ -249,6 +249,36 @@ fn check_sync(input: &ClusterData, output: &ClusterData) -> Result<(), TestCaseE
             old
         );
     }
+    // Whatever the mode, the elected db is never behind a healthy known synchronous standby
+    // of the failed primary that was also eligible (same timeline, can be master).
+    if new != old
+        && input
+            .dbs
+            .get(new)
+            .is_some_and(|db| db.spec.role == DbRole::Standby)
+    {
+        let elected = &input.dbs[new];
+        for uid in &primary.status.synchronous_standbys {
+            let Some(sync) = input.dbs.get(uid) else {
+                continue;
+            };
+            let eligible = output.dbs.get(uid).is_some_and(|db| db.status.healthy)
+                && sync.status.timeline_id == elected.status.timeline_id
+                && primary.spec.synchronous_standbys.contains(uid)
+                && input
+                    .keepers
+                    .get(&sync.spec.keeper_uid)
+                    .is_some_and(|k| k.status.can_be_master);
+            prop_assert!(
+                !eligible || sync.status.x_log_pos <= elected.status.x_log_pos,
+                "elected {} at {} behind healthy synchronous standby {} at {}",
+                new,
+                elected.status.x_log_pos,
+                uid,
+                sync.status.x_log_pos
+            );
+        }
+    }
     for uid in &primary.spec.synchronous_standbys {
         if input.dbs.contains_key(uid) {
             prop_assert!(
