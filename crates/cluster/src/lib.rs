@@ -18,7 +18,11 @@ pub use data::{
 pub use duration::GoDuration;
 pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
 pub use info::{KeeperInfo, PgState, ProxyInfo, SentinelInfo, TimelineSwitch};
-pub use spec::{ClusterSpec, ClusterSpecInitMode, SpecError, ValidSpec};
+pub use spec::{
+    ArchiveRecoverySettings, ClusterRole, ClusterSpec, ClusterSpecInitMode, ExistingConfig,
+    NewConfig, PitrConfig, RecoveryTargetSettings, SpecError, StandbyConfig, StandbySettings,
+    SuReplAccessMode, ValidSpec,
+};
 
 /// Errors met while decoding a stored document.
 #[derive(Debug, thiserror::Error)]

@@ -56,11 +56,11 @@ pub struct ClusterSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_config: Option<NewConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pitr_config: Option<serde_json::Value>,
+    pub pitr_config: Option<PitrConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub existing_config: Option<ExistingConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub standby_config: Option<serde_json::Value>,
+    pub standby_config: Option<StandbyConfig>,
     #[serde(
         rename = "defaultSUReplAccessMode",
         skip_serializing_if = "Option::is_none"
@@ -111,6 +111,61 @@ pub struct NewConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PitrConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_restore_command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_recovery_settings: Option<ArchiveRecoverySettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target_settings: Option<RecoveryTargetSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchiveRecoverySettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_command: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecoveryTargetSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target_lsn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target_xid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_target_timeline: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StandbyConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_settings: Option<StandbySettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_recovery_settings: Option<ArchiveRecoverySettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StandbySettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_conninfo: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_slot_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_min_apply_delay: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExistingConfig {
     #[serde(rename = "keeperUID", skip_serializing_if = "Option::is_none")]
     pub keeper_uid: Option<String>,
@@ -136,6 +191,14 @@ pub enum SpecError {
     UnsupportedInitMode { mode: &'static str },
     #[error("role standby (standby cluster) is not supported yet by this build")]
     UnsupportedRole,
+    #[error("additionalMasterReplicationSlots: invalid slot name {0:?} (only a-z, 0-9 and _, not starting with \"stolon_\")")]
+    SlotName(String),
+    #[error("pgHBA: entry {0:?} contains a newline")]
+    HbaNewline(String),
+    #[error("initMode cannot be changed (from {from} to {to})")]
+    InitModeChange { from: String, to: String },
+    #[error("role cannot change from master to standby")]
+    RoleDemotion,
 }
 
 /// A spec with every default filled in and every rule checked: what the engine reads.
@@ -169,7 +232,16 @@ impl ClusterSpec {
     /// Parses a spec document, rejecting unknown fields and malformed values with a message
     /// that names the field.
     pub fn from_json(text: &str) -> Result<ClusterSpec, SpecError> {
-        serde_json::from_str(text).map_err(|e| SpecError::Json(e.to_string()))
+        let mut de = serde_json::Deserializer::from_str(text);
+        let spec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            match path.as_str() {
+                "." | "" => SpecError::Json(e.into_inner().to_string()),
+                _ => SpecError::Json(format!("{path}: {}", e.into_inner())),
+            }
+        })?;
+        de.end().map_err(|e| SpecError::Json(e.to_string()))?;
+        Ok(spec)
     }
 
     /// Fills in defaults and checks the rules between fields.
@@ -251,7 +323,89 @@ impl ClusterSpec {
         if max < min {
             return Err(SpecError::SyncBounds { min, max });
         }
+        for slot in self.additional_master_replication_slots.iter().flatten() {
+            let valid = !slot.is_empty()
+                && slot
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && !slot.starts_with("stolon_");
+            if !valid {
+                return Err(SpecError::SlotName(slot.clone()));
+            }
+        }
+        if let Some(line) = self
+            .pg_hba
+            .iter()
+            .flatten()
+            .find(|l| l.contains(['\n', '\r']))
+        {
+            return Err(SpecError::HbaNewline(line.clone()));
+        }
         Ok(spec)
+    }
+}
+
+impl ClusterSpec {
+    /// Checks that replacing `self` by `new` is allowed: the init mode is fixed for the
+    /// cluster's life, and a primary cluster never becomes a standby cluster.
+    pub fn check_update(&self, new: &ClusterSpec) -> Result<ValidSpec, SpecError> {
+        if self.init_mode != new.init_mode {
+            let name = |m: Option<ClusterSpecInitMode>| {
+                m.map(|m| format!("{m:?}").to_lowercase())
+                    .unwrap_or_else(|| "none".into())
+            };
+            return Err(SpecError::InitModeChange {
+                from: name(self.init_mode),
+                to: name(new.init_mode),
+            });
+        }
+        if self.role.unwrap_or_default() == ClusterRole::Master
+            && new.role.unwrap_or_default() == ClusterRole::Standby
+        {
+            return Err(SpecError::RoleDemotion);
+        }
+        new.validate()
+    }
+
+    /// This spec with every absent field set to its default (`stolonctl spec --defaults`).
+    pub fn with_defaults(&self) -> ClusterSpec {
+        let d = |v: Option<GoDuration>, secs: u64| Some(v.unwrap_or(GoDuration::from_secs(secs)));
+        ClusterSpec {
+            sleep_interval: d(self.sleep_interval, 5),
+            request_timeout: d(self.request_timeout, 10),
+            convergence_timeout: d(self.convergence_timeout, 30),
+            init_timeout: d(self.init_timeout, 300),
+            sync_timeout: d(self.sync_timeout, 0),
+            db_wait_ready_timeout: d(self.db_wait_ready_timeout, 60),
+            fail_interval: d(self.fail_interval, 20),
+            dead_keeper_removal_interval: d(self.dead_keeper_removal_interval, 48 * 3600),
+            proxy_check_interval: d(self.proxy_check_interval, 5),
+            proxy_timeout: d(self.proxy_timeout, 15),
+            max_standbys: Some(self.max_standbys.unwrap_or(20)),
+            max_standbys_per_sender: Some(self.max_standbys_per_sender.unwrap_or(3)),
+            max_standby_lag: Some(self.max_standby_lag.unwrap_or(1024 * 1024)),
+            synchronous_replication: Some(self.synchronous_replication.unwrap_or(false)),
+            min_synchronous_standbys: Some(self.min_synchronous_standbys.unwrap_or(1)),
+            max_synchronous_standbys: Some(self.max_synchronous_standbys.unwrap_or(1)),
+            additional_wal_senders: Some(self.additional_wal_senders.unwrap_or(5)),
+            additional_master_replication_slots: Some(
+                self.additional_master_replication_slots
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+            use_pgrewind: Some(self.use_pgrewind.unwrap_or(false)),
+            init_mode: self.init_mode,
+            merge_pg_parameters: Some(self.merge_pg_parameters.unwrap_or(true)),
+            role: Some(self.role.unwrap_or_default()),
+            new_config: self.new_config.clone(),
+            pitr_config: self.pitr_config.clone(),
+            existing_config: self.existing_config.clone(),
+            standby_config: self.standby_config.clone(),
+            default_su_repl_access_mode: Some(self.default_su_repl_access_mode.unwrap_or_default()),
+            pg_parameters: Some(self.pg_parameters.clone().unwrap_or_default()),
+            pg_hba: self.pg_hba.clone(),
+            automatic_pg_restart: Some(self.automatic_pg_restart.unwrap_or(false)),
+        }
     }
 }
 
@@ -286,6 +440,45 @@ mod tests {
     }
 
     #[test]
+    fn defaults_fill_every_field_and_validate() {
+        let full = ClusterSpec::from_json(r#"{"initMode":"new"}"#)
+            .unwrap()
+            .with_defaults();
+        let json = serde_json::to_value(&full).unwrap();
+        for field in [
+            "sleepInterval",
+            "maxStandbyLag",
+            "proxyTimeout",
+            "automaticPgRestart",
+            "role",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing in {json}");
+        }
+        assert_eq!(json["maxStandbyLag"], 1048576);
+        assert_eq!(
+            full.validate().unwrap(),
+            full.with_defaults().validate().unwrap()
+        );
+    }
+
+    #[test]
+    fn updates_keep_init_mode_and_never_demote() {
+        let old = ClusterSpec::from_json(r#"{"initMode":"new"}"#).unwrap();
+        let to_existing =
+            ClusterSpec::from_json(r#"{"initMode":"existing","existingConfig":{"keeperUID":"k"}}"#)
+                .unwrap();
+        assert!(old
+            .check_update(&to_existing)
+            .unwrap_err()
+            .to_string()
+            .contains("initMode cannot be changed"));
+        let standby = ClusterSpec::from_json(r#"{"initMode":"new","role":"standby"}"#).unwrap();
+        assert!(old.check_update(&standby).is_err());
+        let faster = ClusterSpec::from_json(r#"{"initMode":"new","failInterval":"3s"}"#).unwrap();
+        assert!(old.check_update(&faster).is_ok());
+    }
+
+    #[test]
     fn bad_specs_name_the_field() {
         for (text, needle) in [
             (
@@ -296,7 +489,7 @@ mod tests {
                 r#"{"initMode":"new","failInterval":"5"}"#,
                 "invalid duration",
             ),
-            (r#"{"initMode":"new","maxStandbys":-1}"#, "invalid value"),
+            (r#"{"initMode":"new","maxStandbys":-1}"#, "maxStandbys: invalid value"),
             (
                 r#"{"initMode":"new","proxyCheckInterval":"20s"}"#,
                 "proxyCheckInterval",
@@ -307,6 +500,22 @@ mod tests {
             ),
             (r#"{"sleepInterval":"1s"}"#, "initMode is required"),
             (r#"{"initMode":"sometimes"}"#, "unknown variant"),
+            (
+                r#"{"initMode":"new","additionalMasterReplicationSlots":["Bad-Name"]}"#,
+                "additionalMasterReplicationSlots",
+            ),
+            (
+                r#"{"initMode":"new","additionalMasterReplicationSlots":["stolon_x"]}"#,
+                "additionalMasterReplicationSlots",
+            ),
+            (
+                r#"{"initMode":"new","pitrConfig":{"dataRestoreComand":"x"}}"#,
+                "dataRestoreComand",
+            ),
+            (
+                r#"{"initMode":"new","pgHBA":["host all all 0.0.0.0/0 md5\nlocal all all trust"]}"#,
+                "pgHBA",
+            ),
         ] {
             let err = ClusterSpec::from_json(text)
                 .and_then(|s| s.validate().map(|_| ()))

@@ -6,7 +6,8 @@ use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use stolon_cluster::{
-    ClusterData, ClusterSpec, ClusterUid, DbRole, KeeperInfo, KeeperUid, ProxyInfo, SentinelInfo,
+    ClusterData, ClusterRole, ClusterSpec, ClusterUid, DbRole, KeeperInfo, KeeperUid, ProxyInfo,
+    SentinelInfo,
 };
 use stolon_daemon::CommonArgs;
 use stolon_store::{Expect, InfoKind, Store, StoreError};
@@ -44,10 +45,53 @@ enum Cmd {
         /// The keeper's uid.
         keeper: String,
     },
+    /// Print the cluster spec (with --defaults, every field with its default filled in).
+    Spec {
+        #[arg(long)]
+        defaults: bool,
+    },
+    /// Replace the cluster spec, or with --patch merge a JSON merge patch (RFC 7386: null
+    /// deletes a field) into it. A rejected update changes nothing.
+    Update {
+        /// The new spec or the patch, as JSON.
+        spec: Option<String>,
+        /// Read it from a file ("-" for standard input).
+        #[arg(short = 'f', long = "file", conflicts_with = "spec")]
+        file: Option<PathBuf>,
+        #[arg(short = 'p', long = "patch")]
+        patch: bool,
+    },
+    /// Promote a standby cluster to a primary cluster (spec role master).
+    Promote {
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+    },
+    /// Read or write the raw cluster data (to move it between stores).
+    Clusterdata {
+        #[command(subcommand)]
+        action: ClusterdataCmd,
+    },
     /// Show the cluster's components and databases.
     Status {
         #[arg(short = 'f', long = "format", default_value = "text")]
         format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterdataCmd {
+    /// Print the cluster data.
+    Read {
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Write cluster data read from a file or standard input (refused over existing data
+    /// without --yes).
+    Write {
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
     },
 }
 
@@ -58,6 +102,11 @@ enum Format {
 }
 
 fn main() {
+    // The one command that needs no cluster.
+    if std::env::args().nth(1).as_deref() == Some("version") {
+        println!("stolonctl version {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
     let cli: Cli = stolon_daemon::parse_with_env_prefix("STOLONCTL");
     stolon_daemon::init_tracing(stolon_daemon::LogLevel::Warn);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -71,17 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     stolon_daemon::check_backend(&cli.common)?;
     match cli.command {
         Cmd::Init { spec, file, yes } => {
-            let text = match (spec, file) {
-                (Some(text), _) => text,
-                (None, Some(path)) if path.as_os_str() == "-" => {
-                    let mut text = String::new();
-                    std::io::stdin().read_to_string(&mut text)?;
-                    text
-                }
-                (None, Some(path)) => std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?,
-                (None, None) => r#"{"initMode":"new"}"#.to_string(),
-            };
+            let text = read_input(spec, file)?.unwrap_or_else(|| r#"{"initMode":"new"}"#.into());
             let spec = ClusterSpec::from_json(&text).context("invalid cluster spec")?;
             spec.validate().context("invalid cluster spec")?;
             let store = stolon_daemon::connect_store(&cli.common).await?;
@@ -119,6 +158,103 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("keeper {keeper} removed");
             Ok(())
         }
+        Cmd::Spec { defaults } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            let read = stolon_store::read_cluster_data(store.as_ref())
+                .await?
+                .context("no cluster data: run stolonctl init first")?;
+            let spec = if defaults {
+                read.data.cluster.spec.with_defaults()
+            } else {
+                read.data.cluster.spec
+            };
+            println!("{}", serde_json::to_string_pretty(&spec)?);
+            Ok(())
+        }
+        Cmd::Update { spec, file, patch } => {
+            let text = read_input(spec, file)?
+                .context("give the spec (or patch) as an argument or with -f FILE")?;
+            let given: serde_json::Value =
+                serde_json::from_str(&text).context("the update is not valid JSON")?;
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            update_cluster_data(store.as_ref(), |cd| {
+                let new = if patch {
+                    let mut current = serde_json::to_value(&cd.cluster.spec)?;
+                    merge_patch(&mut current, &given);
+                    current
+                } else {
+                    given.clone()
+                };
+                let new =
+                    ClusterSpec::from_json(&new.to_string()).context("invalid cluster spec")?;
+                cd.cluster
+                    .spec
+                    .check_update(&new)
+                    .context("invalid cluster spec update")?;
+                cd.cluster.spec = new;
+                Ok(())
+            })
+            .await?;
+            println!("cluster spec updated");
+            Ok(())
+        }
+        Cmd::Promote { yes: _ } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            let read = stolon_store::read_cluster_data(store.as_ref())
+                .await?
+                .context("no cluster data: run stolonctl init first")?;
+            if read.data.cluster.spec.role.unwrap_or_default() == ClusterRole::Master {
+                println!("cluster spec role already set to master");
+                return Ok(());
+            }
+            update_cluster_data(store.as_ref(), |cd| {
+                cd.cluster.spec.role = Some(ClusterRole::Master);
+                Ok(())
+            })
+            .await?;
+            println!("cluster spec role set to master");
+            Ok(())
+        }
+        Cmd::Clusterdata { action } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            match action {
+                ClusterdataCmd::Read { pretty } => {
+                    let (bytes, _) = store
+                        .get_cluster_data()
+                        .await?
+                        .context("no cluster data in the store")?;
+                    if pretty {
+                        let value: serde_json::Value = serde_json::from_slice(&bytes)
+                            .context("the stored cluster data is not JSON")?;
+                        println!("{}", serde_json::to_string_pretty(&value)?);
+                    } else {
+                        println!("{}", String::from_utf8_lossy(&bytes));
+                    }
+                }
+                ClusterdataCmd::Write { file, yes } => {
+                    let text = read_input(None, Some(file.unwrap_or_else(|| "-".into())))?
+                        .unwrap_or_default();
+                    ClusterData::decode(text.as_bytes())
+                        .context("refusing invalid cluster data")?;
+                    let expect = if yes {
+                        Expect::Anything
+                    } else {
+                        Expect::Absent
+                    };
+                    match store
+                        .put_cluster_data(text.trim().as_bytes().to_vec(), expect)
+                        .await
+                    {
+                        Err(StoreError::Conflict) => {
+                            bail!("cluster data already exists: use --yes to overwrite it")
+                        }
+                        result => result?,
+                    };
+                    println!("successfully wrote cluster data into the new store");
+                }
+            }
+            Ok(())
+        }
         Cmd::Status { format } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
             let status = gather_status(store.as_ref()).await?;
@@ -127,6 +263,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Format::Text => print!("{}", render_status(&status)),
             }
             Ok(())
+        }
+    }
+}
+
+/// The text given inline, or read from a file ("-": standard input), if any.
+fn read_input(inline: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    Ok(match (inline, file) {
+        (Some(text), _) => Some(text),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            Some(text)
+        }
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (None, None) => None,
+    })
+}
+
+/// RFC 7386 JSON merge patch: objects merge recursively, `null` removes, anything else
+/// replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(Default::default());
+    }
+    let fields = target.as_object_mut().expect("made an object above");
+    for (key, value) in changes {
+        if value.is_null() {
+            fields.remove(key);
+        } else {
+            merge_patch(
+                fields.entry(key.clone()).or_insert(serde_json::Value::Null),
+                value,
+            );
         }
     }
 }
@@ -425,4 +601,43 @@ fn render_status(s: &Status) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        for (target, patch, want) in [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [1]}),
+                json!({"a": [2, 3]}),
+                json!({"a": [2, 3]}),
+            ),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+        ] {
+            let mut got = target.clone();
+            merge_patch(&mut got, &patch);
+            assert_eq!(got, want, "{target} + {patch}");
+        }
+    }
 }

@@ -1,0 +1,141 @@
+//! stolonctl against a real cluster: spec, update, clusterdata, version.
+
+use std::time::Duration;
+use stolon_testkit::ClusterBuilder;
+
+const BOOT: Duration = Duration::from_secs(90);
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Refused spec updates name the field and leave the stored cluster data byte-for-byte as
+/// it was; accepted ones (full or merge patch) apply.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_cfg_07_invalid_spec_updates_change_nothing() {
+    let mut cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    // Without a sentinel nobody else writes the cluster data while we compare bytes.
+    cluster.sentinels.clear();
+    let stored = || async { cluster.store.get_cluster_data().await.unwrap().unwrap().0 };
+    let before = stored().await;
+    for (args, needle) in [
+        (
+            vec!["update", "--patch", r#"{"sleepIntervall":"1s"}"#],
+            "sleepIntervall",
+        ),
+        (
+            vec!["update", "--patch", r#"{"failInterval":"5"}"#],
+            "invalid duration",
+        ),
+        (
+            vec!["update", "--patch", r#"{"maxStandbys":-1}"#],
+            "maxStandbys",
+        ),
+        (
+            vec!["update", "--patch", r#"{"proxyCheckInterval":"1m"}"#],
+            "proxyCheckInterval",
+        ),
+        (
+            vec![
+                "update",
+                "--patch",
+                r#"{"initMode":"existing","existingConfig":{"keeperUID":"keeper0"}}"#,
+            ],
+            "initMode cannot be changed",
+        ),
+        (
+            vec!["update", "--patch", r#"{"role":"standby"}"#],
+            "role cannot change from master to standby",
+        ),
+        (
+            vec![
+                "update",
+                "--patch",
+                r#"{"additionalMasterReplicationSlots":["Bad"]}"#,
+            ],
+            "additionalMasterReplicationSlots",
+        ),
+        (vec!["update", r#"{"failInterval":"5s"}"#], "initMode"),
+        (vec!["update", "--patch", "not json"], "not valid JSON"),
+    ] {
+        let out = cluster.stolonctl(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            stored().await,
+            before,
+            "{args:?} changed the stored cluster data"
+        );
+    }
+
+    let out = cluster.stolonctl(&["update", "--patch", r#"{"failInterval":"7s","pgHBA":null}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cd = cluster.cluster_data().await.unwrap();
+    assert_eq!(
+        cd.cluster.spec.fail_interval.map(|d| d.0),
+        Some(Duration::from_secs(7))
+    );
+    assert_eq!(
+        cd.cluster.spec.sleep_interval.map(|d| d.0),
+        Some(Duration::from_secs(1)),
+        "a patch keeps the rest"
+    );
+
+    let out = cluster.stolonctl(&["update", r#"{"initMode":"new","sleepInterval":"2s"}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cd = cluster.cluster_data().await.unwrap();
+    assert_eq!(
+        cd.cluster.spec.fail_interval, None,
+        "a full update replaces the whole spec"
+    );
+
+    let spec = cluster.stolonctl(&["spec", "--defaults"]);
+    let spec: serde_json::Value = serde_json::from_slice(&spec.stdout).unwrap();
+    assert_eq!(spec["sleepInterval"], "2s");
+    assert_eq!(spec["failInterval"], "20s");
+    assert_eq!(spec["maxStandbyLag"], 1048576);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clusterdata_read_write_and_version() {
+    let cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    let read = cluster.stolonctl(&["clusterdata", "read"]);
+    assert!(read.status.success(), "{}", stderr(&read));
+    let path = cluster.root().join("cd.json");
+    std::fs::write(&path, &read.stdout).unwrap();
+
+    let refused = cluster.stolonctl(&["clusterdata", "write", "-f", path.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("--yes"), "{}", stderr(&refused));
+
+    let garbage = cluster.root().join("garbage.json");
+    std::fs::write(&garbage, "{\"formatVersion\": 7}").unwrap();
+    let bad = cluster.stolonctl(&[
+        "clusterdata",
+        "write",
+        "-y",
+        "-f",
+        garbage.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("format version 7"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let written = cluster.stolonctl(&["clusterdata", "write", "-y", "-f", path.to_str().unwrap()]);
+    assert!(written.status.success(), "{}", stderr(&written));
+
+    let pretty = cluster.stolonctl(&["clusterdata", "read", "--pretty"]);
+    let value: serde_json::Value = serde_json::from_slice(&pretty.stdout).unwrap();
+    assert_eq!(value["formatVersion"], 1);
+
+    let version = std::process::Command::new(stolon_testkit::bin_dir().join("stolonctl"))
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("stolonctl version "));
+}
