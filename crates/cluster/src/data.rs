@@ -156,6 +156,12 @@ pub struct DbSpec {
     pub external_synchronous_standbys: Vec<String>,
     #[serde(default)]
     pub use_pgrewind: bool,
+    /// Extra physical slots a primary keeps (`stolon_<name>`), for clients of the operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_replication_slots: Vec<String>,
+    /// Restart postgres when a changed parameter needs it.
+    #[serde(default)]
+    pub automatic_pg_restart: bool,
 }
 
 /// What the sentinel last learned of a db from its keeper.

@@ -221,6 +221,8 @@ pub struct ValidSpec {
     pub min_synchronous_standbys: u16,
     pub max_synchronous_standbys: u16,
     pub use_pgrewind: bool,
+    pub additional_master_replication_slots: Vec<String>,
+    pub automatic_pg_restart: bool,
     /// How long a resyncing standby may take to converge; None: as long as it takes.
     pub sync_timeout: Option<Duration>,
     pub init_mode: ClusterSpecInitMode,
@@ -284,6 +286,11 @@ impl ClusterSpec {
             min_synchronous_standbys: min_sync,
             max_synchronous_standbys: max_sync,
             use_pgrewind: self.use_pgrewind.unwrap_or(false),
+            additional_master_replication_slots: self
+                .additional_master_replication_slots
+                .clone()
+                .unwrap_or_default(),
+            automatic_pg_restart: self.automatic_pg_restart.unwrap_or(false),
             sync_timeout: self.sync_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),
@@ -489,7 +496,10 @@ mod tests {
                 r#"{"initMode":"new","failInterval":"5"}"#,
                 "invalid duration",
             ),
-            (r#"{"initMode":"new","maxStandbys":-1}"#, "maxStandbys: invalid value"),
+            (
+                r#"{"initMode":"new","maxStandbys":-1}"#,
+                "maxStandbys: invalid value",
+            ),
             (
                 r#"{"initMode":"new","proxyCheckInterval":"20s"}"#,
                 "proxyCheckInterval",

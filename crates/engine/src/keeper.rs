@@ -45,6 +45,8 @@ pub struct Instance {
     pub system_id: Option<String>,
     /// Our replication slots (`stolon_` prefix), when the instance is a reachable primary.
     pub slots: Option<Vec<String>>,
+    /// Changed parameters that only a restart applies.
+    pub pending_restart: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,8 @@ pub enum Action {
     Promote,
     /// Rewrite the configuration (upstream, synchronous standbys, access rules) and reload.
     Reconfigure,
+    /// Stop and start postgres to apply parameters a reload cannot (`automaticPgRestart`).
+    Restart,
     SyncSlots {
         create: Vec<String>,
         drop: Vec<String>,
@@ -201,9 +205,23 @@ pub fn next_action(
                 Some(true) => return Action::Promote,
                 Some(false) => {}
             }
-            let wanted: Vec<String> = db.spec.followers.iter().map(slot_name).collect();
+            let wanted: Vec<String> = db
+                .spec
+                .followers
+                .iter()
+                .map(slot_name)
+                .chain(
+                    db.spec
+                        .additional_replication_slots
+                        .iter()
+                        .map(|name| format!("{SLOT_PREFIX}{name}")),
+                )
+                .collect();
             if pg.config_stale {
                 return Action::Reconfigure;
+            }
+            if pg.pending_restart && db.spec.automatic_pg_restart {
+                return Action::Restart;
             }
             if let Some(slots) = &pg.slots {
                 let create: Vec<String> = wanted
@@ -242,6 +260,9 @@ pub fn next_action(
             if followed.is_some_and(|want| pg.following.as_ref() != Some(&want)) || pg.config_stale
             {
                 return Action::Reconfigure;
+            }
+            if pg.pending_restart && db.spec.automatic_pg_restart {
+                return Action::Restart;
             }
         }
     }

@@ -365,6 +365,8 @@ impl Planner<'_> {
                 synchronous_standbys: Vec::new(),
                 external_synchronous_standbys: Vec::new(),
                 use_pgrewind: self.spec.use_pgrewind,
+                additional_replication_slots: Vec::new(),
+                automatic_pg_restart: self.spec.automatic_pg_restart,
             },
             // A new db gets the same grace period as any db without a report yet, so
             // that the next step computes the same status.
@@ -1093,6 +1095,12 @@ impl Planner<'_> {
             db.spec.pg_parameters = self.spec.pg_parameters.clone();
             db.spec.pg_hba = self.spec.pg_hba.clone();
             db.spec.use_pgrewind = self.spec.use_pgrewind;
+            db.spec.automatic_pg_restart = self.spec.automatic_pg_restart;
+            db.spec.additional_replication_slots = if db.spec.role == DbRole::Master {
+                self.spec.additional_master_replication_slots.clone()
+            } else {
+                Vec::new()
+            };
             db.spec.synchronous_replication = self.spec.synchronous_replication;
             if !self.spec.synchronous_replication {
                 db.spec.synchronous_standbys.clear();

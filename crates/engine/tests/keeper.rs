@@ -77,6 +77,7 @@ fn running_standby(following: Option<Endpoint>) -> Instance {
         config_stale: false,
         system_id: None,
         slots: None,
+        pending_restart: false,
     }
 }
 
@@ -98,6 +99,7 @@ fn running_primary(slots: &[&str]) -> Instance {
         config_stale: false,
         system_id: None,
         slots: Some(slots.iter().map(|s| s.to_string()).collect()),
+        pending_restart: false,
     }
 }
 
@@ -947,5 +949,44 @@ fn sync_gate_table() {
     ];
     for (name, wanted, in_sync, lifted) in cases {
         assert_eq!(sync_gate_lifted(&u(wanted), &u(in_sync)), lifted, "{name}");
+    }
+}
+
+/// A primary keeps one slot per follower plus `stolon_<name>` for every additional slot the
+/// spec lists, drops other `stolon_` slots, and never sees slots without the prefix (the
+/// daemon lists only ours).
+#[test]
+fn primary_keeps_additional_replication_slots() {
+    let mut cd = cluster(DbRole::Master, InitMode::None);
+    let db_uid = cd.db_of_keeper(&KeeperUid::new(ME)).unwrap().uid.clone();
+    let db = cd.dbs.get_mut(&db_uid).unwrap();
+    db.spec.additional_replication_slots = vec!["backup".into()];
+    db.spec.followers.clear();
+    let pg = running_primary(&["stolon_gone"]);
+    let got = next_action(Some(&cd), &KeeperUid::new(ME), BOOT, &applied(), &pg);
+    assert_eq!(
+        got,
+        Action::SyncSlots {
+            create: vec!["stolon_backup".into()],
+            drop: vec!["stolon_gone".into()],
+        }
+    );
+}
+
+/// Parameters waiting for a restart restart postgres only when automaticPgRestart says so.
+#[test]
+fn pending_restart_restarts_only_with_automatic_pg_restart() {
+    for (automatic, want) in [(true, Action::Restart), (false, Action::Idle)] {
+        let mut cd = cluster(DbRole::Master, InitMode::None);
+        let db_uid = cd.db_of_keeper(&KeeperUid::new(ME)).unwrap().uid.clone();
+        let db = cd.dbs.get_mut(&db_uid).unwrap();
+        db.spec.automatic_pg_restart = automatic;
+        db.spec.followers.clear();
+        let pg = Instance {
+            pending_restart: true,
+            ..running_primary(&[])
+        };
+        let got = next_action(Some(&cd), &KeeperUid::new(ME), BOOT, &applied(), &pg);
+        assert_eq!(got, want, "automaticPgRestart={automatic}");
     }
 }

@@ -47,6 +47,8 @@ pub struct KeeperConfig {
     pub listen_address: String,
     pub advertise_address: String,
     pub port: u16,
+    /// The port the other components use (default: `port`).
+    pub advertise_port: u16,
     pub bin_dir: Option<PathBuf>,
     pub su_username: String,
     pub su_password: String,
@@ -93,6 +95,7 @@ pub async fn run(
         db_wait_ready_timeout: Duration::from_secs(60),
         sync_gate: false,
         failed_starts: (None, 0),
+        last_pending_restart: Vec::new(),
     };
     // A postgres left running by a previous keeper acts on decisions we did not see: stop
     // it, and start it again only once the sentinel has seen this boot.
@@ -135,6 +138,8 @@ struct Keeper {
     sync_gate: bool,
     /// Consecutive failed starts, per (db, generation).
     failed_starts: (Option<(DbUid, Generation)>, u32),
+    /// The parameters last reported as waiting for a restart, to log them once.
+    last_pending_restart: Vec<String>,
 }
 
 /// What one observation of the instance gave.
@@ -306,9 +311,19 @@ impl Keeper {
                 let (conf, hba) = self.desired_files(cd, db, following.as_ref());
                 on_disk.as_deref() != Some(conf.as_str())
                     || self.pg.read_file("pg_hba.conf").as_deref() != Some(hba.as_str())
+                    || !self.pg.alter_system_blocked()
             }
             _ => false,
         };
+        let pending_restart = probe
+            .as_ref()
+            .is_some_and(|p| !p.pending_restart.is_empty());
+        if let Some(p) = probe.as_ref().filter(|p| !p.pending_restart.is_empty()) {
+            if self.last_pending_restart != p.pending_restart {
+                tracing::warn!(parameters = %p.pending_restart.join(","), "postgres parameters changed that need a restart to take effect (automaticPgRestart restarts it)");
+                self.last_pending_restart = p.pending_restart.clone();
+            }
+        }
         Seen {
             instance: Instance {
                 initialized,
@@ -323,6 +338,7 @@ impl Keeper {
                 } else {
                     None
                 },
+                pending_restart,
             },
             probe,
         }
@@ -353,7 +369,7 @@ impl Keeper {
             timeline_id: TimelineId(probe.map(|p| p.timeline_id).unwrap_or(0)),
             x_log_pos: probe.and_then(|p| Lsn::parse(&p.lsn)).unwrap_or_default(),
             listen_address: self.config.advertise_address.clone(),
-            port: self.config.port,
+            port: self.config.advertise_port,
             synchronous_standbys: probe.map(in_sync_dbs).unwrap_or_default(),
             older_wal_file: probe.map(|p| p.oldest_wal_file.clone()).unwrap_or_default(),
             timelines_history: probe
@@ -466,6 +482,7 @@ impl Keeper {
         let (conf, hba) = self.desired_files(cd, db, following.as_ref());
         self.pg.write_file("postgresql.conf", &conf)?;
         self.pg.write_file("pg_hba.conf", &hba)?;
+        self.pg.block_alter_system()?;
         Ok(())
     }
 
@@ -593,6 +610,12 @@ impl Keeper {
                 tracing::info!("postgres parameters changed, reloading postgres instance");
                 self.write_files(cd)?;
                 self.pg.reload(self.request_timeout).await?;
+            }
+            Action::Restart => {
+                tracing::info!(parameters = %self.last_pending_restart.join(","), "restarting postgres to apply parameters that need it (automaticPgRestart)");
+                self.write_files(cd)?;
+                self.pg.stop(self.db_wait_ready_timeout).await?;
+                self.pg.start(self.db_wait_ready_timeout).await?;
             }
             Action::SyncSlots { create, drop } => {
                 let conn = self.local_conn();

@@ -25,6 +25,9 @@ struct Cli {
     pg_advertise_address: Option<String>,
     #[arg(long, default_value_t = 5432)]
     pg_port: u16,
+    /// The port the other components use to reach this instance (default: --pg-port).
+    #[arg(long)]
+    pg_advertise_port: Option<u16>,
     /// Directory of initdb, pg_ctl, pg_basebackup (default: PATH).
     #[arg(long)]
     pg_bin_path: Option<PathBuf>,
@@ -107,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .unwrap_or_else(|| cli.pg_listen_address.clone()),
         listen_address: cli.pg_listen_address.clone(),
         port: cli.pg_port,
+        advertise_port: cli.pg_advertise_port.unwrap_or(cli.pg_port),
         bin_dir: cli.pg_bin_path.clone(),
         su_username,
         su_password,

@@ -251,6 +251,24 @@ impl PgCtl {
         self.run(cmd, "pg_rewind", timeout).await.map(drop)
     }
 
+    /// Makes `ALTER SYSTEM` fail: its file becomes a link to /dev/null, which PostgreSQL
+    /// reads as empty and cannot replace (it fsyncs the old file first, and /dev/null
+    /// refuses). The keeper owns the whole configuration.
+    pub fn block_alter_system(&self) -> Result<(), PgError> {
+        let path = self.pgdata.join("postgresql.auto.conf");
+        if self.alter_system_blocked() {
+            return Ok(());
+        }
+        self.remove_file("postgresql.auto.conf")?;
+        std::os::unix::fs::symlink("/dev/null", &path)
+            .map_err(PgError::io("linking postgresql.auto.conf to /dev/null"))
+    }
+
+    pub fn alter_system_blocked(&self) -> bool {
+        std::fs::read_link(self.pgdata.join("postgresql.auto.conf"))
+            .is_ok_and(|target| target == Path::new("/dev/null"))
+    }
+
     /// The system identifier in the control file (its first field), as PostgreSQL prints it.
     pub fn system_id(&self) -> Option<String> {
         let bytes = std::fs::read(self.pgdata.join("global/pg_control")).ok()?;

@@ -26,6 +26,8 @@ pub struct Observed {
     pub in_sync: Vec<String>,
     /// The oldest WAL segment file still in `pg_wal`.
     pub oldest_wal_file: String,
+    /// Parameters changed in the configuration that only a restart applies.
+    pub pending_restart: Vec<String>,
 }
 
 impl LocalConn {
@@ -101,6 +103,15 @@ impl LocalConn {
             .iter()
             .map(|r| r.get::<_, String>(0))
             .collect();
+        let pending_restart = self
+            .bounded(client.query(
+                "select name::text from pg_settings where pending_restart order by 1",
+                &[],
+            ))
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
         let timeline: i32 = row.get(2);
         Ok(Observed {
             in_recovery: row.get(0),
@@ -113,6 +124,7 @@ impl LocalConn {
             slots,
             in_sync,
             oldest_wal_file: row.get::<_, Option<String>>(4).unwrap_or_default(),
+            pending_restart,
         })
     }
 

@@ -597,6 +597,8 @@ impl CdBuilder {
                     synchronous_standbys: Vec::new(),
                     external_synchronous_standbys: Vec::new(),
                     use_pgrewind: false,
+                    additional_replication_slots: Vec::new(),
+                    automatic_pg_restart: false,
                 },
                 status: DbStatus {
                     healthy: true,
