@@ -1,6 +1,6 @@
 use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, TimelineId};
 use crate::info::TimelineSwitch;
-use crate::spec::{ClusterSpec, ValidSpec};
+use crate::spec::{ClusterSpec, NewConfig, ValidSpec};
 use crate::DecodeError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -162,6 +162,9 @@ pub struct DbSpec {
     /// Restart postgres when a changed parameter needs it.
     #[serde(default)]
     pub automatic_pg_restart: bool,
+    /// initdb options of a new cluster (initMode new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_config: Option<NewConfig>,
 }
 
 /// What the sentinel last learned of a db from its keeper.

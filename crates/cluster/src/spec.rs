@@ -223,6 +223,7 @@ pub struct ValidSpec {
     pub use_pgrewind: bool,
     pub additional_master_replication_slots: Vec<String>,
     pub automatic_pg_restart: bool,
+    pub new_config: Option<NewConfig>,
     /// How long a resyncing standby may take to converge; None: as long as it takes.
     pub sync_timeout: Option<Duration>,
     pub init_mode: ClusterSpecInitMode,
@@ -291,6 +292,7 @@ impl ClusterSpec {
                 .clone()
                 .unwrap_or_default(),
             automatic_pg_restart: self.automatic_pg_restart.unwrap_or(false),
+            new_config: self.new_config.clone(),
             sync_timeout: self.sync_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),

@@ -190,6 +190,13 @@ pub fn read_password(
         }
         (Some(p), None) => p.to_string(),
         (None, Some(path)) => {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(file = %path.display(), mode = %format!("{mode:o}"), "{what} password file is readable by others: use mode 0600");
+                }
+            }
             let raw = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the {what} password file {}", path.display()))?;
             let trimmed = raw.trim_end_matches(['\n', '\r']);

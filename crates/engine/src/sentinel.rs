@@ -367,6 +367,9 @@ impl Planner<'_> {
                 use_pgrewind: self.spec.use_pgrewind,
                 additional_replication_slots: Vec::new(),
                 automatic_pg_restart: self.spec.automatic_pg_restart,
+                new_config: (init_mode == InitMode::New)
+                    .then(|| self.spec.new_config.clone())
+                    .flatten(),
             },
             // A new db gets the same grace period as any db without a report yet, so
             // that the next step computes the same status.

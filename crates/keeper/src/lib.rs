@@ -21,7 +21,7 @@ use stolon_engine::keeper::{
     SLOT_PREFIX,
 };
 use stolon_pg::conf::{render_pg_hba, render_postgresql_conf, ConfInput, StandbySettings};
-use stolon_pg::ctl::{OsUser, PgCtl, Upstream};
+use stolon_pg::ctl::{InitOptions, OsUser, PgCtl, Upstream};
 use stolon_pg::probe::{LocalConn, Observed};
 use stolon_pg::PgError;
 use stolon_store::{ChangeWaiter, InfoKind, Store, WatchScope};
@@ -528,10 +528,22 @@ impl Keeper {
                 tracing::info!(db = %db, "initializing the database cluster");
                 self.begin_new_db(db).await?;
                 self.pg.wipe_and_create_pgdata()?;
+                let options = self
+                    .my_db(cd)?
+                    .spec
+                    .new_config
+                    .as_ref()
+                    .map(|c| InitOptions {
+                        locale: c.locale.clone(),
+                        encoding: c.encoding.clone(),
+                        data_checksums: c.data_checksums.unwrap_or(false),
+                    })
+                    .unwrap_or_default();
                 self.pg
                     .initdb(
                         &self.config.su_username,
                         &self.config.su_password,
+                        &options,
                         self.db_wait_ready_timeout,
                     )
                     .await?;

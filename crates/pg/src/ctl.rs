@@ -35,6 +35,14 @@ pub struct PgCtl {
     pub run_as: Option<OsUser>,
 }
 
+/// initdb's options for a new cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InitOptions {
+    pub locale: Option<String>,
+    pub encoding: Option<String>,
+    pub data_checksums: bool,
+}
+
 /// Credentials for an upstream connection.
 #[derive(Debug, Clone)]
 pub struct Upstream<'a> {
@@ -145,10 +153,13 @@ impl PgCtl {
         self.pgdata.join("standby.signal").exists()
     }
 
+    /// A new cluster: superuser `su` with its password (through a private file, never on
+    /// the command line), and the locale, encoding and data checksums asked for.
     pub async fn initdb(
         &self,
         su: &str,
         su_password: &str,
+        options: &InitOptions,
         timeout: Duration,
     ) -> Result<(), PgError> {
         let scratch = self.pgdata.parent().unwrap_or(Path::new("/tmp"));
@@ -161,6 +172,15 @@ impl PgCtl {
             .arg("--pwfile")
             .arg(&pwfile.0)
             .arg("--auth=md5");
+        if let Some(locale) = &options.locale {
+            cmd.arg("--locale").arg(locale);
+        }
+        if let Some(encoding) = &options.encoding {
+            cmd.arg("--encoding").arg(encoding);
+        }
+        if options.data_checksums {
+            cmd.arg("--data-checksums");
+        }
         self.run(cmd, "initdb", timeout).await.map(drop)
     }
 

@@ -40,6 +40,8 @@ impl Default for KeeperOptions {
 }
 
 pub struct ClusterBuilder {
+    repl_user: String,
+    repl_password: String,
     keepers: Vec<KeeperOptions>,
     sentinels: usize,
     proxies: usize,
@@ -56,6 +58,8 @@ impl ClusterBuilder {
     /// Short timings, as the scenarios ask: sleepInterval 1s, failInterval 5s.
     pub fn new() -> ClusterBuilder {
         ClusterBuilder {
+            repl_user: REPL_USER.to_string(),
+            repl_password: REPL_PASSWORD.to_string(),
             keepers: Vec::new(),
             sentinels: 1,
             proxies: 1,
@@ -87,6 +91,13 @@ impl ClusterBuilder {
 
     pub fn proxies(mut self, n: usize) -> Self {
         self.proxies = n;
+        self
+    }
+
+    /// The replication user the keepers use (the superuser's name makes them one role).
+    pub fn replication_user(mut self, user: &str, password: &str) -> Self {
+        self.repl_user = user.to_string();
+        self.repl_password = password.to_string();
         self
     }
 
@@ -126,7 +137,7 @@ impl ClusterBuilder {
         std::fs::write(&spec_path, self.spec.to_string()).unwrap();
         for (name, content) in [
             ("su-password", SU_PASSWORD),
-            ("repl-password", REPL_PASSWORD),
+            ("repl-password", self.repl_password.as_str()),
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, content).unwrap();
@@ -136,6 +147,7 @@ impl ClusterBuilder {
             }
         }
         let mut cluster = TestCluster {
+            repl_user: self.repl_user.clone(),
             proxies: Vec::new(),
             keepers: Vec::new(),
             sentinels: Vec::new(),
@@ -201,6 +213,7 @@ impl KeeperHandle {
 /// A running cluster. Fields drop in order: proxies, keepers (stopping PostgreSQL),
 /// sentinels, etcd; leftover postmasters of killed keepers are killed last.
 pub struct TestCluster {
+    pub repl_user: String,
     pub proxies: Vec<(u16, Process)>,
     pub keepers: Vec<KeeperHandle>,
     pub sentinels: Vec<Process>,
@@ -224,6 +237,11 @@ impl TestCluster {
             .arg("etcdv3")
             .arg("--store-endpoints")
             .arg(&self.etcd.endpoint);
+    }
+
+    /// The initial cluster spec file every sentinel started from now on reads.
+    pub fn spec_path(&self) -> &Path {
+        &self.spec_path
     }
 
     pub fn add_sentinel(&mut self) {
@@ -272,7 +290,7 @@ impl TestCluster {
             .arg("--pg-su-passwordfile")
             .arg(self.root().join("su-password"))
             .arg("--pg-repl-username")
-            .arg(REPL_USER)
+            .arg(&self.repl_user)
             .arg("--pg-repl-passwordfile")
             .arg(self.root().join("repl-password"))
             .arg("--can-be-master")

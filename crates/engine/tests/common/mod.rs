@@ -599,6 +599,7 @@ impl CdBuilder {
                     use_pgrewind: false,
                     additional_replication_slots: Vec::new(),
                     automatic_pg_restart: false,
+                    new_config: None,
                 },
                 status: DbStatus {
                     healthy: true,

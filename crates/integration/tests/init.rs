@@ -1,0 +1,143 @@
+//! Cluster initialisation: users, password files, the initial spec, initdb options.
+
+use std::time::Duration;
+use stolon_testkit::{connect, wait_until, ClusterBuilder, SU_PASSWORD, SU_USER};
+
+const BOOT: Duration = Duration::from_secs(90);
+
+async fn role_can_replicate(port: u16, role: &str) -> Option<bool> {
+    let client = connect(port).await.ok()?;
+    let row = client
+        .query_opt(
+            "select rolreplication from pg_roles where rolname = $1",
+            &[&role],
+        )
+        .await
+        .ok()?;
+    Some(row.is_some_and(|r| r.get(0)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_05_separate_superuser_and_replication_user() {
+    let cluster = ClusterBuilder::new().keepers(2).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    let port = cluster.keepers[master].pg_port;
+    assert_eq!(
+        role_can_replicate(port, &cluster.repl_user).await,
+        Some(true)
+    );
+    assert_eq!(role_can_replicate(port, SU_USER).await, Some(false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_05_superuser_is_the_replication_user() {
+    let cluster = ClusterBuilder::new()
+        .keepers(2)
+        .replication_user(SU_USER, SU_PASSWORD)
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    let port = cluster.keepers[master].pg_port;
+    assert_eq!(role_can_replicate(port, SU_USER).await, Some(true));
+    assert_eq!(
+        role_can_replicate(port, "repluser").await,
+        Some(false),
+        "no second role"
+    );
+}
+
+/// `--initial-cluster-spec` only writes a cluster when the store has none.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_06_initial_spec_only_without_cluster_data() {
+    let mut cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    let before = cluster.cluster_data().await.unwrap();
+    std::fs::write(
+        cluster.spec_path(),
+        r#"{"initMode":"new","sleepInterval":"2s","failInterval":"9s"}"#,
+    )
+    .unwrap();
+    cluster.add_sentinel();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cluster.cluster_data().await.unwrap();
+    assert_eq!(after.cluster.uid, before.cluster.uid);
+    assert_eq!(after.cluster.spec, before.cluster.spec);
+}
+
+/// A password file's trailing newline is removed with a warning; a file with only a newline
+/// is fatal.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_08_password_files() {
+    let mut cluster = ClusterBuilder::new().keepers(1).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.keepers[master]
+        .process
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(30));
+    let file = cluster.root().join("su-password");
+    std::fs::write(&file, format!("{SU_PASSWORD}\n")).unwrap();
+    cluster.start_keeper(master);
+    let port = cluster.proxy_port();
+    wait_until("service with the trimmed password", BOOT, || async {
+        connect(port)
+            .await
+            .ok()?
+            .simple_query("select 1")
+            .await
+            .ok()
+    })
+    .await;
+    assert!(cluster
+        .keeper_last_log(master)
+        .contains("superuser password contain trailing new line, removing"));
+
+    cluster.keepers[master]
+        .process
+        .take()
+        .unwrap()
+        .stop(Duration::from_secs(30));
+    std::fs::write(&file, "\n").unwrap();
+    cluster.start_keeper(master);
+    let code = wait_until("the keeper to exit", BOOT, || {
+        let code = cluster.keepers[master]
+            .process
+            .as_mut()
+            .unwrap()
+            .exit_code();
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(cluster
+        .keeper_last_log(master)
+        .contains("superuser password is empty after removing trailing new line"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_config_initdb_options_are_applied() {
+    let cluster = ClusterBuilder::new()
+        .keepers(1)
+        .spec(
+            "newConfig",
+            serde_json::json!({"dataChecksums": true, "encoding": "UTF8", "locale": "C"}),
+        )
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let client = connect(cluster.keepers[master].pg_port).await.unwrap();
+    let checksums: String = client
+        .query_one("show data_checksums", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checksums, "on");
+    let encoding: String = client
+        .query_one("show server_encoding", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(encoding, "UTF8");
+}
