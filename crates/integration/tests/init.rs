@@ -27,7 +27,16 @@ async fn s_init_05_separate_superuser_and_replication_user() {
         role_can_replicate(port, &cluster.repl_user).await,
         Some(true)
     );
-    assert_eq!(role_can_replicate(port, SU_USER).await, Some(false));
+    let client = connect(port).await.unwrap();
+    let superuser: bool = client
+        .query_one(
+            "select rolsuper from pg_roles where rolname = $1",
+            &[&cluster.repl_user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the replication user is not a superuser");
 }
 
 #[tokio::test(flavor = "multi_thread")]
