@@ -1,6 +1,6 @@
 use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, TimelineId};
 use crate::info::TimelineSwitch;
-use crate::spec::{ClusterSpec, NewConfig, ValidSpec};
+use crate::spec::{ClusterSpec, NewConfig, SuReplAccessMode, ValidSpec};
 use crate::DecodeError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -165,6 +165,9 @@ pub struct DbSpec {
     /// initdb options of a new cluster (initMode new).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_config: Option<NewConfig>,
+    /// Where the superuser and replication user may connect from.
+    #[serde(rename = "defaultSUReplAccessMode", default)]
+    pub default_su_repl_access_mode: SuReplAccessMode,
 }
 
 /// What the sentinel last learned of a db from its keeper.

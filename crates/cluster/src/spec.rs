@@ -224,6 +224,7 @@ pub struct ValidSpec {
     pub additional_master_replication_slots: Vec<String>,
     pub automatic_pg_restart: bool,
     pub new_config: Option<NewConfig>,
+    pub default_su_repl_access_mode: SuReplAccessMode,
     /// How long a resyncing standby may take to converge; None: as long as it takes.
     pub sync_timeout: Option<Duration>,
     pub init_mode: ClusterSpecInitMode,
@@ -293,6 +294,7 @@ impl ClusterSpec {
                 .unwrap_or_default(),
             automatic_pg_restart: self.automatic_pg_restart.unwrap_or(false),
             new_config: self.new_config.clone(),
+            default_su_repl_access_mode: self.default_su_repl_access_mode.unwrap_or_default(),
             sync_timeout: self.sync_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),
@@ -446,6 +448,17 @@ mod tests {
         assert_eq!(v.fail_interval, Duration::from_secs(5));
         let again = serde_json::to_string(&spec).unwrap();
         assert_eq!(ClusterSpec::from_json(&again).unwrap(), spec);
+    }
+
+    /// A Stolon spec with every field loads unchanged and writes back the same document.
+    #[test]
+    fn a_stolon_spec_with_every_field_round_trips() {
+        let text = include_str!("../testdata/stolon-spec-every-field.json");
+        let spec = ClusterSpec::from_json(text).unwrap();
+        let original: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_value(&spec).unwrap(), original);
+        assert_eq!(spec.with_defaults(), spec, "every field is set");
+        spec.validate().unwrap();
     }
 
     #[test]

@@ -370,6 +370,7 @@ impl Planner<'_> {
                 new_config: (init_mode == InitMode::New)
                     .then(|| self.spec.new_config.clone())
                     .flatten(),
+                default_su_repl_access_mode: self.spec.default_su_repl_access_mode,
             },
             // A new db gets the same grace period as any db without a report yet, so
             // that the next step computes the same status.
@@ -1099,6 +1100,7 @@ impl Planner<'_> {
             db.spec.pg_hba = self.spec.pg_hba.clone();
             db.spec.use_pgrewind = self.spec.use_pgrewind;
             db.spec.automatic_pg_restart = self.spec.automatic_pg_restart;
+            db.spec.default_su_repl_access_mode = self.spec.default_su_repl_access_mode;
             db.spec.additional_replication_slots = if db.spec.role == DbRole::Master {
                 self.spec.additional_master_replication_slots.clone()
             } else {

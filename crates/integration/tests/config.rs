@@ -203,3 +203,49 @@ async fn slots_without_our_prefix_are_never_dropped() {
     .await;
     cluster.assert_no_unexpected_errors(&[]);
 }
+
+/// `pgHBA` replaces the default "everyone with a password" rules: only the listed users get
+/// in, besides the superuser and the replication user.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_cfg_06_pg_hba_entries_take_effect() {
+    let cluster = ClusterBuilder::new()
+        .keepers(1)
+        .spec(
+            "pgHBA",
+            serde_json::json!(["host all app 127.0.0.1/32 md5"]),
+        )
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let port = cluster.keepers[master].pg_port;
+    connect(port)
+        .await
+        .unwrap()
+        .batch_execute(
+            "create role app login password 'app-pw'; create role other login password 'other-pw'",
+        )
+        .await
+        .unwrap();
+    let login = |user: &'static str, password: &'static str| async move {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user(user)
+            .password(password)
+            .dbname("postgres");
+        config.connect(tokio_postgres::NoTls).await.map(drop)
+    };
+    login("app", "app-pw")
+        .await
+        .expect("app is listed in pgHBA");
+    let err = login("other", "other-pw")
+        .await
+        .expect_err("other is not listed");
+    let message = err
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("pg_hba.conf"), "{message}");
+    cluster.assert_no_unexpected_errors(&[]);
+}

@@ -13,14 +13,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, Db, DbRole, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState, TimelineId,
-    TimelineSwitch,
+    ClusterData, Db, DbRole, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState,
+    SuReplAccessMode, TimelineId, TimelineSwitch,
 };
 use stolon_engine::keeper::{
     followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
     SLOT_PREFIX,
 };
-use stolon_pg::conf::{render_pg_hba, render_postgresql_conf, ConfInput, StandbySettings};
+use stolon_pg::conf::{
+    render_pg_hba, render_postgresql_conf, ConfInput, StandbySettings, SuReplSources,
+};
 use stolon_pg::ctl::{InitOptions, OsUser, PgCtl, Upstream};
 use stolon_pg::probe::{LocalConn, Observed};
 use stolon_pg::PgError;
@@ -461,9 +463,22 @@ impl Keeper {
             synchronous_standbys: &synchronous,
             wal_log_hints: spec.use_pgrewind,
         });
+        // Strict: only a primary accepts the two users, and only from the other dbs.
+        let sources = match spec.default_su_repl_access_mode {
+            SuReplAccessMode::All => SuReplSources::Anywhere,
+            SuReplAccessMode::Strict if spec.role == DbRole::Master => SuReplSources::Only(
+                cd.dbs
+                    .values()
+                    .filter(|other| other.uid != db.uid && !other.status.listen_address.is_empty())
+                    .map(|other| other.status.listen_address.clone())
+                    .collect(),
+            ),
+            SuReplAccessMode::Strict => SuReplSources::Only(Vec::new()),
+        };
         let hba = render_pg_hba(
             &self.config.su_username,
             &self.config.repl_username,
+            &sources,
             spec.pg_hba.as_deref(),
             self.sync_gate,
         );

@@ -138,9 +138,12 @@ pub fn render_postgresql_conf(input: &ConfInput<'_>) -> String {
 /// password access for every user from anywhere).
 /// With `internal_only`, clients other than the superuser and the replication user are
 /// kept out (the synchronous replication gate after a primary restart).
+/// `su_repl_sources`: where the superuser and replication user may connect from over TCP:
+/// everywhere (`defaultSUReplAccessMode: all`), or only the listed addresses (`strict`).
 pub fn render_pg_hba(
     su: &str,
     repl: &str,
+    su_repl_sources: &SuReplSources,
     user_rules: Option<&[String]>,
     internal_only: bool,
 ) -> String {
@@ -149,7 +152,20 @@ pub fn render_pg_hba(
         format!("local postgres {su} md5"),
         format!("local replication {repl} md5"),
     ];
-    for net in ["0.0.0.0/0", "::0/0"] {
+    let nets: Vec<String> = match su_repl_sources {
+        SuReplSources::Anywhere => vec!["0.0.0.0/0".into(), "::0/0".into()],
+        SuReplSources::Only(addresses) => addresses
+            .iter()
+            .map(|a| {
+                if a.contains(':') {
+                    format!("{a}/128")
+                } else {
+                    format!("{a}/32")
+                }
+            })
+            .collect(),
+    };
+    for net in nets {
         lines.push(format!("host all {su} {net} md5"));
         lines.push(format!("host replication {repl} {net} md5"));
     }
@@ -162,6 +178,13 @@ pub fn render_pg_hba(
         }
     }
     lines.join("\n") + "\n"
+}
+
+/// Where the superuser and the replication user may connect from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuReplSources {
+    Anywhere,
+    Only(Vec<String>),
 }
 
 /// The upstream host and port named by a rendered configuration, if it has one.
@@ -245,20 +268,32 @@ mod tests {
 
     #[test]
     fn hba_defaults_to_password_access_for_all() {
-        let hba = render_pg_hba("su", "repl", None, false);
+        let hba = render_pg_hba("su", "repl", &SuReplSources::Anywhere, None, false);
         assert!(hba.contains("local postgres su md5"));
         assert!(hba.contains("host replication repl 0.0.0.0/0 md5"));
         assert!(hba.contains("host all all 0.0.0.0/0 md5"));
-        let strict = render_pg_hba("su", "repl", Some(&[]), false);
+        let strict = render_pg_hba("su", "repl", &SuReplSources::Anywhere, Some(&[]), false);
         assert!(!strict.contains("host all all"));
         let gated = render_pg_hba(
             "su",
             "repl",
+            &SuReplSources::Anywhere,
             Some(&["host all app 0.0.0.0/0 md5".into()]),
             true,
         );
         assert!(gated.contains("host all su 0.0.0.0/0 md5"));
         assert!(!gated.contains("app"));
+    }
+
+    #[test]
+    fn strict_access_lists_only_the_given_addresses() {
+        let only = SuReplSources::Only(vec!["10.0.0.2".into(), "fd00::3".into()]);
+        let hba = render_pg_hba("su", "repl", &only, None, false);
+        assert!(hba.contains("host all su 10.0.0.2/32 md5"));
+        assert!(hba.contains("host replication repl fd00::3/128 md5"));
+        assert!(!hba.contains("host all su 0.0.0.0/0"));
+        let none = render_pg_hba("su", "repl", &SuReplSources::Only(vec![]), None, false);
+        assert!(!none.contains("host all su"));
     }
 
     #[test]
