@@ -10,6 +10,7 @@ use stolon_cluster::{
     SentinelInfo,
 };
 use stolon_daemon::CommonArgs;
+use stolon_engine::sentinel::{choose_new_master, election_rules};
 use stolon_store::{Expect, InfoKind, Store, StoreError};
 
 #[derive(Debug, Parser)]
@@ -392,6 +393,8 @@ struct KeeperStatus {
     role: String,
     timeline: u32,
     xlog_pos: String,
+    /// Whether the sentinel would promote it if the primary failed now, and why not.
+    master_eligibility: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -465,8 +468,27 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
                 .map(|db| db.spec.keeper_uid.to_string())
                 .collect();
         }
+        // What a failover decided now would make of each keeper (the sentinel's own rules).
+        let choice = cd.master_db().map(|master| {
+            let rules = election_rules(master, read.spec.max_standby_lag);
+            (master, choose_new_master(cd, master, &rules))
+        });
         for keeper in cd.keepers.values() {
             let db = cd.db_of_keeper(&keeper.uid);
+            let master_eligibility = match (&choice, db) {
+                (_, None) => "no db".to_string(),
+                (None, Some(_)) => "no primary to replace".to_string(),
+                (Some((master, _)), Some(db)) if db.uid == master.uid => "primary".to_string(),
+                (Some((_, choice)), Some(db)) if choice.best.as_ref() == Some(&db.uid) => {
+                    format!("would be elected: {}", choice.why)
+                }
+                (Some((_, choice)), Some(_)) => choice
+                    .rejected
+                    .iter()
+                    .find(|r| r.keeper == keeper.uid)
+                    .map(|r| format!("not eligible: {}", r.reason))
+                    .unwrap_or_else(|| "not eligible".to_string()),
+            };
             let info = infos.iter().find(|i| i.uid == keeper.uid);
             keepers.push(KeeperStatus {
                 uid: keeper.uid.to_string(),
@@ -490,6 +512,7 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
                     .and_then(|i| i.postgres_state.as_ref())
                     .map(|s| s.x_log_pos.to_string())
                     .unwrap_or_default(),
+                master_eligibility,
             });
         }
     }
@@ -555,6 +578,7 @@ fn render_status(s: &Status) -> String {
             "ROLE",
             "TIMELINE",
             "XLOGPOS",
+            "AS NEW PRIMARY",
         ],
         s.keepers
             .iter()
@@ -569,6 +593,7 @@ fn render_status(s: &Status) -> String {
                     k.role.clone(),
                     k.timeline.to_string(),
                     k.xlog_pos.clone(),
+                    k.master_eligibility.clone(),
                 ]
             })
             .collect(),

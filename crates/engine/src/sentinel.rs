@@ -534,22 +534,9 @@ impl Planner<'_> {
             .filter(|db| self.convergence_expired(db, self.spec.convergence_timeout))
             .map(|db| db.uid.clone())
             .collect();
-        // In synchronous mode only a standby known to have been in sync holds every
-        // acknowledged commit.
-        let synchronous = failed.spec.synchronous_replication.then(|| {
-            let spec: BTreeSet<&DbUid> = failed.spec.synchronous_standbys.iter().collect();
-            failed
-                .status
-                .synchronous_standbys
-                .iter()
-                .filter(|uid| spec.contains(uid))
-                .cloned()
-                .collect::<BTreeSet<DbUid>>()
-        });
         let rules = ElectionRules {
-            max_lag: self.spec.max_standby_lag,
             stalled,
-            synchronous,
+            ..election_rules(failed, self.spec.max_standby_lag)
         };
         let choice = choose_new_master(&self.cd, failed, &rules);
         for r in &choice.rejected {
@@ -1174,6 +1161,27 @@ pub struct ElectionRules {
     pub stalled: BTreeSet<DbUid>,
     /// Sync mode: the only dbs that may be chosen (known in sync with the failed primary).
     pub synchronous: Option<BTreeSet<DbUid>>,
+}
+
+/// The rules a replacement of `master` must follow: within `max_lag` of its last position
+/// in asynchronous mode; in synchronous mode, among the standbys it knew in sync (and still
+/// listed), which hold every acknowledged commit.
+pub fn election_rules(master: &Db, max_lag: u32) -> ElectionRules {
+    let synchronous = master.spec.synchronous_replication.then(|| {
+        let spec: BTreeSet<&DbUid> = master.spec.synchronous_standbys.iter().collect();
+        master
+            .status
+            .synchronous_standbys
+            .iter()
+            .filter(|uid| spec.contains(uid))
+            .cloned()
+            .collect::<BTreeSet<DbUid>>()
+    });
+    ElectionRules {
+        max_lag,
+        stalled: BTreeSet::new(),
+        synchronous,
+    }
 }
 
 /// A failover decision: the db to promote, why, and why every other standby was not chosen.

@@ -46,7 +46,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "stolon-ctl",
-        &["stolon-cluster", "stolon-store", "stolon-daemon"],
+        &[
+            "stolon-cluster",
+            "stolon-engine",
+            "stolon-store",
+            "stolon-daemon",
+        ],
     ),
     (
         "stolon-testkit",

@@ -494,6 +494,30 @@ async fn s_ha_10_candidate_choice_priority_and_can_be_master() {
         (positions.len() == 1).then_some(())
     })
     .await;
+    // stolonctl status tells beforehand who would be elected, and why the others would not.
+    let status = cluster.stolonctl(&["status", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let eligibility = |i: usize| {
+        status["keepers"][i]["master_eligibility"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        eligibility(2).starts_with("would be elected"),
+        "{}",
+        eligibility(2)
+    );
+    assert!(
+        eligibility(3).contains("--can-be-master=false"),
+        "{}",
+        eligibility(3)
+    );
+    assert!(
+        eligibility(1).contains("lower priority"),
+        "{}",
+        eligibility(1)
+    );
     cluster.kill_keeper_and_postgres(master);
     let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
     assert_eq!(

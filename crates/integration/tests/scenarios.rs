@@ -399,6 +399,7 @@ async fn s_init_09_stolonctl_status_and_init_confirmation() {
     );
     let text = cluster.stolonctl(&["status"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("Master Keeper: keeper0"));
+    assert_eq!(status["keepers"][0]["master_eligibility"], "primary");
 
     // Without -y an existing cluster is only replaced after a "yes".
     let before = cluster.cluster_data().await.unwrap();
