@@ -104,3 +104,32 @@ fn env_vars_with_the_binary_prefix_set_flags() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("\"consul\" is not supported"), "{text}");
 }
+
+#[test]
+fn a_password_with_the_trust_method_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("k");
+    let (code, text) = run(
+        "stolon-keeper",
+        &[
+            "--cluster-name",
+            "c",
+            "--store-backend",
+            "etcdv3",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--pg-listen-address",
+            "127.0.0.1",
+            "--pg-su-auth-method",
+            "trust",
+            "--pg-su-password",
+            "x",
+            "--pg-repl-username",
+            "r",
+            "--pg-repl-password",
+            "y",
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("auth method trust"), "{text}");
+}

@@ -150,3 +150,43 @@ async fn new_config_initdb_options_are_applied() {
         .get(0);
     assert_eq!(encoding, "UTF8");
 }
+
+/// scram-sha-256 for the superuser and the replication user: the keepers' own connections,
+/// base backups, streaming and clients through the proxy all work with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_sha_256_authentication() {
+    let cluster = ClusterBuilder::new()
+        .keepers(2)
+        .auth_method("scram-sha-256")
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    let hba = std::fs::read_to_string(
+        cluster.keepers[master]
+            .data_dir
+            .join("postgres/pg_hba.conf"),
+    )
+    .unwrap();
+    assert!(
+        hba.contains(&format!(
+            "host replication {} 0.0.0.0/0 scram-sha-256",
+            cluster.repl_user
+        )),
+        "{hba}"
+    );
+    assert!(
+        hba.contains(&format!("host all {SU_USER} 0.0.0.0/0 scram-sha-256")),
+        "{hba}"
+    );
+    let client = connect(cluster.proxy_port()).await.unwrap();
+    let method: String = client
+        .query_one(
+            "select rolpassword from pg_authid where rolname = $1",
+            &[&SU_USER],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(method.starts_with("SCRAM-SHA-256$"), "stored as scram");
+}

@@ -21,7 +21,8 @@ use stolon_engine::keeper::{
     SLOT_PREFIX,
 };
 use stolon_pg::conf::{
-    render_pg_hba, render_postgresql_conf, ConfInput, StandbySettings, SuReplSources,
+    render_pg_hba, render_postgresql_conf, AuthMethod, ConfInput, HbaUsers, StandbySettings,
+    SuReplSources,
 };
 use stolon_pg::ctl::{InitOptions, OsUser, PgCtl, Upstream};
 use stolon_pg::probe::{LocalConn, Observed};
@@ -53,9 +54,12 @@ pub struct KeeperConfig {
     pub advertise_port: u16,
     pub bin_dir: Option<PathBuf>,
     pub su_username: String,
+    /// Empty with the trust method.
     pub su_password: String,
+    pub su_auth: AuthMethod,
     pub repl_username: String,
     pub repl_password: String,
+    pub repl_auth: AuthMethod,
     pub can_be_master: bool,
     pub can_be_synchronous_replica: bool,
     /// Among equally advanced failover candidates, the higher priority wins.
@@ -476,8 +480,12 @@ impl Keeper {
             SuReplAccessMode::Strict => SuReplSources::Only(Vec::new()),
         };
         let hba = render_pg_hba(
-            &self.config.su_username,
-            &self.config.repl_username,
+            &HbaUsers {
+                su: &self.config.su_username,
+                su_auth: self.config.su_auth,
+                repl: &self.config.repl_username,
+                repl_auth: self.config.repl_auth,
+            },
             &sources,
             spec.pg_hba.as_deref(),
             self.sync_gate,
@@ -549,11 +557,15 @@ impl Keeper {
                     .new_config
                     .as_ref()
                     .map(|c| InitOptions {
+                        su_auth: self.config.su_auth,
                         locale: c.locale.clone(),
                         encoding: c.encoding.clone(),
                         data_checksums: c.data_checksums.unwrap_or(false),
                     })
-                    .unwrap_or_default();
+                    .unwrap_or(InitOptions {
+                        su_auth: self.config.su_auth,
+                        ..Default::default()
+                    });
                 self.pg
                     .initdb(
                         &self.config.su_username,

@@ -3,6 +3,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use stolon_daemon::CommonArgs;
 use stolon_keeper::KeeperConfig;
+use stolon_pg::conf::AuthMethod;
 use stolon_pg::ctl::OsUser;
 
 /// Manages one PostgreSQL instance of a stolon cluster.
@@ -38,8 +39,14 @@ struct Cli {
     pg_su_password: Option<String>,
     #[arg(long)]
     pg_su_passwordfile: Option<PathBuf>,
+    /// md5, scram-sha-256 or trust (no password).
+    #[arg(long, default_value = "md5", value_parser = AuthMethod::parse)]
+    pg_su_auth_method: AuthMethod,
     #[arg(long)]
     pg_repl_username: String,
+    /// md5, scram-sha-256 or trust (no password).
+    #[arg(long, default_value = "md5", value_parser = AuthMethod::parse)]
+    pg_repl_auth_method: AuthMethod,
     #[arg(long)]
     pg_repl_password: Option<String>,
     #[arg(long)]
@@ -88,18 +95,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .unwrap_or_else(|| "postgres".into())
     };
     let su_username = cli.pg_su_username.clone().unwrap_or(os_user_name);
-    let su_password = stolon_daemon::read_password(
+    let su_password = password_for(
         "superuser",
+        cli.pg_su_auth_method,
         cli.pg_su_password.as_deref(),
         cli.pg_su_passwordfile.as_deref(),
     )?;
-    let repl_password = stolon_daemon::read_password(
+    let repl_password = password_for(
         "replication",
+        cli.pg_repl_auth_method,
         cli.pg_repl_password.as_deref(),
         cli.pg_repl_passwordfile.as_deref(),
     )?;
-    if su_username == cli.pg_repl_username && su_password != repl_password {
-        bail!("provided superuser name and replication user name are the same but provided passwords are different");
+    if su_username == cli.pg_repl_username {
+        if cli.pg_su_auth_method != cli.pg_repl_auth_method {
+            bail!("provided superuser name and replication user name are the same but provided auth methods are different");
+        }
+        if su_password != repl_password {
+            bail!("provided superuser name and replication user name are the same but provided passwords are different");
+        }
     }
     let config = KeeperConfig {
         uid: cli.uid.clone(),
@@ -114,8 +128,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         bin_dir: cli.pg_bin_path.clone(),
         su_username,
         su_password,
+        su_auth: cli.pg_su_auth_method,
         repl_username: cli.pg_repl_username.clone(),
         repl_password,
+        repl_auth: cli.pg_repl_auth_method,
         can_be_master: cli.can_be_master,
         can_be_synchronous_replica: cli.can_be_synchronous_replica,
         priority: cli.priority,
@@ -126,4 +142,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     };
     stolon_keeper::run(config, store, shutdown).await
+}
+
+/// The password of a user: none with trust (giving one is an error, as it would be silently
+/// ignored), required otherwise.
+fn password_for(
+    what: &str,
+    method: AuthMethod,
+    inline: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    if method == AuthMethod::Trust {
+        if inline.is_some() || file.is_some() {
+            bail!("a {what} password was given with auth method trust, which uses none");
+        }
+        return Ok(String::new());
+    }
+    stolon_daemon::read_password(what, inline, file)
 }

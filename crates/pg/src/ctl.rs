@@ -1,5 +1,6 @@
 //! The PostgreSQL programs the keeper runs, with timeouts and captured output.
 
+use crate::conf::AuthMethod;
 use crate::PgError;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -38,6 +39,8 @@ pub struct PgCtl {
 /// initdb's options for a new cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InitOptions {
+    /// How the superuser authenticates: also how initdb stores its password.
+    pub su_auth: AuthMethod,
     pub locale: Option<String>,
     pub encoding: Option<String>,
     pub data_checksums: bool,
@@ -163,15 +166,19 @@ impl PgCtl {
         timeout: Duration,
     ) -> Result<(), PgError> {
         let scratch = self.pgdata.parent().unwrap_or(Path::new("/tmp"));
-        let pwfile = self.secret_file(scratch, ".initdb-pwfile", su_password)?;
         let mut cmd = self.command("initdb");
-        cmd.arg("-D")
-            .arg(&self.pgdata)
-            .arg("-U")
-            .arg(su)
-            .arg("--pwfile")
-            .arg(&pwfile.0)
-            .arg("--auth=md5");
+        cmd.arg("-D").arg(&self.pgdata).arg("-U").arg(su);
+        // The keeper replaces initdb's pg_hba.conf before the first start.
+        let _pwfile = if su_password.is_empty() {
+            cmd.arg("--auth=trust");
+            None
+        } else {
+            let pwfile = self.secret_file(scratch, ".initdb-pwfile", su_password)?;
+            cmd.arg("--pwfile")
+                .arg(&pwfile.0)
+                .arg(format!("--auth={}", options.su_auth.as_hba()));
+            Some(pwfile)
+        };
         if let Some(locale) = &options.locale {
             cmd.arg("--locale").arg(locale);
         }

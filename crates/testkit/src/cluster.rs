@@ -40,6 +40,7 @@ impl Default for KeeperOptions {
 }
 
 pub struct ClusterBuilder {
+    auth_method: String,
     repl_user: String,
     repl_password: String,
     keepers: Vec<KeeperOptions>,
@@ -58,6 +59,7 @@ impl ClusterBuilder {
     /// Short timings, as the scenarios ask: sleepInterval 1s, failInterval 5s.
     pub fn new() -> ClusterBuilder {
         ClusterBuilder {
+            auth_method: "md5".to_string(),
             repl_user: REPL_USER.to_string(),
             repl_password: REPL_PASSWORD.to_string(),
             keepers: Vec::new(),
@@ -91,6 +93,12 @@ impl ClusterBuilder {
 
     pub fn proxies(mut self, n: usize) -> Self {
         self.proxies = n;
+        self
+    }
+
+    /// How the superuser and the replication user authenticate (md5, scram-sha-256).
+    pub fn auth_method(mut self, method: &str) -> Self {
+        self.auth_method = method.to_string();
         self
     }
 
@@ -147,6 +155,7 @@ impl ClusterBuilder {
             }
         }
         let mut cluster = TestCluster {
+            auth_method: self.auth_method.clone(),
             repl_user: self.repl_user.clone(),
             proxies: Vec::new(),
             keepers: Vec::new(),
@@ -213,6 +222,7 @@ impl KeeperHandle {
 /// A running cluster. Fields drop in order: proxies, keepers (stopping PostgreSQL),
 /// sentinels, etcd; leftover postmasters of killed keepers are killed last.
 pub struct TestCluster {
+    pub auth_method: String,
     pub repl_user: String,
     pub proxies: Vec<(u16, Process)>,
     pub keepers: Vec<KeeperHandle>,
@@ -293,6 +303,10 @@ impl TestCluster {
             .arg(&self.repl_user)
             .arg("--pg-repl-passwordfile")
             .arg(self.root().join("repl-password"))
+            .arg("--pg-su-auth-method")
+            .arg(&self.auth_method)
+            .arg("--pg-repl-auth-method")
+            .arg(&self.auth_method)
             .arg("--can-be-master")
             .arg(k.options.can_be_master.to_string())
             .arg("--can-be-synchronous-replica")
