@@ -168,6 +168,10 @@ pub struct DbSpec {
     /// Where the superuser and replication user may connect from.
     #[serde(rename = "defaultSUReplAccessMode", default)]
     pub default_su_repl_access_mode: SuReplAccessMode,
+    /// Keep the parameters initdb wrote until the sentinel has merged them into the spec
+    /// (`mergePgParameters`).
+    #[serde(default)]
+    pub include_previous_config: bool,
 }
 
 /// What the sentinel last learned of a db from its keeper.

@@ -57,6 +57,9 @@ pub struct PgState {
     /// On a primary: where each earlier timeline ended (its history file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timelines_history: Vec<TimelineSwitch>,
+    /// The parameters initdb wrote, for `mergePgParameters`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub init_pg_parameters: std::collections::BTreeMap<String, String>,
 }
 
 /// One line of a timeline history file: timeline `timeline_id` ended at `switch_point`.

@@ -225,6 +225,7 @@ pub struct ValidSpec {
     pub automatic_pg_restart: bool,
     pub new_config: Option<NewConfig>,
     pub default_su_repl_access_mode: SuReplAccessMode,
+    pub merge_pg_parameters: bool,
     /// How long a resyncing standby may take to converge; None: as long as it takes.
     pub sync_timeout: Option<Duration>,
     pub init_mode: ClusterSpecInitMode,
@@ -295,6 +296,7 @@ impl ClusterSpec {
             automatic_pg_restart: self.automatic_pg_restart.unwrap_or(false),
             new_config: self.new_config.clone(),
             default_su_repl_access_mode: self.default_su_repl_access_mode.unwrap_or_default(),
+            merge_pg_parameters: self.merge_pg_parameters.unwrap_or(true),
             sync_timeout: self.sync_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),

@@ -78,6 +78,7 @@ pub fn step(
         reported_oldest_wal: BTreeMap::new(),
         failed_master: None,
         infos: BTreeMap::new(),
+        merged_parameters: None,
     };
     planner.infos = obs
         .keepers
@@ -119,6 +120,8 @@ struct Planner<'m> {
     failed_master: Option<DbUid>,
     /// The keepers' infos of this cluster, as read for this step.
     infos: BTreeMap<KeeperUid, KeeperInfo>,
+    /// The cluster's parameters if this step merged initdb's into them.
+    merged_parameters: Option<BTreeMap<String, String>>,
 }
 
 /// A standby the planner would not promote, and why.
@@ -371,6 +374,8 @@ impl Planner<'_> {
                     .then(|| self.spec.new_config.clone())
                     .flatten(),
                 default_su_repl_access_mode: self.spec.default_su_repl_access_mode,
+                include_previous_config: init_mode == InitMode::New
+                    && self.spec.merge_pg_parameters,
             },
             // A new db gets the same grace period as any db without a report yet, so
             // that the next step computes the same status.
@@ -412,8 +417,12 @@ impl Planner<'_> {
         // needs a good report now.
         let reported_ok = db.status.healthy && !self.memory.db_errors.contains_key(&master_uid);
         if Self::converged(&db) && reported_ok {
+            if db.spec.include_previous_config {
+                self.merge_init_parameters(&db);
+            }
             let master = self.cd.dbs.get_mut(&master_uid).expect("present");
             master.spec.init_mode = InitMode::None;
+            master.spec.include_previous_config = false;
             self.cd.cluster.status.phase = ClusterPhase::Normal;
             self.emit(Event::info("db initialized").with("db", &master_uid));
         } else if self.convergence_expired(&db, self.spec.init_timeout) {
@@ -430,6 +439,35 @@ impl Planner<'_> {
         } else {
             self.emit(Event::info("waiting for db").with("db", &master_uid));
         }
+    }
+
+    /// `mergePgParameters`: the parameters initdb wrote become the cluster's, under the
+    /// ones the spec already sets.
+    fn merge_init_parameters(&mut self, db: &Db) {
+        let Some(reported) = self
+            .infos
+            .get(&db.spec.keeper_uid)
+            .and_then(|i| i.postgres_state.as_ref())
+            .filter(|state| state.db_uid == db.uid)
+            .map(|state| state.init_pg_parameters.clone())
+        else {
+            return;
+        };
+        let mut merged = reported;
+        merged.extend(
+            self.cd
+                .cluster
+                .spec
+                .pg_parameters
+                .clone()
+                .unwrap_or_default(),
+        );
+        self.emit(
+            Event::info("merging the initial postgres parameters into the cluster spec")
+                .with("parameters", merged.len()),
+        );
+        self.cd.cluster.spec.pg_parameters = Some(merged.clone());
+        self.merged_parameters = Some(merged);
     }
 
     fn choose_initial_master(&mut self) {
@@ -1080,10 +1118,14 @@ impl Planner<'_> {
         if self.failed_master.is_some() {
             return;
         }
+        let merged_parameters = self.merged_parameters.clone();
         for db in self.cd.dbs.values_mut() {
             db.spec.max_standbys = self.spec.max_standbys;
             db.spec.additional_wal_senders = self.spec.additional_wal_senders;
-            db.spec.pg_parameters = self.spec.pg_parameters.clone();
+            // This step may have merged initdb's parameters into the cluster spec.
+            db.spec.pg_parameters = merged_parameters
+                .clone()
+                .unwrap_or_else(|| self.spec.pg_parameters.clone());
             db.spec.pg_hba = self.spec.pg_hba.clone();
             db.spec.use_pgrewind = self.spec.use_pgrewind;
             db.spec.automatic_pg_restart = self.spec.automatic_pg_restart;

@@ -190,3 +190,45 @@ async fn scram_sha_256_authentication() {
         .get(0);
     assert!(method.starts_with("SCRAM-SHA-256$"), "stored as scram");
 }
+
+/// mergePgParameters (default true) copies the parameters initdb chose into the spec, under
+/// the ones the spec sets; false leaves the spec alone.
+async fn merge_pg_parameters(merge: bool) {
+    let cluster = ClusterBuilder::new()
+        .keepers(1)
+        .spec("mergePgParameters", merge.into())
+        .spec("pgParameters", serde_json::json!({"max_connections": "77"}))
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    let params = cd.cluster.spec.pg_parameters.clone().unwrap_or_default();
+    assert_eq!(
+        params.get("max_connections").map(String::as_str),
+        Some("77"),
+        "the spec wins"
+    );
+    assert_eq!(params.contains_key("shared_buffers"), merge, "{params:?}");
+    assert_eq!(
+        params.contains_key("port"),
+        false,
+        "managed parameters are never merged"
+    );
+    let client = connect(cluster.keepers[master].pg_port).await.unwrap();
+    let max: String = client
+        .query_one("show max_connections", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(max, "77");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_03_merge_pg_parameters() {
+    merge_pg_parameters(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_03_no_merge_pg_parameters() {
+    merge_pg_parameters(false).await;
+}

@@ -378,6 +378,7 @@ impl Keeper {
             port: self.config.advertise_port,
             synchronous_standbys: probe.map(in_sync_dbs).unwrap_or_default(),
             older_wal_file: probe.map(|p| p.oldest_wal_file.clone()).unwrap_or_default(),
+            init_pg_parameters: db.init_pg_parameters.clone(),
             timelines_history: probe
                 .filter(|p| !p.in_recovery && p.timeline_id > 1)
                 .and_then(|p| {
@@ -456,13 +457,25 @@ impl Keeper {
             } else {
                 Vec::new()
             };
+        // Until the sentinel has merged them into the spec, initdb's parameters stay.
+        let parameters = if spec.include_previous_config {
+            let mut merged = self
+                .data
+                .db_state()
+                .map(|s| s.init_pg_parameters)
+                .unwrap_or_default();
+            merged.extend(spec.pg_parameters.clone());
+            merged
+        } else {
+            spec.pg_parameters.clone()
+        };
         let conf = render_postgresql_conf(&ConfInput {
             listen_address: &self.config.listen_address,
             port: self.config.port,
             socket_dir: SOCKET_DIR,
             max_standbys: spec.max_standbys,
             additional_wal_senders: spec.additional_wal_senders,
-            user_parameters: &spec.pg_parameters,
+            user_parameters: &parameters,
             standby,
             synchronous_standbys: &synchronous,
             wal_log_hints: spec.use_pgrewind,
@@ -517,6 +530,7 @@ impl Keeper {
             generation: 0,
             initializing: true,
             system_id: String::new(),
+            init_pg_parameters: Default::default(),
         })?;
         self.stop_if_running().await?;
         Ok(())
@@ -524,11 +538,13 @@ impl Keeper {
 
     /// Records the finished db with the system identifier its data directory now has.
     fn finish_new_db(&self, db: &DbUid) -> anyhow::Result<()> {
+        let previous = self.data.db_state()?;
         self.data.save_db_state(&DbState {
             uid: db.to_string(),
             generation: 0,
             initializing: false,
             system_id: self.pg.system_id().unwrap_or_default(),
+            init_pg_parameters: previous.init_pg_parameters,
         })
     }
 
@@ -574,6 +590,17 @@ impl Keeper {
                         self.db_wait_ready_timeout,
                     )
                     .await?;
+                // initdb's own choices for this machine, before our file replaces them.
+                let init_parameters = stolon_pg::conf::parse_parameters(
+                    &self.pg.read_file("postgresql.conf").unwrap_or_default(),
+                );
+                self.data.save_db_state(&DbState {
+                    uid: db.to_string(),
+                    generation: 0,
+                    initializing: true,
+                    system_id: String::new(),
+                    init_pg_parameters: init_parameters,
+                })?;
                 self.write_files(cd)?;
                 tracing::info!("starting database");
                 self.pg.start(self.db_wait_ready_timeout).await?;

@@ -27,6 +27,9 @@ pub struct DbState {
     /// The system identifier the data directory got when this keeper made it.
     #[serde(rename = "SystemID", default)]
     pub system_id: String,
+    /// What initdb wrote in postgresql.conf, for `mergePgParameters`.
+    #[serde(rename = "InitPGParameters", default)]
+    pub init_pg_parameters: std::collections::BTreeMap<String, String>,
 }
 
 impl DbState {

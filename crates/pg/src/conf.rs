@@ -233,6 +233,29 @@ pub enum SuReplSources {
     Only(Vec<String>),
 }
 
+/// The parameters a `postgresql.conf` sets (not commented out), without the ones the keeper
+/// manages: what initdb chose for this machine, for `mergePgParameters`.
+pub fn parse_parameters(conf: &str) -> BTreeMap<String, String> {
+    conf.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.starts_with('#') {
+                return None;
+            }
+            let (name, rest) = line.split_once('=')?;
+            let name = name.trim();
+            let rest = rest.trim();
+            let value = if let Some(quoted) = rest.strip_prefix('\'') {
+                quoted.split_once('\'').map(|(v, _)| v)?.to_string()
+            } else {
+                rest.split('#').next()?.trim().to_string()
+            };
+            Some((name.to_string(), value))
+        })
+        .filter(|(name, _)| !name.is_empty() && !MANAGED_PARAMETERS.contains(&name.as_str()))
+        .collect()
+}
+
 /// The upstream host and port named by a rendered configuration, if it has one.
 pub fn parse_upstream(conf: &str) -> Option<(String, u16)> {
     let line = conf
@@ -265,6 +288,28 @@ mod tests {
         repl: "repl",
         repl_auth: AuthMethod::Md5,
     };
+
+    #[test]
+    fn parses_what_initdb_writes() {
+        let text = "# comment\nmax_connections = 100\t\t\t# (change requires restart)\n\
+                    #port = 5432\nshared_buffers = 128MB\nlc_messages = 'C.UTF-8'  # locale\n\
+                    listen_addresses = 'x'\n";
+        let params = parse_parameters(text);
+        assert_eq!(
+            params.get("max_connections").map(String::as_str),
+            Some("100")
+        );
+        assert_eq!(
+            params.get("shared_buffers").map(String::as_str),
+            Some("128MB")
+        );
+        assert_eq!(
+            params.get("lc_messages").map(String::as_str),
+            Some("C.UTF-8")
+        );
+        assert!(!params.contains_key("port"));
+        assert!(!params.contains_key("listen_addresses"), "managed");
+    }
 
     #[test]
     fn auth_methods_reach_the_rules() {

@@ -321,6 +321,7 @@ impl World {
             synchronous_standbys,
             older_wal_file: String::new(),
             timelines_history: Vec::new(),
+            init_pg_parameters: Default::default(),
         };
         adjust(&mut state);
         sim.pg = Some(state);
@@ -601,6 +602,7 @@ impl CdBuilder {
                     automatic_pg_restart: false,
                     new_config: None,
                     default_su_repl_access_mode: Default::default(),
+                    include_previous_config: false,
                 },
                 status: DbStatus {
                     healthy: true,
