@@ -882,7 +882,8 @@ async fn restarted_sync_primary_admits_only_internal_roles_until_standbys_sync()
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
 
-/// The standby elected to replace a lost primary dies before it is promoted; then the old
+/// The standby elected to replace a lost primary dies before it is promoted (a proxy that
+/// does not acknowledge holds the promotion back); then the old
 /// primary comes back. In asynchronous mode it has every acknowledged commit and is
 /// reinstated; in synchronous mode only a known synchronous standby may take over, so the
 /// cluster waits for that one.
@@ -906,13 +907,31 @@ async fn failover_fails_midway(sync: bool) {
     let elected_db = db_of(&cluster, elected).await.unwrap();
     let old_db = db_of(&cluster, old).await.unwrap();
 
+    // A live proxy that never acknowledges (its info is published by the test, always with
+    // the generation from before the failover) holds the elected standby unpromoted.
+    let generation = cluster.cluster_data().await.unwrap().proxy.generation;
+    let store = cluster.store.clone();
+    let stubborn = tokio::spawn(async move {
+        for n in 0.. {
+            let info = stolon_cluster::ProxyInfo {
+                info_uid: format!("stubborn-{n}"),
+                uid: stolon_cluster::ProxyUid::new("stubborn"),
+                generation,
+                proxy_timeout: Duration::from_secs(5),
+            };
+            let _ = stolon_store::publish_info(
+                store.as_ref(),
+                stolon_store::InfoKind::Proxy,
+                "stubborn",
+                &info,
+                Duration::from_secs(10),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.kill_keeper_and_postgres(old);
-    // A proxy that does not acknowledge holds the elected standby unpromoted for up to its
-    // proxyTimeout: the window in which it dies.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.proxies[0]
-        .1
-        .signal(nix::sys::signal::Signal::SIGSTOP);
     wait_until("the standby to be elected", FAILOVER, || async {
         let cd = cluster.cluster_data().await?;
         (cd.cluster.status.master.as_ref() == Some(&elected_db)).then_some(())
@@ -925,9 +944,8 @@ async fn failover_fails_midway(sync: bool) {
         DbRole::Standby,
         "killed before its promotion"
     );
-    cluster.proxies[0]
-        .1
-        .signal(nix::sys::signal::Signal::SIGCONT);
+    // The stubborn proxy goes away: silent past its proxyTimeout, it is no longer waited for.
+    stubborn.abort();
 
     cluster.start_keeper(old);
     if !sync {

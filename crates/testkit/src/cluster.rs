@@ -468,14 +468,25 @@ impl TestCluster {
             .map(|r| r.data)
     }
 
-    /// Waits until the proxies route to a primary, and returns its keeper's index.
+    /// Waits until the proxies route to a primary (the cluster data says so and the first
+    /// proxy serves a query), and returns its keeper's index.
     pub async fn wait_for_master(&self, timeout: Duration) -> usize {
         let uid = wait_until("the proxies to route to a primary", timeout, || async {
             let cd = self.cluster_data().await?;
             let routed = cd.proxy.spec.master_db_uid.as_ref()?;
             let db = cd.dbs.get(routed)?;
-            (db.spec.role == DbRole::Master && !cd.proxy.spec.enabled_proxies.is_empty())
-                .then(|| db.spec.keeper_uid.clone())
+            if db.spec.role != DbRole::Master || cd.proxy.spec.enabled_proxies.is_empty() {
+                return None;
+            }
+            if let Some((port, _)) = self.proxies.first() {
+                crate::connect(*port)
+                    .await
+                    .ok()?
+                    .simple_query("select 1")
+                    .await
+                    .ok()?;
+            }
+            Some(db.spec.keeper_uid.clone())
         })
         .await;
         self.keeper_index(&uid)
