@@ -115,6 +115,8 @@ pub enum InitMode {
     None,
     New,
     Resync,
+    /// Adopt the data the keeper already has.
+    Existing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

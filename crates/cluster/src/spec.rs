@@ -191,6 +191,8 @@ pub enum SpecError {
     UnsupportedInitMode { mode: &'static str },
     #[error("role standby (standby cluster) is not supported yet by this build")]
     UnsupportedRole,
+    #[error("existingConfig.keeperUID is required with initMode existing")]
+    MissingExistingKeeper,
     #[error("additionalMasterReplicationSlots: invalid slot name {0:?} (only a-z, 0-9 and _, not starting with \"stolon_\")")]
     SlotName(String),
     #[error("pgHBA: entry {0:?} contains a newline")]
@@ -226,6 +228,8 @@ pub struct ValidSpec {
     pub new_config: Option<NewConfig>,
     pub default_su_repl_access_mode: SuReplAccessMode,
     pub merge_pg_parameters: bool,
+    /// initMode existing: the keeper whose data becomes the primary.
+    pub existing_keeper: Option<String>,
     /// How long a resyncing standby may take to converge; None: as long as it takes.
     pub sync_timeout: Option<Duration>,
     pub init_mode: ClusterSpecInitMode,
@@ -258,7 +262,14 @@ impl ClusterSpec {
         match init_mode {
             ClusterSpecInitMode::New => {}
             ClusterSpecInitMode::Existing => {
-                return Err(SpecError::UnsupportedInitMode { mode: "existing" })
+                if self
+                    .existing_config
+                    .as_ref()
+                    .and_then(|c| c.keeper_uid.as_ref())
+                    .is_none_or(|k| k.is_empty())
+                {
+                    return Err(SpecError::MissingExistingKeeper);
+                }
             }
             ClusterSpecInitMode::Pitr => {
                 return Err(SpecError::UnsupportedInitMode { mode: "pitr" })
@@ -297,6 +308,10 @@ impl ClusterSpec {
             new_config: self.new_config.clone(),
             default_su_repl_access_mode: self.default_su_repl_access_mode.unwrap_or_default(),
             merge_pg_parameters: self.merge_pg_parameters.unwrap_or(true),
+            existing_keeper: self
+                .existing_config
+                .as_ref()
+                .and_then(|c| c.keeper_uid.clone()),
             sync_timeout: self.sync_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),

@@ -59,6 +59,10 @@ pub enum Action {
     InitNew {
         db: DbUid,
     },
+    /// Take the data directory as it is for the new db `db` (initMode existing).
+    Adopt {
+        db: DbUid,
+    },
     /// Make the data directory a copy of `from`'s, streaming through `slot`: with
     /// `rewind`, try pg_rewind first (same system, only diverged); otherwise, or when that
     /// fails, wipe it and take a base backup.
@@ -157,15 +161,19 @@ pub fn next_action(
     }
 
     if local.uid.as_ref() != Some(&db.uid) || local.initializing {
-        // Every db this keeper makes is recorded before its data directory is touched, so
-        // an initialised data directory without a record is someone else's: never wiped.
-        if local.uid.is_none() && pg.initialized {
-            return stop_or_wait(
+        return match db.spec.init_mode {
+            // Adopting wipes nothing, and the cluster data names this keeper for it.
+            InitMode::Existing if pg.initialized => Action::Adopt { db: db.uid.clone() },
+            InitMode::Existing => {
+                stop_or_wait("initMode existing, but the data directory holds no database cluster")
+            }
+            // Every db this keeper makes is recorded before its data directory is touched,
+            // so an initialised data directory without a record is someone else's: never
+            // wiped.
+            _ if local.uid.is_none() && pg.initialized => stop_or_wait(
                 "the data directory holds a PostgreSQL cluster this keeper did not create: \
                  refusing to wipe it (move it away to let the keeper initialise a new one)",
-            );
-        }
-        return match db.spec.init_mode {
+            ),
             InitMode::New => Action::InitNew { db: db.uid.clone() },
             InitMode::Resync => match followed {
                 Some(from) => Action::Resync {

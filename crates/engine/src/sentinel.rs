@@ -374,7 +374,7 @@ impl Planner<'_> {
                     .then(|| self.spec.new_config.clone())
                     .flatten(),
                 default_su_repl_access_mode: self.spec.default_su_repl_access_mode,
-                include_previous_config: init_mode == InitMode::New
+                include_previous_config: matches!(init_mode, InitMode::New | InitMode::Existing)
                     && self.spec.merge_pg_parameters,
             },
             // A new db gets the same grace period as any db without a report yet, so
@@ -471,6 +471,10 @@ impl Planner<'_> {
     }
 
     fn choose_initial_master(&mut self) {
+        if let Some(keeper) = self.spec.existing_keeper.clone() {
+            self.adopt_existing(KeeperUid::new(keeper));
+            return;
+        }
         self.emit(Event::info("trying to find initial master"));
         let candidate = self
             .cd
@@ -498,6 +502,28 @@ impl Planner<'_> {
         );
         self.emit(
             Event::info("initializing cluster")
+                .with("db", db)
+                .with("keeper", keeper),
+        );
+    }
+
+    /// initMode existing: the named keeper's data becomes the primary, as it is.
+    fn adopt_existing(&mut self, keeper: KeeperUid) {
+        if !self
+            .cd
+            .keepers
+            .get(&keeper)
+            .is_some_and(|k| k.status.healthy)
+        {
+            self.emit(Event::warn("keeper state not available").with("keeper", keeper));
+            return;
+        }
+        let db = self.new_db(&keeper, DbRole::Master, InitMode::Existing);
+        self.cd.cluster.status.master = Some(db.clone());
+        self.cd.cluster.status.master_choice =
+            format!("initial master: keeper {keeper} named by existingConfig");
+        self.emit(
+            Event::info("initializing cluster using existing data")
                 .with("db", db)
                 .with("keeper", keeper),
         );

@@ -990,3 +990,30 @@ fn pending_restart_restarts_only_with_automatic_pg_restart() {
         assert_eq!(got, want, "automaticPgRestart={automatic}");
     }
 }
+
+/// initMode existing adopts the data as it is, even data this keeper never made (the
+/// cluster data names it for that); with no data there is nothing to adopt.
+#[test]
+fn existing_mode_adopts_without_wiping() {
+    let cd = cluster(DbRole::Master, InitMode::Existing);
+    let db = cd.db_of_keeper(&KeeperUid::new(ME)).unwrap().uid.clone();
+    let data = Instance {
+        initialized: true,
+        ..Instance::default()
+    };
+    for local in [LocalDb::default(), local("db-old", GEN)] {
+        let got = next_action(Some(&cd), &KeeperUid::new(ME), BOOT, &local, &data);
+        assert_eq!(got, Action::Adopt { db: db.clone() }, "{local:?}");
+    }
+    let got = next_action(
+        Some(&cd),
+        &KeeperUid::new(ME),
+        BOOT,
+        &LocalDb::default(),
+        &empty_dir(),
+    );
+    assert!(
+        matches!(got, Action::Wait(r) if r.contains("holds no database cluster")),
+        "{got:?}"
+    );
+}

@@ -1901,3 +1901,22 @@ fn sync_old_primary_is_never_reinstated() {
         "not reinstating the old master: synchronous replication only promotes a known synchronous standby"
     ));
 }
+
+/// initMode existing: the keeper named by existingConfig gets the master db, in Existing
+/// mode; until it is registered, nothing is created.
+#[test]
+fn existing_init_mode_adopts_the_named_keeper() {
+    let mut w = World::with_spec(
+        r#"{"initMode":"existing","existingConfig":{"keeperUID":"k2"}}"#,
+        &["k0", "k1"],
+    );
+    w.step();
+    assert!(w.cd.dbs.is_empty(), "k2 is not registered yet");
+    assert!(has(&w.log, "keeper state not available"));
+    w.add_keeper("k2");
+    w.step();
+    let master = w.cd.master_db().expect("a master db");
+    assert_eq!(master.spec.keeper_uid.as_str(), "k2");
+    assert_eq!(master.spec.init_mode, InitMode::Existing);
+    assert!(w.cd.cluster.status.master_choice.contains("existingConfig"));
+}

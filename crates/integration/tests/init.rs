@@ -231,3 +231,71 @@ async fn s_init_03_merge_pg_parameters() {
 async fn s_init_03_no_merge_pg_parameters() {
     merge_pg_parameters(false).await;
 }
+
+/// initMode existing: a new cluster adopts the data a keeper already has, with or without
+/// merging its parameters into the spec.
+async fn adopt_existing(merge: bool) {
+    let cluster = ClusterBuilder::new().keepers(1).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let port = cluster.proxy_port();
+    connect(port)
+        .await
+        .unwrap()
+        .batch_execute("create table kept (id int); insert into kept values (42)")
+        .await
+        .unwrap();
+    let before = cluster.cluster_data().await.unwrap();
+    let spec = serde_json::json!({
+        "initMode": "existing",
+        "existingConfig": {"keeperUID": cluster.keepers[master].uid.as_str()},
+        "mergePgParameters": merge,
+        "sleepInterval": "1s", "failInterval": "5s", "requestTimeout": "3s",
+        "proxyCheckInterval": "1s", "proxyTimeout": "5s",
+    });
+    let out = cluster.stolonctl(&["init", "-y", &spec.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        "the adopted cluster to serve the old rows",
+        BOOT,
+        || async {
+            let cd = cluster.cluster_data().await?;
+            if cd.cluster.uid == before.cluster.uid
+                || cd.cluster.status.phase != stolon_cluster::ClusterPhase::Normal
+            {
+                return None;
+            }
+            let client = connect(port).await.ok()?;
+            let row = client.query_one("select id from kept", &[]).await.ok()?;
+            (row.get::<_, i32>(0) == 42).then_some(())
+        },
+    )
+    .await;
+    let cd = cluster.cluster_data().await.unwrap();
+    let params = cd.cluster.spec.pg_parameters.clone().unwrap_or_default();
+    assert_eq!(params.contains_key("shared_buffers"), merge, "{params:?}");
+    assert!(cluster
+        .sentinel_logs()
+        .contains("initializing cluster using existing data"));
+    assert_eq!(
+        cluster
+            .keeper_log(master)
+            .matches("initializing the database cluster")
+            .count(),
+        1,
+        "the data was not initialised again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_04_existing_with_merge() {
+    adopt_existing(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_init_04_existing_without_merge() {
+    adopt_existing(false).await;
+}

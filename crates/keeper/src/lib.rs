@@ -611,6 +611,30 @@ impl Keeper {
                 self.finish_new_db(db)?;
                 tracing::info!(db = %db, "database cluster initialized");
             }
+            Action::Adopt { db } => {
+                tracing::info!(db = %db, "adopting the existing database cluster (initMode existing)");
+                let init_parameters = stolon_pg::conf::parse_parameters(
+                    &self.pg.read_file("postgresql.conf").unwrap_or_default(),
+                );
+                let previous = self.data.db_state()?;
+                let init_parameters = if previous.uid.is_empty() {
+                    init_parameters
+                } else {
+                    // Our own former db: its parameters are the spec's, already in our file.
+                    previous.init_pg_parameters
+                };
+                self.data.save_db_state(&DbState {
+                    uid: db.to_string(),
+                    generation: 0,
+                    initializing: false,
+                    system_id: self.pg.system_id().unwrap_or_default(),
+                    init_pg_parameters: init_parameters,
+                })?;
+                self.write_files(cd)?;
+                if self.pg.is_running(self.request_timeout).await? {
+                    self.pg.reload(self.request_timeout).await?;
+                }
+            }
             Action::Resync {
                 db,
                 from,
