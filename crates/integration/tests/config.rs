@@ -249,3 +249,67 @@ async fn s_cfg_06_pg_hba_entries_take_effect() {
     assert!(message.contains("pg_hba.conf"), "{message}");
     cluster.assert_no_unexpected_errors(&[]);
 }
+
+/// `--pg-advertise-port` is what the other components use: with a relay in front of the
+/// primary, the proxy and the standby reach it only through the advertised port.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_cfg_05_advertised_port_is_what_others_use() {
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let advertised = relay.local_addr().unwrap().port();
+    let relayed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut cluster = ClusterBuilder::new().start().await;
+    cluster.keepers.push(stolon_testkit::KeeperHandle::new(
+        &cluster,
+        0,
+        stolon_testkit::KeeperOptions {
+            advertise_port: Some(advertised),
+            ..Default::default()
+        },
+    ));
+    let target = cluster.keepers[0].pg_port;
+    let count = relayed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = relay.accept().await else {
+                return;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    cluster.start_keeper(0);
+    cluster.keepers.push(stolon_testkit::KeeperHandle::new(
+        &cluster,
+        1,
+        Default::default(),
+    ));
+    cluster.start_keeper(1);
+    assert_eq!(cluster.wait_for_master(BOOT).await, 0);
+    cluster.wait_for_standbys(1, BOOT).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    let primary = cd.db_of_keeper(&cluster.keepers[0].uid).unwrap();
+    assert_eq!(
+        primary.status.port, advertised,
+        "the cluster data has the advertised port"
+    );
+    let before = relayed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        before >= 1,
+        "the standby's base backup and stream went through the relay"
+    );
+    connect(cluster.proxy_port())
+        .await
+        .unwrap()
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    assert!(
+        relayed.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the proxy went through the relay"
+    );
+}

@@ -23,6 +23,8 @@ pub struct KeeperOptions {
     pub priority: i32,
     /// PostgreSQL's programs for this keeper, instead of the installed ones (fault injection).
     pub pg_bin_dir: Option<PathBuf>,
+    /// `--pg-advertise-port`: the port the others use (a relay in front of postgres).
+    pub advertise_port: Option<u16>,
     /// Start the keeper itself as the `postgres` OS user instead of root.
     pub as_postgres_user: bool,
 }
@@ -34,6 +36,7 @@ impl Default for KeeperOptions {
             can_be_synchronous_replica: true,
             priority: 0,
             pg_bin_dir: None,
+            advertise_port: None,
             as_postgres_user: false,
         }
     }
@@ -313,6 +316,9 @@ impl TestCluster {
             .arg(k.options.can_be_synchronous_replica.to_string())
             .arg("--priority")
             .arg(k.options.priority.to_string());
+        if let Some(port) = k.options.advertise_port {
+            cmd.arg("--pg-advertise-port").arg(port.to_string());
+        }
         if k.options.as_postgres_user {
             let (uid, gid) = postgres_os_user().expect("the postgres OS user exists");
             std::fs::create_dir_all(&k.data_dir).unwrap();
