@@ -1085,7 +1085,8 @@ async fn failed_pg_rewind_falls_back_to_a_base_backup() {
 }
 
 /// A postgres that cannot start (a parameter it rejects) is tried a bounded number of
-/// times, and the keeper says it gave up; it reports the db unhealthy meanwhile.
+/// times, and the keeper says it gave up; it reports the db unhealthy meanwhile. Removing
+/// the parameter recovers.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
     let cluster = ClusterBuilder::new()
@@ -1136,5 +1137,20 @@ async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
     let state = info[0].postgres_state.as_ref().unwrap();
     assert!(!state.healthy, "the keeper reports its postgres down");
     assert!(cd.master_db().is_some());
+
+    // Removing the bad parameter is a new db spec: the keeper tries again, and it starts.
+    cluster
+        .update_cluster_data(|cd| cd.cluster.spec.pg_parameters = None)
+        .await;
+    let port = cluster.proxy_port();
+    wait_until("service again without the bad parameter", BOOT, || async {
+        connect(port)
+            .await
+            .ok()?
+            .simple_query("select 1")
+            .await
+            .ok()
+    })
+    .await;
     cluster.assert_no_unexpected_errors(&["action failed", "postgres failed to start repeatedly"]);
 }
