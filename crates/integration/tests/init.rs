@@ -1,7 +1,7 @@
 //! Cluster initialisation: users, password files, the initial spec, initdb options.
 
 use std::time::Duration;
-use stolon_testkit::{connect, wait_until, ClusterBuilder, SU_PASSWORD, SU_USER};
+use stolon_testkit::{connect, wait_for_service, wait_until, ClusterBuilder, SU_PASSWORD, SU_USER};
 
 const BOOT: Duration = Duration::from_secs(90);
 
@@ -90,15 +90,7 @@ async fn s_init_08_password_files() {
     std::fs::write(&file, format!("{SU_PASSWORD}\n")).unwrap();
     cluster.start_keeper(master);
     let port = cluster.proxy_port();
-    wait_until("service with the trimmed password", BOOT, || async {
-        connect(port)
-            .await
-            .ok()?
-            .simple_query("select 1")
-            .await
-            .ok()
-    })
-    .await;
+    wait_for_service("service with the trimmed password", port, BOOT).await;
     assert!(cluster
         .keeper_last_log(master)
         .contains("superuser password contain trailing new line, removing"));

@@ -4,8 +4,8 @@
 use std::time::Duration;
 use stolon_cluster::{DbRole, DbUid};
 use stolon_testkit::{
-    connect, failing_pg_bin_dir, lost_writes, wait_until, ClusterBuilder, KeeperHandle,
-    KeeperOptions, TestCluster, Writer,
+    connect, failing_pg_bin_dir, lost_writes, wait_for_service, wait_until, ClusterBuilder,
+    KeeperHandle, KeeperOptions, TestCluster, Writer,
 };
 use tokio::time::Instant;
 
@@ -1143,14 +1143,6 @@ async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
         .update_cluster_data(|cd| cd.cluster.spec.pg_parameters = None)
         .await;
     let port = cluster.proxy_port();
-    wait_until("service again without the bad parameter", BOOT, || async {
-        connect(port)
-            .await
-            .ok()?
-            .simple_query("select 1")
-            .await
-            .ok()
-    })
-    .await;
+    wait_for_service("service again without the bad parameter", port, BOOT).await;
     cluster.assert_no_unexpected_errors(&["action failed", "postgres failed to start repeatedly"]);
 }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 use stolon_cluster::DbRole;
 use stolon_testkit::{
-    connect, is_connection_loss, wait_until, ClusterBuilder, KeeperOptions, TestCluster,
+    connect, is_connection_loss, wait_for_service, wait_until, ClusterBuilder, KeeperOptions,
+    TestCluster,
 };
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -365,13 +366,10 @@ async fn proxy_refuses_without_a_primary_and_fences_without_the_store() {
         .etcd
         .process
         .signal(nix::sys::signal::Signal::SIGCONT);
-    wait_until(
+    wait_for_service(
         "service through the proxy once the store is back",
+        port,
         BOOT,
-        || async {
-            let client = connect(port).await.ok()?;
-            client.simple_query("select 1").await.ok()
-        },
     )
     .await;
     cluster.assert_no_unexpected_errors(&[]);

@@ -485,12 +485,7 @@ impl TestCluster {
                 return None;
             }
             if let Some((port, _)) = self.proxies.first() {
-                crate::connect(*port)
-                    .await
-                    .ok()?
-                    .simple_query("select 1")
-                    .await
-                    .ok()?;
+                crate::serves(*port).await.then_some(())?;
             }
             Some(db.spec.keeper_uid.clone())
         })

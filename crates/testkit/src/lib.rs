@@ -103,6 +103,24 @@ pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres
     Ok(client)
 }
 
+/// Whether `port` serves a query now.
+pub async fn serves(port: u16) -> bool {
+    match connect(port).await {
+        Ok(client) => client.simple_query("select 1").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `port` serves a query; panics with `what` after `timeout`.
+pub async fn wait_for_service(what: &str, port: u16, timeout: Duration) {
+    wait_until(
+        what,
+        timeout,
+        || async move { serves(port).await.then_some(()) },
+    )
+    .await
+}
+
 /// Whether a client error means the server side of the connection went away: closed by the
 /// proxy, reset, or a backend announcing its end because its postmaster died.
 pub fn is_connection_loss(err: &tokio_postgres::Error) -> bool {
