@@ -849,7 +849,12 @@ impl Planner<'_> {
                 .cd
                 .keepers
                 .values()
-                .filter(|k| k.status.healthy && self.cd.db_of_keeper(&k.uid).is_none())
+                // Only keepers heard from just now: one gone quiet would hold the db hostage.
+                .filter(|k| {
+                    k.status.healthy
+                        && self.info_is_fresh(&k.uid, &self.infos)
+                        && self.cd.db_of_keeper(&k.uid).is_none()
+                })
                 .map(|k| k.uid.clone())
                 .take(room)
                 .collect();

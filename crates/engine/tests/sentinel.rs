@@ -1920,3 +1920,51 @@ fn existing_init_mode_adopts_the_named_keeper() {
     assert_eq!(master.spec.init_mode, InitMode::Existing);
     assert!(w.cd.cluster.status.master_choice.contains("existingConfig"));
 }
+
+/// A free keeper that has gone quiet (not yet failed) gets no new standby db: it would hold
+/// it hostage.
+#[test]
+fn a_quiet_free_keeper_gets_no_new_standby_db() {
+    let mut w = World::normal_with(
+        r#"{"maxStandbysPerSender": 1}"#,
+        &["k0", "k1", "k2"],
+        &["p0"],
+    );
+    let master = w.keeper_of(&w.master_uid());
+    let free: Vec<String> = ["k0", "k1", "k2"]
+        .iter()
+        .filter(|k| w.cd.db_of_keeper(&KeeperUid::new(**k)).is_none())
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(free.len(), 1);
+    let free = free[0].clone();
+    let standby = ["k0", "k1", "k2"]
+        .iter()
+        .find(|k| **k != master && **k != free)
+        .unwrap()
+        .to_string();
+    w.keeper(&free).alive = false;
+    let sleep = w.spec.sleep_interval;
+    assert!(
+        3 * sleep < w.spec.fail_interval,
+        "still healthy, no longer fresh"
+    );
+    for _ in 0..3 {
+        w.report(&master);
+        w.report(&standby);
+        w.step_after(sleep);
+    }
+    // `stolonctl removekeeper` of the standby's keeper: there is room for a new standby.
+    let gone = KeeperUid::new(&standby);
+    w.cd.keepers.remove(&gone);
+    w.cd.dbs.retain(|_, db| db.spec.keeper_uid != gone);
+    w.keeper(&standby).alive = false;
+    w.keeper(&standby).present = false;
+    w.report(&master);
+    w.step_after(sleep);
+    assert!(
+        w.cd.keepers[&KeeperUid::new(&free)].status.healthy,
+        "not failed yet"
+    );
+    assert!(w.cd.db_of_keeper(&KeeperUid::new(&free)).is_none());
+}
