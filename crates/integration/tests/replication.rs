@@ -188,36 +188,7 @@ async fn old_primary_rejoins(rewind: bool, sync: bool, min_sync: u16) {
     .await;
     let old_port = cluster.keepers[master].pg_port;
     cluster.start_keeper(master);
-    let deadline = Instant::now() + BOOT;
-    loop {
-        let client = connect(old_port).await.ok();
-        if let Some(client) = client {
-            let recovery: Option<bool> = client
-                .query_one("select pg_is_in_recovery()", &[])
-                .await
-                .ok()
-                .map(|r| r.get(0));
-            assert_ne!(
-                recovery,
-                Some(false),
-                "the old primary must never be a primary again"
-            );
-        }
-        let cd = cluster.cluster_data().await.unwrap();
-        let rejoined = cd
-            .db_of_keeper(&cluster.keepers[master].uid)
-            .is_some_and(|db| {
-                db.spec.role == DbRole::Standby && db.status.healthy && db.status.in_recovery
-            });
-        if rejoined {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the old primary did not rejoin as a standby"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.wait_rejoined_never_primary(master, BOOT).await;
     wait_until("new rows on the old primary", BOOT, || async {
         (count(old_port, "r").await? == 200).then_some(())
     })

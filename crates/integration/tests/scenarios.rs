@@ -234,27 +234,7 @@ async fn s_ha_02_async_failover_and_old_primary_never_primary_again() {
     // The old primary comes back: it must never serve as a primary again.
     let old_port = cluster.keepers[master].pg_port;
     cluster.start_keeper(master);
-    let old_uid = cluster.keepers[master].uid.clone();
-    let deadline = tokio::time::Instant::now() + BOOT;
-    loop {
-        assert_ne!(
-            in_recovery(old_port).await,
-            Some(false),
-            "the old primary must never run as a primary again"
-        );
-        let cd = cluster.cluster_data().await.unwrap();
-        let rejoined = cd.db_of_keeper(&old_uid).is_some_and(|db| {
-            db.spec.role == DbRole::Standby && db.status.healthy && db.status.in_recovery
-        });
-        if rejoined {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the old primary did not rejoin as a standby"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.wait_rejoined_never_primary(master, BOOT).await;
     write_through_proxy(&cluster, 3, FAILOVER).await;
     wait_until(
         "the new row to reach the old primary, now a standby",

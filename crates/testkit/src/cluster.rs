@@ -506,6 +506,41 @@ impl TestCluster {
         self.keeper_index(&uid)
     }
 
+    /// Waits until keeper `i` (an old primary) owns a healthy standby db, failing at once if
+    /// its postgres is ever seen running as a primary meanwhile.
+    pub async fn wait_rejoined_never_primary(&self, i: usize, timeout: Duration) {
+        let uid = self.keepers[i].uid.clone();
+        let port = self.keepers[i].pg_port;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(client) = crate::connect(port).await {
+                let recovery: Option<bool> = client
+                    .query_one("select pg_is_in_recovery()", &[])
+                    .await
+                    .ok()
+                    .map(|r| r.get(0));
+                assert_ne!(
+                    recovery,
+                    Some(false),
+                    "keeper{i}'s postgres ran as a primary"
+                );
+            }
+            let rejoined = self.cluster_data().await.is_some_and(|cd| {
+                cd.db_of_keeper(&uid).is_some_and(|db| {
+                    db.spec.role == DbRole::Standby && db.status.healthy && db.status.in_recovery
+                })
+            });
+            if rejoined {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keeper{i} did not rejoin as a standby within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `n` standbys follow the primary, have applied their spec and are healthy.
     pub async fn wait_for_standbys(&self, n: usize, timeout: Duration) {
         wait_until(&format!("{n} healthy standbys"), timeout, || async {
