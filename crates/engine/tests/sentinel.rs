@@ -1096,15 +1096,7 @@ fn check_dead_keepers(case: &DeadKeeperCase) {
         if Some(t) == case.new_leader_at {
             w.memory = Default::default();
         }
-        let live: Vec<String> = w
-            .keepers
-            .values()
-            .filter(|k| k.alive)
-            .map(|k| k.uid.to_string())
-            .collect();
-        for k in &live {
-            w.report(k);
-        }
+        w.report_live();
         let out = w.step_at(start + ms(t));
         if has(&out.events, "removing old dead keeper") && removed_at.is_none() {
             removed_at = Some(t);
@@ -1324,15 +1316,7 @@ fn check_excess(case: &ExcessCase) {
     if !case.silent.is_empty() {
         let until = w.now + w.spec.fail_interval + secs(2);
         while w.now < until {
-            let live: Vec<String> = w
-                .keepers
-                .values()
-                .filter(|k| k.alive)
-                .map(|k| k.uid.to_string())
-                .collect();
-            for k in &live {
-                w.report(k);
-            }
+            w.report_live();
             w.step_after(secs(1));
         }
     }

@@ -327,19 +327,24 @@ impl World {
         sim.pg = Some(state);
     }
 
+    /// Every live keeper reports its db ([`World::report`]).
+    pub fn report_live(&mut self) {
+        let live: Vec<String> = self
+            .keepers
+            .values()
+            .filter(|k| k.alive)
+            .map(|k| k.uid.to_string())
+            .collect();
+        for k in &live {
+            self.report(k);
+        }
+    }
+
     /// Every live keeper reports its db, every step one sleep interval apart, until the
     /// cluster data stops changing.
     pub fn settle(&mut self) {
         for _ in 0..20 {
-            let live: Vec<String> = self
-                .keepers
-                .values()
-                .filter(|k| k.alive)
-                .map(|k| k.uid.to_string())
-                .collect();
-            for k in &live {
-                self.report(k);
-            }
+            self.report_live();
             let before = self.cd.clone();
             let sleep = self.spec.sleep_interval;
             self.step_after(sleep);
