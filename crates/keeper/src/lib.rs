@@ -299,10 +299,7 @@ impl Keeper {
             None
         };
         let on_disk = self.pg.read_file("postgresql.conf");
-        let following = on_disk
-            .as_deref()
-            .and_then(stolon_pg::conf::parse_upstream)
-            .map(|(host, port)| Endpoint { host, port });
+        let following = upstream_of(on_disk.as_deref());
         let db = cd.and_then(|cd| cd.db_of_keeper(&self.uid).map(|db| (cd, db)));
         if let (true, Some(probe), Some((_, db))) = (self.sync_gate, &probe, db) {
             if sync_gate_lifted(&db.spec.synchronous_standbys, &in_sync_dbs(probe)) {
@@ -509,12 +506,7 @@ impl Keeper {
     fn write_files(&self, cd: Option<&ClusterData>) -> anyhow::Result<()> {
         let cd = cd.context("no cluster data")?;
         let db = cd.db_of_keeper(&self.uid).context("no db assigned")?;
-        let following = self
-            .pg
-            .read_file("postgresql.conf")
-            .as_deref()
-            .and_then(stolon_pg::conf::parse_upstream)
-            .map(|(host, port)| Endpoint { host, port });
+        let following = upstream_of(self.pg.read_file("postgresql.conf").as_deref());
         let (conf, hba) = self.desired_files(cd, db, following.as_ref());
         self.pg.write_file("postgresql.conf", &conf)?;
         self.pg.write_file("pg_hba.conf", &hba)?;
@@ -768,6 +760,12 @@ impl Keeper {
             }
         }
     }
+}
+
+/// Where a configuration file makes the instance stream from, if anywhere.
+fn upstream_of(conf: Option<&str>) -> Option<Endpoint> {
+    conf.and_then(stolon_pg::conf::parse_upstream)
+        .map(|(host, port)| Endpoint { host, port })
 }
 
 /// Our standbys that a primary's `pg_stat_replication` reports in sync.
