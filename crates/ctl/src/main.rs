@@ -11,7 +11,7 @@ use stolon_cluster::{
 };
 use stolon_daemon::CommonArgs;
 use stolon_engine::sentinel::{choose_new_master, election_rules};
-use stolon_store::{Expect, InfoKind, Store, StoreError};
+use stolon_store::{Expect, InfoKind, ReadClusterData, Store, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(name = "stolonctl", version, about = "Manage a stolon-rs cluster")]
@@ -161,9 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Spec { defaults } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
-            let read = stolon_store::read_cluster_data(store.as_ref())
-                .await?
-                .context("no cluster data: run stolonctl init first")?;
+            let read = existing_cluster_data(store.as_ref()).await?;
             let spec = if defaults {
                 read.data.cluster.spec.with_defaults()
             } else {
@@ -201,9 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Promote { yes: _ } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
-            let read = stolon_store::read_cluster_data(store.as_ref())
-                .await?
-                .context("no cluster data: run stolonctl init first")?;
+            let read = existing_cluster_data(store.as_ref()).await?;
             if read.data.cluster.spec.role.unwrap_or_default() == ClusterRole::Master {
                 println!("cluster spec role already set to master");
                 return Ok(());
@@ -308,6 +304,13 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+/// The cluster data, which the commands other than init need to exist.
+async fn existing_cluster_data(store: &dyn Store) -> anyhow::Result<ReadClusterData> {
+    stolon_store::read_cluster_data(store)
+        .await?
+        .context("no cluster data: run stolonctl init first")
+}
+
 /// Applies `change` to the current cluster data with compare-and-swap, retrying a few times
 /// when a sentinel wrote in between. A change that fails writes nothing.
 async fn update_cluster_data(
@@ -315,9 +318,7 @@ async fn update_cluster_data(
     mut change: impl FnMut(&mut ClusterData) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     for _ in 0..5 {
-        let read = stolon_store::read_cluster_data(store)
-            .await?
-            .context("no cluster data: run stolonctl init first")?;
+        let read = existing_cluster_data(store).await?;
         let mut cd = read.data;
         change(&mut cd)?;
         match store
