@@ -1,3 +1,4 @@
+use crate::duration::GoDuration;
 use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, TimelineId};
 use crate::info::TimelineSwitch;
 use crate::spec::{ClusterSpec, NewConfig, SuReplAccessMode, ValidSpec};
@@ -51,6 +52,65 @@ pub struct ClusterStatus {
     /// the elected standby fails before that, the old primary can be reinstated (async).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deposed_master: Option<Box<Db>>,
+    /// A planned switchover in progress (`stolonctl switchover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<Switchover>,
+    /// How the last switchover ended, for `stolonctl switchover` to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_switchover: Option<SwitchoverOutcome>,
+}
+
+/// A planned change of primary, driven by the sentinel one phase per step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Switchover {
+    /// Chosen by the requester, to recognise its outcome.
+    pub id: String,
+    /// The keeper asked for; none: the best candidate.
+    #[serde(rename = "toKeeperUID", default, skip_serializing_if = "Option::is_none")]
+    pub to_keeper: Option<KeeperUid>,
+    /// How long the target may take to catch up before the switchover is abandoned.
+    pub timeout: GoDuration,
+    /// How long the proxies let existing sessions run once new ones are held.
+    pub grace: GoDuration,
+    #[serde(default)]
+    pub phase: SwitchoverPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_db: Option<DbUid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_db: Option<DbUid>,
+    /// The old primary's shutdown checkpoint: the target must hold WAL past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_lsn: Option<Lsn>,
+    /// Why it is being abandoned, while the old primary comes back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub abandon_reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum SwitchoverPhase {
+    /// Written by the requester; the sentinel has not checked it yet.
+    #[default]
+    Requested,
+    /// The proxies hold new connections instead of handing them to the primary.
+    Holding,
+    /// The old primary checkpoints and shuts down.
+    Halting,
+    /// Waiting for the target to receive the old primary's last WAL.
+    CatchingUp,
+    /// The target is being promoted; the proxies release the held connections to it.
+    Promoting,
+    /// Abandoned: the old primary starts again before the proxies release the connections.
+    Restoring,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwitchoverOutcome {
+    pub id: String,
+    pub succeeded: bool,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -161,6 +221,10 @@ pub struct DbSpec {
     /// Extra physical slots a primary keeps (`stolon_<name>`), for clients of the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_replication_slots: Vec<String>,
+    /// Planned switchover: checkpoint, shut down and stay down, so that the target can
+    /// catch up with the final WAL position.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub halt: bool,
     /// Restart postgres when a changed parameter needs it.
     #[serde(default)]
     pub automatic_pg_restart: bool,
@@ -222,6 +286,16 @@ pub struct ProxySpec {
     pub master_db_uid: Option<DbUid>,
     #[serde(default)]
     pub enabled_proxies: Vec<ProxyUid>,
+    /// Planned switchover: new client connections wait at the proxies instead of going to
+    /// a primary; existing ones are closed after the grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hold {
+    pub grace: GoDuration,
 }
 
 impl ClusterData {

@@ -57,9 +57,21 @@ pub struct PgState {
     /// On a primary: where each earlier timeline ended (its history file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timelines_history: Vec<TimelineSwitch>,
+    /// When postgres is stopped after a clean shutdown: where its WAL ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_checkpoint: Option<ShutdownCheckpoint>,
     /// The parameters initdb wrote, for `mergePgParameters`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub init_pg_parameters: std::collections::BTreeMap<String, String>,
+}
+
+/// The last record a cleanly stopped postgres wrote: its WAL ends with this record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownCheckpoint {
+    #[serde(rename = "timelineID")]
+    pub timeline_id: TimelineId,
+    pub location: Lsn,
 }
 
 /// One line of a timeline history file: timeline `timeline_id` ended at `switch_point`.

@@ -13,11 +13,14 @@ mod spec;
 
 pub use data::{
     Cluster, ClusterData, ClusterPhase, ClusterStatus, Db, DbRole, DbSpec, DbStatus, FollowConfig,
-    InitMode, Keeper, KeeperStatus, Proxy, ProxySpec, CURRENT_FORMAT_VERSION, FAKE_STANDBY_NAME,
+    Hold, InitMode, Keeper, KeeperStatus, Proxy, ProxySpec, Switchover, SwitchoverOutcome,
+    SwitchoverPhase, CURRENT_FORMAT_VERSION, FAKE_STANDBY_NAME,
 };
 pub use duration::GoDuration;
 pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
-pub use info::{KeeperInfo, PgState, ProxyInfo, SentinelInfo, TimelineSwitch};
+pub use info::{
+    KeeperInfo, PgState, ProxyInfo, SentinelInfo, ShutdownCheckpoint, TimelineSwitch,
+};
 pub use spec::{
     ArchiveRecoverySettings, ClusterRole, ClusterSpec, ClusterSpecInitMode, ExistingConfig,
     NewConfig, PitrConfig, RecoveryTargetSettings, SpecError, StandbyConfig, StandbySettings,

@@ -3,6 +3,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Stolon's is 20 s; the sentinel here reacts to events, so half of it still leaves a wide
+/// margin over a keeper's publishing interval.
+const DEFAULT_FAIL_INTERVAL_SECS: u64 = 10;
+const DEFAULT_DB_RESTART_TIMEOUT_SECS: u64 = 5;
+
 /// The operator's wishes for the cluster, as written by `stolonctl init` / `update` or
 /// `--initial-cluster-spec`. Every field is optional: what is absent takes the default of
 /// [`ValidSpec`]. Field names and units are Stolon's, so a Stolon spec file loads unchanged.
@@ -23,6 +28,10 @@ pub struct ClusterSpec {
     pub db_wait_ready_timeout: Option<GoDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fail_interval: Option<GoDuration>,
+    /// Beyond Stolon: how long a live keeper may take to bring its postgres back (restart
+    /// in place) before the sentinel treats the db as failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_restart_timeout: Option<GoDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_keeper_removal_interval: Option<GoDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,6 +221,7 @@ pub struct ValidSpec {
     pub init_timeout: Duration,
     pub db_wait_ready_timeout: Duration,
     pub fail_interval: Duration,
+    pub db_restart_timeout: Duration,
     pub dead_keeper_removal_interval: Duration,
     pub proxy_check_interval: Duration,
     pub proxy_timeout: Duration,
@@ -288,7 +298,8 @@ impl ClusterSpec {
             convergence_timeout: d(self.convergence_timeout, 30),
             init_timeout: d(self.init_timeout, 300),
             db_wait_ready_timeout: d(self.db_wait_ready_timeout, 60),
-            fail_interval: d(self.fail_interval, 20),
+            fail_interval: d(self.fail_interval, DEFAULT_FAIL_INTERVAL_SECS),
+            db_restart_timeout: d(self.db_restart_timeout, DEFAULT_DB_RESTART_TIMEOUT_SECS),
             dead_keeper_removal_interval: d(self.dead_keeper_removal_interval, 48 * 3600),
             proxy_check_interval: d(self.proxy_check_interval, 5),
             proxy_timeout: d(self.proxy_timeout, 15),
@@ -321,6 +332,7 @@ impl ClusterSpec {
             ("sleepInterval", spec.sleep_interval),
             ("requestTimeout", spec.request_timeout),
             ("failInterval", spec.fail_interval),
+            ("dbRestartTimeout", spec.db_restart_timeout),
             ("proxyCheckInterval", spec.proxy_check_interval),
             ("proxyTimeout", spec.proxy_timeout),
         ] {
@@ -405,7 +417,8 @@ impl ClusterSpec {
             init_timeout: d(self.init_timeout, 300),
             sync_timeout: d(self.sync_timeout, 0),
             db_wait_ready_timeout: d(self.db_wait_ready_timeout, 60),
-            fail_interval: d(self.fail_interval, 20),
+            fail_interval: d(self.fail_interval, DEFAULT_FAIL_INTERVAL_SECS),
+            db_restart_timeout: d(self.db_restart_timeout, DEFAULT_DB_RESTART_TIMEOUT_SECS),
             dead_keeper_removal_interval: d(self.dead_keeper_removal_interval, 48 * 3600),
             proxy_check_interval: d(self.proxy_check_interval, 5),
             proxy_timeout: d(self.proxy_timeout, 15),
@@ -442,11 +455,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn minimal_spec_takes_stolon_defaults() {
+    fn minimal_spec_takes_the_defaults() {
         let spec = ClusterSpec::from_json(r#"{"initMode":"new"}"#).unwrap();
         let v = spec.validate().unwrap();
         assert_eq!(v.sleep_interval, Duration::from_secs(5));
-        assert_eq!(v.fail_interval, Duration::from_secs(20));
+        assert_eq!(v.fail_interval, Duration::from_secs(10));
+        assert_eq!(v.db_restart_timeout, Duration::from_secs(5));
         assert_eq!(v.proxy_timeout, Duration::from_secs(15));
         assert_eq!(v.max_standbys_per_sender, 3);
     }

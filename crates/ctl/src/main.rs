@@ -6,11 +6,13 @@ use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use stolon_cluster::{
-    ClusterData, ClusterRole, ClusterSpec, ClusterUid, DbRole, KeeperInfo, KeeperUid, ProxyInfo,
-    SentinelInfo,
+    ClusterData, ClusterRole, ClusterSpec, ClusterUid, DbRole, GoDuration, KeeperInfo, KeeperUid,
+    ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
 };
 use stolon_daemon::CommonArgs;
-use stolon_engine::sentinel::{choose_new_master, election_rules};
+use stolon_engine::sentinel::{
+    choose_new_master, election_rules, switchover_candidate, ElectionRules,
+};
 use stolon_store::{Expect, InfoKind, ReadClusterData, Store, StoreError};
 
 #[derive(Debug, Parser)]
@@ -61,6 +63,24 @@ enum Cmd {
         file: Option<PathBuf>,
         #[arg(short = 'p', long = "patch")]
         patch: bool,
+    },
+    /// Hand the primary role to a standby without losing an acknowledged write: new client
+    /// connections wait at the proxies meanwhile and then go to the new primary.
+    Switchover {
+        /// The keeper to hand over to (default: the best eligible standby).
+        #[arg(long)]
+        to: Option<String>,
+        /// How long the target may take to catch up before the switchover is abandoned and
+        /// the old primary restored.
+        #[arg(long, default_value = "30s", value_parser = GoDuration::parse)]
+        timeout: GoDuration,
+        /// How long existing client sessions may run once new ones are held: in-flight
+        /// transactions finish rather than fail.
+        #[arg(long, default_value = "1s", value_parser = GoDuration::parse)]
+        grace: GoDuration,
+        /// Return once the request is written instead of waiting for the outcome.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Promote a standby cluster to a primary cluster (spec role master).
     Promote {
@@ -197,6 +217,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("cluster spec updated");
             Ok(())
         }
+        Cmd::Switchover {
+            to,
+            timeout,
+            grace,
+            no_wait,
+        } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            switchover(store.as_ref(), to.map(KeeperUid::new), timeout, grace, no_wait).await
+        }
         Cmd::Promote { yes: _ } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
             let read = existing_cluster_data(store.as_ref()).await?;
@@ -331,6 +360,92 @@ async fn update_cluster_data(
         }
     }
     bail!("the cluster data kept changing under us: try again")
+}
+
+/// Asks the sentinel for a switchover, checking first what it would check, then follows it
+/// to its outcome.
+async fn switchover(
+    store: &dyn Store,
+    to: Option<KeeperUid>,
+    timeout: GoDuration,
+    grace: GoDuration,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let id = stolon_daemon::random_uid();
+    let mut plan = String::new();
+    update_cluster_data(store, |cd| {
+        if let Some(so) = &cd.cluster.status.switchover {
+            bail!("a switchover is already in progress (id {})", so.id);
+        }
+        let spec = cd.cluster.spec.validate()?;
+        let master = cd
+            .master_db()
+            .filter(|m| cd.proxy.spec.master_db_uid.as_ref() == Some(&m.uid))
+            .context("cannot switch over: the primary is not serving now (a failover or initialization is in progress)")?;
+        let rules = ElectionRules {
+            stalled: Default::default(),
+            ..election_rules(master, spec.max_standby_lag)
+        };
+        let target = switchover_candidate(cd, master, to.as_ref(), &rules)
+            .map_err(|reason| anyhow::anyhow!("cannot switch over: {reason}"))?;
+        plan = format!(
+            "switchover requested: from keeper {} (db {}) to keeper {} (db {target})",
+            master.spec.keeper_uid, master.uid, cd.dbs[&target].spec.keeper_uid
+        );
+        cd.cluster.status.switchover = Some(Switchover {
+            id: id.clone(),
+            to_keeper: to.clone(),
+            timeout,
+            grace,
+            phase: SwitchoverPhase::Requested,
+            from_db: None,
+            to_db: None,
+            final_lsn: None,
+            abandon_reason: String::new(),
+        });
+        Ok(())
+    })
+    .await?;
+    println!("{plan}");
+    if no_wait {
+        return Ok(());
+    }
+    // The sentinel ends every switchover by itself; this only bounds a cluster without one.
+    let give_up = std::time::Instant::now() + timeout.0 + std::time::Duration::from_secs(60);
+    let mut last_phase = None;
+    while std::time::Instant::now() < give_up {
+        let cd = existing_cluster_data(store).await?.data;
+        if let Some(outcome) = cd.cluster.status.last_switchover.filter(|o| o.id == id) {
+            if outcome.succeeded {
+                println!("{}", outcome.message);
+                return Ok(());
+            }
+            bail!("switchover {}", outcome.message);
+        }
+        let phase = cd
+            .cluster
+            .status
+            .switchover
+            .filter(|so| so.id == id)
+            .map(|so| so.phase);
+        if phase.is_some() && phase != last_phase {
+            println!("{}", describe_phase(phase.expect("checked")));
+            last_phase = phase;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bail!("no outcome of switchover {id} yet: is a sentinel running? (stolonctl status shows the cluster)")
+}
+
+fn describe_phase(phase: SwitchoverPhase) -> &'static str {
+    match phase {
+        SwitchoverPhase::Requested => "waiting for the sentinel to accept the switchover",
+        SwitchoverPhase::Holding => "proxies are holding new connections",
+        SwitchoverPhase::Halting => "stopping the old primary after a checkpoint",
+        SwitchoverPhase::CatchingUp => "waiting for the target to receive the old primary's last WAL",
+        SwitchoverPhase::Promoting => "promoting the target",
+        SwitchoverPhase::Restoring => "abandoning: restarting the old primary",
+    }
 }
 
 async fn init(store: &dyn Store, spec: ClusterSpec, yes: bool) -> anyhow::Result<()> {

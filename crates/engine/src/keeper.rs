@@ -77,6 +77,8 @@ pub enum Action {
         follow: Option<Endpoint>,
     },
     Promote,
+    /// Planned switchover: checkpoint, then shut down cleanly and stay down.
+    Halt,
     /// Rewrite the configuration (upstream, synchronous standbys, access rules) and reload.
     Reconfigure,
     /// Stop and start postgres to apply parameters a reload cannot (`automaticPgRestart`).
@@ -203,6 +205,14 @@ pub fn next_action(
     }
 
     match db.spec.role {
+        DbRole::Master if db.spec.halt => {
+            if pg.running {
+                return Action::Halt;
+            }
+            if local.generation == db.generation {
+                return Action::Wait("postgres stopped for a switchover: waiting for the sentinel");
+            }
+        }
         DbRole::Master => {
             if !pg.running {
                 let follow = if pg.standby_signal { followed } else { None };

@@ -1,5 +1,6 @@
 //! Where a proxy sends its clients.
 
+use std::time::Duration;
 use stolon_cluster::{ClusterData, ProxyUid};
 
 /// The proxy's routing decision for one cluster data read.
@@ -11,6 +12,9 @@ pub enum Route {
         address: String,
         port: u16,
     },
+    /// Planned switchover: new connections wait for the next route; existing ones are
+    /// closed after `grace`.
+    Hold { grace: Duration },
     /// Close every connection and refuse new ones, for the reason given.
     Nowhere(&'static str),
 }
@@ -19,6 +23,10 @@ pub enum Route {
 /// proxy the sentinel does not know of could otherwise keep serving an old primary while
 /// the sentinel, not waiting for it, promotes a new one.
 pub fn route(cd: &ClusterData, me: &ProxyUid) -> Route {
+    // Holding never hands a connection to anyone, so it needs no other condition.
+    if let Some(hold) = &cd.proxy.spec.hold {
+        return Route::Hold { grace: hold.grace.0 };
+    }
     let Some(master) = &cd.proxy.spec.master_db_uid else {
         return Route::Nowhere("no master db defined, closing connections to master");
     };

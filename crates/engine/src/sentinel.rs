@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use stolon_cluster::{
     ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbStatus, DbUid, FollowConfig, Generation,
-    InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, ProxyInfo, ProxyUid, ValidSpec,
-    FAKE_STANDBY_NAME,
+    Hold, InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, ProxyInfo, ProxyUid,
+    Switchover, SwitchoverOutcome, SwitchoverPhase, ValidSpec, FAKE_STANDBY_NAME,
 };
 
 /// What the sentinel read from the store besides the cluster data.
@@ -47,12 +47,26 @@ pub struct Memory {
     db_uids_used: BTreeSet<DbUid>,
     /// Per db, its last reported WAL position and since when it has been the same.
     wal_progress: BTreeMap<DbUid, (Lsn, Duration)>,
+    /// Per db, since when its live keeper has reported its postgres down.
+    db_down: BTreeMap<DbUid, Duration>,
+    switchover: Option<SwitchoverClock>,
+}
+
+/// When this leader first saw the switchover in progress, and when every proxy held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SwitchoverClock {
+    id: String,
+    started: Duration,
+    held_since: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepOutput {
     pub data: ClusterData,
     pub events: Vec<Event>,
+    /// The next instant at which a judgment may change with no new observation (a
+    /// failInterval falling due, a timeout expiring): the caller should step again then.
+    pub wake_at: Option<Duration>,
 }
 
 /// Computes the next cluster data. `now` is a monotonic instant of the caller's choosing,
@@ -97,9 +111,11 @@ pub fn step(
     planner.copy_cluster_spec_into_dbs();
     planner.bump_changed_generations(cd);
     planner.track_convergence();
+    let wake_at = planner.next_deadline();
     StepOutput {
         data: planner.cd,
         events: planner.events,
+        wake_at,
     }
 }
 
@@ -216,6 +232,9 @@ impl Planner<'_> {
         self.memory
             .wal_progress
             .retain(|uid, _| self.cd.dbs.contains_key(uid));
+        self.memory
+            .db_down
+            .retain(|uid, _| self.cd.dbs.contains_key(uid));
     }
 
     /// Updates a db's status from its keeper's report, and its health.
@@ -259,10 +278,22 @@ impl Planner<'_> {
                         status.x_log_pos = state.x_log_pos;
                         status.timelines_history = state.timelines_history.clone();
                         None
+                    } else if self.cd.dbs[&uid].spec.halt {
+                        // Stopped on purpose for a switchover, which bounds it.
+                        None
                     } else {
                         Some("db is not healthy")
                     }
                 }
+            };
+            // The keeper is alive and says its postgres is down: it is restarting it, and
+            // has dbRestartTimeout to succeed.
+            let down = problem == Some("db is not healthy");
+            let down_since = if down {
+                Some(*self.memory.db_down.entry(uid.clone()).or_insert(self.now))
+            } else {
+                self.memory.db_down.remove(&uid);
+                None
             };
             let error_since = match problem {
                 None => {
@@ -283,8 +314,11 @@ impl Planner<'_> {
                 .keepers
                 .get(&keeper_uid)
                 .is_some_and(|k| k.status.healthy);
-            let db_ok = error_since
-                .is_none_or(|since| self.now.saturating_sub(since) <= self.spec.fail_interval);
+            let within = |since: Option<Duration>, limit: Duration| {
+                since.is_none_or(|since| self.now.saturating_sub(since) <= limit)
+            };
+            let db_ok = within(error_since, self.spec.fail_interval)
+                && within(down_since, self.spec.db_restart_timeout);
             self.cd.dbs.get_mut(&uid).expect("listed").status.healthy = db_ok && keeper_healthy;
         }
     }
@@ -368,6 +402,7 @@ impl Planner<'_> {
                 synchronous_standbys: Vec::new(),
                 external_synchronous_standbys: Vec::new(),
                 use_pgrewind: self.spec.use_pgrewind,
+                halt: false,
                 additional_replication_slots: Vec::new(),
                 automatic_pg_restart: self.spec.automatic_pg_restart,
                 new_config: (init_mode == InitMode::New)
@@ -537,6 +572,9 @@ impl Planner<'_> {
             ));
             return;
         };
+        if self.drive_switchover(&master) {
+            return;
+        }
         let failed = if !master.status.healthy {
             self.emit(Event::warn("master db is failed").with("db", &master.uid));
             true
@@ -554,6 +592,9 @@ impl Planner<'_> {
             DbRole::Standby => self.promote_when_proxies_fenced(&master),
             DbRole::Master => {
                 let serving = Self::converged(&master) && !master.status.in_recovery;
+                if serving {
+                    self.end_switchover_when_serving(&master);
+                }
                 self.publish_to_proxies(&master, serving);
                 if serving {
                     self.cd.cluster.status.deposed_master = None;
@@ -585,21 +626,23 @@ impl Planner<'_> {
     }
 
     fn fail_over(&mut self, failed: &Db) {
-        let served = self.cd.proxy.spec.master_db_uid.as_ref() == Some(&failed.uid);
+        if self.cd.cluster.status.switchover.is_some() {
+            self.release_held_connections();
+            self.finish_switchover(
+                false,
+                format!(
+                    "interrupted: db {} failed and the sentinel fails over instead",
+                    failed.uid
+                ),
+            );
+        }
         self.emit(
             Event::info("trying to find a standby to replace failed master")
                 .with("db", &failed.uid)
                 .with("keeper", &failed.spec.keeper_uid),
         );
-        let stalled: BTreeSet<DbUid> = self
-            .cd
-            .dbs
-            .values()
-            .filter(|db| self.convergence_expired(db, self.spec.convergence_timeout))
-            .map(|db| db.uid.clone())
-            .collect();
         let rules = ElectionRules {
-            stalled,
+            stalled: self.stalled_dbs(),
             ..election_rules(failed, self.spec.max_standby_lag)
         };
         let choice = choose_new_master(&self.cd, failed, &rules);
@@ -629,32 +672,40 @@ impl Planner<'_> {
                 .with("keeper", &keeper)
                 .with("why", &choice.why),
         );
-        if failed.spec.role == DbRole::Master {
-            self.emit(Event::info("removing old master db").with("db", &failed.uid));
+        let why = format!(
+            "failover from db {} (keeper {}): {}",
+            failed.uid, failed.spec.keeper_uid, choice.why
+        );
+        self.replace_master(failed, &best, why);
+    }
+
+    /// Makes `best` the primary to be in place of `old`, whose db is removed: the proxies
+    /// stop routing at once, and `best` is promoted once they have all acknowledged that.
+    fn replace_master(&mut self, old: &Db, best: &DbUid, why: String) {
+        let served = self.cd.proxy.spec.master_db_uid.as_ref() == Some(&old.uid);
+        if old.spec.role == DbRole::Master {
+            self.emit(Event::info("removing old master db").with("db", &old.uid));
         }
         // The primary that served is remembered until its successor serves; a candidate
         // that fails before that does not replace it in memory.
         if served || self.cd.cluster.status.deposed_master.is_none() {
-            self.cd.cluster.status.deposed_master = Some(Box::new(failed.clone()));
+            self.cd.cluster.status.deposed_master = Some(Box::new(old.clone()));
         }
-        self.cd.dbs.remove(&failed.uid);
+        self.cd.dbs.remove(&old.uid);
         self.cd.cluster.status.master = Some(best.clone());
-        self.cd.cluster.status.master_choice = format!(
-            "failover from db {} (keeper {}): {}",
-            failed.uid, failed.spec.keeper_uid, choice.why
-        );
+        self.cd.cluster.status.master_choice = why;
         // The new primary waits for the same standbys as the old one did (but itself),
         // so that commits keep waiting for a copy from the first moment it serves.
-        let new_master = self.cd.dbs.get_mut(&best).expect("elected db exists");
-        new_master.spec.synchronous_standbys = failed
+        let new_master = self.cd.dbs.get_mut(best).expect("elected db exists");
+        new_master.spec.synchronous_standbys = old
             .spec
             .synchronous_standbys
             .iter()
-            .filter(|uid| **uid != best)
+            .filter(|uid| *uid != best)
             .cloned()
             .collect();
         new_master.status.synchronous_standbys.clear();
-        new_master.spec.external_synchronous_standbys = if failed.spec.synchronous_replication
+        new_master.spec.external_synchronous_standbys = if old.spec.synchronous_replication
             && new_master.spec.synchronous_standbys.len()
                 < usize::from(self.spec.min_synchronous_standbys)
         {
@@ -722,6 +773,7 @@ impl Planner<'_> {
         let mut db = *deposed;
         db.spec.role = DbRole::Master;
         db.spec.follow_config = None;
+        db.spec.halt = false;
         // It serves only once its keeper reports it running as a primary again.
         db.status.in_recovery = true;
         self.cd.cluster.status.master_choice = format!(
@@ -770,6 +822,349 @@ impl Planner<'_> {
         db.spec.role = DbRole::Master;
         db.spec.follow_config = None;
         db.spec.init_mode = InitMode::None;
+    }
+}
+
+/// Planned switchover, one phase per step (see [`SwitchoverPhase`]): hold new connections
+/// at the proxies, stop the old primary after a checkpoint, wait until the target has all
+/// its WAL, then hand over through the same fenced promotion as a failover.
+impl Planner<'_> {
+    /// Advances a switchover in progress. True when this step belongs to it entirely.
+    fn drive_switchover(&mut self, master: &Db) -> bool {
+        let Some(mut so) = self.cd.cluster.status.switchover.clone() else {
+            self.memory.switchover = None;
+            return false;
+        };
+        let clock = match self.memory.switchover.take() {
+            Some(clock) if clock.id == so.id => clock,
+            _ => SwitchoverClock {
+                id: so.id.clone(),
+                started: self.now,
+                held_since: None,
+            },
+        };
+        let timed_out = self.now.saturating_sub(clock.started) > so.timeout.0;
+        self.memory.switchover = Some(clock);
+        match so.phase {
+            SwitchoverPhase::Requested => {
+                self.start_switchover(master, so);
+                self.cd.cluster.status.switchover.is_some()
+            }
+            SwitchoverPhase::Holding | SwitchoverPhase::Halting | SwitchoverPhase::CatchingUp => {
+                if let Some(reason) = self.switchover_obstacle(master, &so, timed_out) {
+                    self.abandon_switchover(master, so, reason);
+                    return false;
+                }
+                match so.phase {
+                    SwitchoverPhase::Holding => self.halt_when_held(master, &mut so),
+                    SwitchoverPhase::Halting => self.record_final_lsn(master, &mut so),
+                    _ => {
+                        if self.promote_when_caught_up(master, &mut so) {
+                            return true;
+                        }
+                    }
+                }
+                self.cd.cluster.status.switchover = Some(so);
+                true
+            }
+            SwitchoverPhase::Promoting => {
+                if so.to_db.as_ref() != Some(&master.uid) {
+                    self.release_held_connections();
+                    self.finish_switchover(false, "interrupted: another db became master".into());
+                }
+                false
+            }
+            SwitchoverPhase::Restoring => false,
+        }
+    }
+
+    fn start_switchover(&mut self, master: &Db, mut so: Switchover) {
+        let serving = master.spec.role == DbRole::Master
+            && self.cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid)
+            && master.status.healthy;
+        if !serving {
+            self.finish_switchover(
+                false,
+                "refused: the primary is not serving now (a failover or initialization is in progress)"
+                    .into(),
+            );
+            return;
+        }
+        let rules = ElectionRules {
+            stalled: self.stalled_dbs(),
+            ..election_rules(master, self.spec.max_standby_lag)
+        };
+        let target = match switchover_candidate(&self.cd, master, so.to_keeper.as_ref(), &rules) {
+            Ok(target) => target,
+            Err(reason) => {
+                self.finish_switchover(false, format!("refused: {reason}"));
+                return;
+            }
+        };
+        self.emit(
+            Event::info("switchover: holding new client connections at the proxies")
+                .with("from", &master.uid)
+                .with("to", &target),
+        );
+        so.from_db = Some(master.uid.clone());
+        so.to_db = Some(target);
+        so.phase = SwitchoverPhase::Holding;
+        self.cd.proxy.spec.hold = Some(Hold { grace: so.grace });
+        self.cd.proxy.generation = self.cd.proxy.generation.next();
+        self.cd.cluster.status.switchover = Some(so);
+    }
+
+    /// What forbids going on with the switchover, if anything.
+    fn switchover_obstacle(&self, master: &Db, so: &Switchover, timed_out: bool) -> Option<String> {
+        let target = so.to_db.as_ref().and_then(|uid| self.cd.dbs.get(uid));
+        let master_keeper_ok = self
+            .cd
+            .keepers
+            .get(&master.spec.keeper_uid)
+            .is_some_and(|k| k.status.healthy);
+        if so.from_db.as_ref() != Some(&master.uid) {
+            Some("the primary changed meanwhile".into())
+        } else if !master_keeper_ok || !master.status.healthy {
+            Some("the old primary failed".into())
+        } else if !target.is_some_and(|t| t.status.healthy) {
+            Some("the target failed".into())
+        } else if timed_out {
+            Some(match so.phase {
+                SwitchoverPhase::Holding => {
+                    format!("the proxies did not all hold new connections within {}", so.timeout)
+                }
+                SwitchoverPhase::Halting => {
+                    format!("the old primary did not shut down cleanly within {}", so.timeout)
+                }
+                _ => format!(
+                    "the target did not receive the old primary's final WAL position within {}",
+                    so.timeout
+                ),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Once every live proxy holds new connections and the grace period is over, stop the
+    /// old primary.
+    fn halt_when_held(&mut self, master: &Db, so: &mut Switchover) {
+        let generation = self.cd.proxy.generation;
+        let lagging: Vec<String> = self
+            .live_proxies(self.proxies)
+            .into_iter()
+            .filter(|p| p.generation != generation)
+            .map(|p| p.uid.to_string())
+            .collect();
+        if !lagging.is_empty() {
+            self.emit(
+                Event::info("switchover: waiting for the proxies to hold new connections")
+                    .with("proxies", lagging.join(",")),
+            );
+            return;
+        }
+        let now = self.now;
+        let clock = self.memory.switchover.as_mut().expect("set by the caller");
+        let held_since = *clock.held_since.get_or_insert(now);
+        if now.saturating_sub(held_since) < so.grace.0 {
+            self.emit(Event::info(
+                "switchover: letting existing sessions finish (grace period)",
+            ));
+            return;
+        }
+        self.emit(
+            Event::info("switchover: stopping the old primary after a checkpoint")
+                .with("db", &master.uid),
+        );
+        self.cd.dbs.get_mut(&master.uid).expect("master").spec.halt = true;
+        so.phase = SwitchoverPhase::Halting;
+    }
+
+    fn record_final_lsn(&mut self, master: &Db, so: &mut Switchover) {
+        let stopped = self
+            .infos
+            .get(&master.spec.keeper_uid)
+            .filter(|_| self.info_is_fresh(&master.spec.keeper_uid, &self.infos))
+            .and_then(|i| i.postgres_state.as_ref())
+            .filter(|s| s.db_uid == master.uid && s.generation == master.generation && !s.healthy)
+            .and_then(|s| s.shutdown_checkpoint);
+        let Some(checkpoint) = stopped else {
+            self.emit(
+                Event::info("switchover: waiting for the old primary to shut down")
+                    .with("db", &master.uid),
+            );
+            return;
+        };
+        if checkpoint.timeline_id != master.status.timeline_id {
+            // Never the case for a primary that served: rather than compare positions across
+            // timelines, wait for the timeout to abandon the switchover.
+            self.emit(
+                Event::warn("switchover: the old primary stopped on an unexpected timeline")
+                    .with("db", &master.uid)
+                    .with("timeline", checkpoint.timeline_id),
+            );
+            return;
+        }
+        self.emit(
+            Event::info("switchover: old primary stopped")
+                .with("db", &master.uid)
+                .with("final_lsn", checkpoint.location),
+        );
+        so.final_lsn = Some(checkpoint.location);
+        so.phase = SwitchoverPhase::CatchingUp;
+    }
+
+    /// True when the target was elected: the switchover then lives in the new cluster data.
+    fn promote_when_caught_up(&mut self, master: &Db, so: &mut Switchover) -> bool {
+        let (Some(final_lsn), Some(target_uid)) = (so.final_lsn, so.to_db.clone()) else {
+            return false;
+        };
+        let target = &self.cd.dbs[&target_uid];
+        // The shutdown checkpoint is the old primary's last record: a target past its start
+        // holds every commit the old primary made.
+        let caught_up = target.status.timeline_id == master.status.timeline_id
+            && target.status.x_log_pos > final_lsn;
+        if !caught_up {
+            self.emit(
+                Event::info("switchover: waiting for the target to catch up")
+                    .with("db", &target_uid)
+                    .with("position", target.status.x_log_pos)
+                    .with("final_lsn", final_lsn),
+            );
+            return false;
+        }
+        let keeper = target.spec.keeper_uid.clone();
+        self.emit(
+            Event::info("switchover: target has the old primary's final WAL position: electing it")
+                .with("db", &target_uid)
+                .with("keeper", &keeper)
+                .with("position", target.status.x_log_pos),
+        );
+        so.phase = SwitchoverPhase::Promoting;
+        self.cd.cluster.status.switchover = Some(so.clone());
+        let why = format!(
+            "switchover from db {} (keeper {}): keeper {keeper} caught up to {final_lsn}",
+            master.uid, master.spec.keeper_uid
+        );
+        self.replace_master(master, &target_uid, why);
+        true
+    }
+
+    /// Gives up the switchover: before the old primary was stopped the proxies simply route
+    /// to it again; after, it starts again and the proxies keep holding until it serves.
+    fn abandon_switchover(&mut self, master: &Db, mut so: Switchover, reason: String) {
+        self.emit(
+            Event::warn("switchover abandoned: the old primary stays")
+                .with("db", &master.uid)
+                .with("reason", &reason),
+        );
+        if so.phase == SwitchoverPhase::Holding || so.from_db.as_ref() != Some(&master.uid) {
+            self.release_held_connections();
+            self.finish_switchover(false, format!("abandoned: {reason}"));
+            return;
+        }
+        self.cd.dbs.get_mut(&master.uid).expect("master").spec.halt = false;
+        so.phase = SwitchoverPhase::Restoring;
+        so.abandon_reason = reason;
+        self.cd.cluster.status.switchover = Some(so);
+    }
+
+    /// The primary serves: a switchover that was promoting it, or restoring it, is over.
+    fn end_switchover_when_serving(&mut self, master: &Db) {
+        let Some(so) = self.cd.cluster.status.switchover.clone() else {
+            return;
+        };
+        let message = match so.phase {
+            SwitchoverPhase::Promoting if so.to_db.as_ref() == Some(&master.uid) => format!(
+                "switched over from db {} to db {}",
+                so.from_db.map(|d| d.to_string()).unwrap_or_default(),
+                master.uid
+            ),
+            SwitchoverPhase::Restoring
+                if so.from_db.as_ref() == Some(&master.uid) && !master.spec.halt =>
+            {
+                format!("abandoned: {}", so.abandon_reason)
+            }
+            _ => return,
+        };
+        self.release_held_connections();
+        let succeeded = so.phase == SwitchoverPhase::Promoting;
+        self.finish_switchover(succeeded, message);
+    }
+
+    fn release_held_connections(&mut self) {
+        if self.cd.proxy.spec.hold.take().is_some() {
+            self.cd.proxy.generation = self.cd.proxy.generation.next();
+        }
+    }
+
+    fn finish_switchover(&mut self, succeeded: bool, message: String) {
+        let Some(so) = self.cd.cluster.status.switchover.take() else {
+            return;
+        };
+        let event = if succeeded {
+            Event::info("switchover completed")
+        } else {
+            Event::warn("switchover did not happen")
+        };
+        self.emit(event.with("reason", &message));
+        self.memory.switchover = None;
+        self.cd.cluster.status.last_switchover = Some(SwitchoverOutcome {
+            id: so.id,
+            succeeded,
+            message,
+        });
+    }
+
+    fn stalled_dbs(&self) -> BTreeSet<DbUid> {
+        self.cd
+            .dbs
+            .values()
+            .filter(|db| self.convergence_expired(db, self.spec.convergence_timeout))
+            .map(|db| db.uid.clone())
+            .collect()
+    }
+
+    /// The earliest instant after now at which a remembered clock runs out.
+    fn next_deadline(&self) -> Option<Duration> {
+        let spec = self.spec;
+        let m = &self.memory;
+        let keepers = m.keepers.values().flat_map(|hb| {
+            [
+                hb.changed_at + spec.fail_interval,
+                hb.changed_at + 2 * spec.sleep_interval,
+            ]
+        });
+        let proxies = m
+            .proxies
+            .values()
+            .map(|(hb, timeout)| hb.changed_at + *timeout + spec.sleep_interval);
+        let errors = m.db_errors.values().map(|since| *since + spec.fail_interval);
+        let down = m.db_down.values().map(|since| *since + spec.db_restart_timeout);
+        let convergence = m.convergence.values().flat_map(|(_, since)| {
+            [spec.convergence_timeout, spec.init_timeout]
+                .into_iter()
+                .chain(spec.sync_timeout)
+                .map(move |t| *since + t)
+        });
+        let switchover = self.memory.switchover.iter().flat_map(|clock| {
+            let so = self.cd.cluster.status.switchover.as_ref();
+            let timeout = so.map_or(Duration::ZERO, |so| so.timeout.0);
+            let grace = so.map_or(Duration::ZERO, |so| so.grace.0);
+            [Some(clock.started + timeout), clock.held_since.map(|h| h + grace)]
+                .into_iter()
+                .flatten()
+        });
+        // Judgments compare with `>`: wake just after the limit.
+        keepers
+            .chain(proxies)
+            .chain(errors)
+            .chain(down)
+            .chain(convergence)
+            .chain(switchover)
+            .map(|t| t + Duration::from_millis(1))
+            .filter(|t| *t > self.now)
+            .min()
     }
 }
 
@@ -1261,6 +1656,8 @@ pub fn election_rules(master: &Db, max_lag: u32) -> ElectionRules {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
     pub best: Option<DbUid>,
+    /// Every db that may be promoted, best first.
+    pub eligible: Vec<DbUid>,
     pub why: String,
     pub rejected: Vec<Rejection>,
 }
@@ -1323,6 +1720,7 @@ pub fn choose_new_master(cd: &ClusterData, failed: &Db, rules: &ElectionRules) -
     let Some(best) = eligible.first() else {
         return Choice {
             best: None,
+            eligible: Vec::new(),
             why: String::new(),
             rejected,
         };
@@ -1347,6 +1745,7 @@ pub fn choose_new_master(cd: &ClusterData, failed: &Db, rules: &ElectionRules) -
     };
     Choice {
         best: Some(best.uid.clone()),
+        eligible: eligible.iter().map(|db| db.uid.clone()).collect(),
         why: format!(
             "highest xlog position {} (priority {}) among {} {mode} standbys",
             best.status.x_log_pos,
@@ -1355,4 +1754,45 @@ pub fn choose_new_master(cd: &ClusterData, failed: &Db, rules: &ElectionRules) -
         ),
         rejected,
     }
+}
+
+/// The standby a planned switchover from `master` hands over to: `to` if it names a keeper
+/// whose db may be promoted under `rules`, otherwise the best such standby. The error says
+/// why there is none, in words for the operator.
+pub fn switchover_candidate(
+    cd: &ClusterData,
+    master: &Db,
+    to: Option<&KeeperUid>,
+    rules: &ElectionRules,
+) -> Result<DbUid, String> {
+    let choice = choose_new_master(cd, master, rules);
+    let Some(keeper) = to else {
+        return choice.best.ok_or_else(|| {
+            let reasons: Vec<String> = choice
+                .rejected
+                .iter()
+                .map(|r| format!("keeper {}: {}", r.keeper, r.reason))
+                .collect();
+            if reasons.is_empty() {
+                "no standby to switch over to".to_string()
+            } else {
+                format!("no standby may become primary ({})", reasons.join("; "))
+            }
+        });
+    };
+    if master.spec.keeper_uid == *keeper {
+        return Err(format!("keeper {keeper} already runs the primary"));
+    }
+    let Some(db) = cd.db_of_keeper(keeper) else {
+        return Err(format!("keeper {keeper} has no db in the cluster"));
+    };
+    if choice.eligible.contains(&db.uid) {
+        return Ok(db.uid.clone());
+    }
+    let reason = choice
+        .rejected
+        .iter()
+        .find(|r| r.keeper == *keeper)
+        .map_or("it is not a standby of the primary", |r| r.reason);
+    Err(format!("keeper {keeper} cannot become primary: {reason}"))
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 use stolon_cluster::{DbRole, DbUid};
 use stolon_testkit::{
-    connect, failing_pg_bin_dir, lost_writes, wait_for_service, wait_until, ClusterBuilder,
-    KeeperHandle, KeeperOptions, TestCluster, Writer,
+    connect, failing_pg_bin_dir, lost_writes, wait_for_service, wait_until, Attempt,
+    ClusterBuilder, ConnectionProbe, KeeperHandle, KeeperOptions, TestCluster, Writer,
 };
 use tokio::time::Instant;
 
@@ -1116,4 +1116,196 @@ async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
     let port = cluster.proxy_port();
     wait_for_service("service again without the bad parameter", port, BOOT).await;
     cluster.assert_no_unexpected_errors(&["action failed", "postgres failed to start repeatedly"]);
+}
+
+/// `stolonctl switchover ARGS`, which waits for the outcome, run off the async workers.
+fn stolonctl_switchover(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
+    let args: Vec<&str> = ["switchover"].into_iter().chain(args.iter().copied()).collect();
+    tokio::task::block_in_place(|| cluster.stolonctl(&args))
+}
+
+/// Stops the probe once the connections it made during an event had time to finish, and
+/// returns those that failed after checking that some were made.
+async fn failed_attempts(probe: ConnectionProbe, since: Instant) -> Vec<Attempt> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = probe.stop();
+    let during = attempts
+        .iter()
+        .filter(|a| a.started >= since)
+        .count();
+    assert!(during > 10, "new connections were made during the event: {during}");
+    attempts.into_iter().filter(|a| a.error.is_some()).collect()
+}
+
+/// S-SW-01: a planned switchover under a steady write load and a stream of new
+/// connections: none of those fails (they wait), no acknowledged write is lost, and the old
+/// primary rejoins as a standby.
+async fn switchover_under_load(sync: bool) {
+    let builder = if sync {
+        sync_cluster(3)
+    } else {
+        ClusterBuilder::new().keepers(3)
+    };
+    let cluster = builder.spec("usePgrewind", true.into()).start().await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    let sync_set = if sync {
+        wait_for_sync_standbys(&cluster, 1).await
+    } else {
+        Vec::new()
+    };
+    create_table(&cluster, "s").await;
+    let writer = Writer::start(cluster.proxy_port(), "s");
+    let probe = ConnectionProbe::start(cluster.proxy_port());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let requested = Instant::now();
+    let out = stolonctl_switchover(&cluster, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("switched over"), "{stdout}");
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    if sync {
+        assert_eq!(
+            db_of(&cluster, new_master).await.as_ref(),
+            Some(&sync_set[0]),
+            "the synchronous standby takes over"
+        );
+    }
+    let failed = failed_attempts(probe, requested).await;
+    assert!(failed.is_empty(), "new connections failed: {failed:?}");
+    let done = Instant::now();
+    wait_until("writes through the proxy again", FAILOVER, || async {
+        writer.first_acked_sent_after(done)
+    })
+    .await;
+    let acked = writer.stop();
+    let lost = lost_writes(cluster.proxy_port(), "s", &acked, FAILOVER).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    cluster.wait_rejoined_never_primary(master, BOOT).await;
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_sw_01_switchover_async() {
+    switchover_under_load(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_sw_01_switchover_sync() {
+    switchover_under_load(true).await;
+}
+
+/// A target that cannot catch up (its WAL receiver frozen) makes the switchover give up:
+/// the old primary serves again, held connections go to it, nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_switchover_restores_the_old_primary() {
+    let cluster = ClusterBuilder::new()
+        .keepers(2)
+        // The old primary's shutdown waits for its standby's reply at most this long.
+        .spec("pgParameters", serde_json::json!({"wal_sender_timeout": "2s"}))
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    let standby = 1 - master;
+    wait_for_standby(&cluster, standby, BOOT).await;
+    create_table(&cluster, "a").await;
+    let writer = Writer::start(cluster.proxy_port(), "a");
+    cluster.freeze_walreceiver(standby, true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let probe = ConnectionProbe::start(cluster.proxy_port());
+
+    let requested = Instant::now();
+    let target = cluster.keepers[standby].uid.to_string();
+    let out = stolonctl_switchover(&cluster, &["--to", &target, "--timeout", "3s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the switchover must fail");
+    assert!(stderr.contains("abandoned"), "{stderr}");
+    assert_eq!(cluster.wait_for_master(BOOT).await, master, "the old primary serves again");
+    let failed = failed_attempts(probe, requested).await;
+    assert!(failed.is_empty(), "new connections failed: {failed:?}");
+    let restored = Instant::now();
+    wait_until("writes through the proxy again", FAILOVER, || async {
+        writer.first_acked_sent_after(restored)
+    })
+    .await;
+    cluster.freeze_walreceiver(standby, false);
+    let acked = writer.stop();
+    let lost = lost_writes(cluster.proxy_port(), "a", &acked, FAILOVER).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// No eligible target: refused with the reason, and the cluster data is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_without_an_eligible_target_is_refused() {
+    let cluster = ClusterBuilder::new()
+        .keeper(KeeperOptions::default())
+        .keeper(KeeperOptions {
+            can_be_master: false,
+            ..Default::default()
+        })
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    wait_for_standby(&cluster, 1 - master, BOOT).await;
+    let before = cluster.cluster_data().await.unwrap();
+    let out = stolonctl_switchover(&cluster, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot be master"), "{stderr}");
+    let own = cluster.keepers[master].uid.to_string();
+    let out = stolonctl_switchover(&cluster, &["--to", &own]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("already runs the primary"), "{stderr}");
+    let after = cluster.cluster_data().await.unwrap();
+    assert_eq!(after.cluster.status.switchover, None);
+    assert_eq!(after.cluster.status.master, before.cluster.status.master);
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// A primary whose postgres cannot start again under its live keeper is failed over once
+/// dbRestartTimeout has passed, long before the (here very long) failInterval.
+#[tokio::test(flavor = "multi_thread")]
+async fn primary_that_cannot_restart_is_failed_over_after_db_restart_timeout() {
+    let mut cluster = ClusterBuilder::new()
+        .keepers(2)
+        .spec("failInterval", "600s".into())
+        .spec("dbRestartTimeout", "3s".into())
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    wait_for_standby(&cluster, 1 - master, BOOT).await;
+    let pid = cluster.keepers[master].postmaster_pid().unwrap();
+    let port = cluster.keepers[master].pg_port;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Someone else takes the port: every restart fails.
+    let squatter = wait_until("taking the primary's port", BOOT, || async {
+        std::net::TcpListener::bind(("127.0.0.1", port)).ok()
+    })
+    .await;
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    assert_ne!(new_master, master);
+    assert_eq!(
+        cluster.keepers[master].process.as_mut().unwrap().exit_code(),
+        None,
+        "the old primary's keeper is alive all along"
+    );
+    assert!(cluster.sentinel_logs().contains("master db is failed"));
+    drop(squatter);
+    cluster.wait_rejoined_never_primary(master, BOOT).await;
+    cluster.assert_no_unexpected_errors(&[
+        "action failed",
+        "cannot connect to master",
+        "postgres failed to start repeatedly",
+    ]);
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
     ClusterData, Db, DbRole, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState,
-    SuReplAccessMode, TimelineId, TimelineSwitch,
+    ShutdownCheckpoint, SuReplAccessMode, TimelineId, TimelineSwitch,
 };
 use stolon_engine::keeper::{
     followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
@@ -152,6 +152,8 @@ struct Keeper {
 struct Seen {
     instance: Instance,
     probe: Option<Observed>,
+    /// Where the WAL of the stopped instance ends, when it was stopped for a switchover.
+    shutdown_checkpoint: Option<ShutdownCheckpoint>,
 }
 
 impl Keeper {
@@ -178,6 +180,7 @@ impl Keeper {
             }
             let data = cd.as_ref().map(|c| &c.data);
             let seen = self.reconcile(data).await;
+            let running = seen.instance.running;
             if let Some(cd) = data {
                 let state = self.pg_state(&seen);
                 let due = last_published.as_ref().is_none_or(|(at, prev)| {
@@ -198,6 +201,9 @@ impl Keeper {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = changes.wait(self.store.as_ref(), next_publish.max(Duration::from_millis(50))) => {}
+                _ = self.pg.wait_for_exit(), if running => {
+                    tracing::warn!("postgres exited");
+                }
             }
         }
     }
@@ -327,7 +333,25 @@ impl Keeper {
                 self.last_pending_restart = p.pending_restart.clone();
             }
         }
+        let halted = db.is_some_and(|(_, db)| db.spec.halt);
+        let shutdown_checkpoint = if halted && initialized && !running {
+            match self.pg.shutdown_checkpoint(self.request_timeout).await {
+                Ok(found) => found.and_then(|(timeline, location)| {
+                    Some(ShutdownCheckpoint {
+                        timeline_id: TimelineId(timeline),
+                        location: Lsn::parse(&location)?,
+                    })
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the control file");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Seen {
+            shutdown_checkpoint,
             instance: Instance {
                 initialized,
                 running,
@@ -376,6 +400,7 @@ impl Keeper {
             synchronous_standbys: probe.map(in_sync_dbs).unwrap_or_default(),
             older_wal_file: probe.map(|p| p.oldest_wal_file.clone()).unwrap_or_default(),
             init_pg_parameters: db.init_pg_parameters.clone(),
+            shutdown_checkpoint: seen.shutdown_checkpoint,
             timelines_history: probe
                 .filter(|p| !p.in_recovery && p.timeline_id > 1)
                 .and_then(|p| {
@@ -687,6 +712,14 @@ impl Keeper {
                 self.pg.promote(self.db_wait_ready_timeout).await?;
                 self.write_files(cd)?;
                 self.pg.reload(self.request_timeout).await?;
+            }
+            Action::Halt => {
+                tracing::info!("switchover: checkpoint, then stopping the old primary");
+                if let Err(e) = self.local_conn().checkpoint().await {
+                    // Only the shutdown gets longer: its own checkpoint writes everything.
+                    tracing::warn!(error = %e, "checkpoint before the switchover failed");
+                }
+                self.pg.stop(self.db_wait_ready_timeout).await?;
             }
             Action::Reconfigure => {
                 tracing::info!("postgres parameters changed, reloading postgres instance");

@@ -303,6 +303,18 @@ impl PgCtl {
         Some(u64::from_le_bytes(id).to_string())
     }
 
+    /// Where a cleanly stopped instance's WAL ends: its shutdown checkpoint's timeline and
+    /// location (`pg_controldata`). None when the instance did not shut down cleanly.
+    pub async fn shutdown_checkpoint(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<(u32, String)>, PgError> {
+        let mut cmd = self.command("pg_controldata");
+        cmd.arg(&self.pgdata);
+        let out = self.run(cmd, "pg_controldata", timeout).await?;
+        Ok(parse_shutdown_checkpoint(&out))
+    }
+
     pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
         let mut cmd = self.pg_ctl("start", timeout);
         cmd.arg("-l")
@@ -374,6 +386,25 @@ impl PgCtl {
         }
     }
 
+    /// Returns once the postmaster that runs now has exited (crash, kill or stop), so that
+    /// the keeper reports it at once instead of at its next loop.
+    pub async fn wait_for_exit(&self) {
+        let pid = self
+            .read_file("postmaster.pid")
+            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok());
+        let Some(pid) = pid else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(EXIT_POLL).await;
+            // Gone, or a zombie waiting for its parent: either way it serves no one.
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Ok(stat) if !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Writes a file PostgreSQL reads, owned by its OS user.
     pub fn write_file(&self, name: &str, content: &str) -> Result<(), PgError> {
         let path = self.pgdata.join(name);
@@ -399,10 +430,57 @@ impl PgCtl {
     }
 }
 
+/// How often the keeper looks for its postmaster's exit: cheap (one small /proc read).
+const EXIT_POLL: Duration = Duration::from_millis(100);
+
+fn parse_shutdown_checkpoint(controldata: &str) -> Option<(u32, String)> {
+    let field = |name: &str| {
+        controldata
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    // A standby stopped cleanly says "shut down in recovery": its WAL may go on elsewhere.
+    if field("Database cluster state")? != "shut down" {
+        return None;
+    }
+    let timeline = field("Latest checkpoint's TimeLineID")?.parse().ok()?;
+    Some((timeline, field("Latest checkpoint location")?.to_string()))
+}
+
 struct SecretFile(PathBuf);
 
 impl Drop for SecretFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shutdown_checkpoint;
+
+    const STOPPED: &str = "pg_control version number:            1300
+Database cluster state:               shut down
+Latest checkpoint location:           0/3000028
+Latest checkpoint's REDO location:    0/3000028
+Latest checkpoint's TimeLineID:       2
+";
+
+    #[test]
+    fn reads_the_shutdown_checkpoint_of_a_cleanly_stopped_primary() {
+        assert_eq!(
+            parse_shutdown_checkpoint(STOPPED),
+            Some((2, "0/3000028".to_string()))
+        );
+    }
+
+    #[test]
+    fn no_shutdown_checkpoint_after_a_crash_or_for_a_standby() {
+        for state in ["in production", "shut down in recovery", "in crash recovery"] {
+            let text = STOPPED.replace("shut down\n", &format!("{state}\n"));
+            assert_eq!(parse_shutdown_checkpoint(&text), None, "{state}");
+        }
+        assert_eq!(parse_shutdown_checkpoint("garbage"), None);
     }
 }

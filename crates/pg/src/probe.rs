@@ -128,6 +128,12 @@ impl LocalConn {
         })
     }
 
+    /// Flushes dirty buffers now, so that the shutdown that follows has little left to write.
+    pub async fn checkpoint(&self) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        self.bounded(client.batch_execute("checkpoint")).await
+    }
+
     pub async fn create_slot(&self, name: &str) -> Result<(), PgError> {
         let client = self.connect().await?;
         self.bounded(client.execute("select pg_create_physical_replication_slot($1)", &[&name]))

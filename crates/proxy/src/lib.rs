@@ -15,6 +15,7 @@ use stolon_engine::proxy::{route, Route};
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio::io::copy_bidirectional_with_sizes;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 const RELAY_BUFFER: usize = 64 * 1024;
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest a new connection waits during a switchover; the sentinel ends every hold
+/// long before (the switchover's timeout), this only bounds a proxy cut from it.
+const MAX_HOLD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -31,38 +35,54 @@ pub struct ProxyConfig {
     pub stop_listening: bool,
 }
 
-/// Where new connections go, and the token that ends every connection made to it.
-struct Target {
-    addr: Option<SocketAddr>,
+/// What happens to a new client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Closed at once.
+    Closed,
+    /// Piped to this address.
+    Open(SocketAddr),
+    /// Kept waiting for the next gate (planned switchover).
+    Hold,
+}
+
+/// The gate, and the token that ends every connection piped through it.
+struct Routing {
+    gate: Gate,
     connections: CancellationToken,
 }
 
 struct Shared {
     config: ProxyConfig,
-    target: Mutex<Target>,
+    /// Swapped by the check loop, read by every new connection; held connections wait on
+    /// its changes.
+    routing: watch::Sender<Routing>,
     listener: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
     /// When this proxy must fence itself unless a check succeeds before.
     deadline: Mutex<Option<Instant>>,
 }
 
 impl Shared {
-    /// Points new connections at `addr`; a change closes every existing connection.
-    fn set_target(&self, addr: Option<SocketAddr>) -> bool {
-        let mut target = self.target.lock().unwrap();
-        if target.addr == addr {
-            return false;
-        }
-        target.connections.cancel();
-        *target = Target {
-            addr,
-            connections: CancellationToken::new(),
-        };
-        true
-    }
-
-    fn snapshot(&self) -> (Option<SocketAddr>, CancellationToken) {
-        let target = self.target.lock().unwrap();
-        (target.addr, target.connections.clone())
+    /// Sets what new connections get. Leaving an open gate ends every connection piped
+    /// through it: at once, or after `grace` when new connections are held meanwhile.
+    fn set_gate(&self, gate: Gate, grace: Duration) -> bool {
+        self.routing.send_if_modified(|routing| {
+            if routing.gate == gate {
+                return false;
+            }
+            if gate == Gate::Hold {
+                let draining = routing.connections.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    draining.cancel();
+                });
+            } else {
+                routing.connections.cancel();
+                routing.connections = CancellationToken::new();
+            }
+            routing.gate = gate;
+            true
+        })
     }
 
     async fn start_listening(self: &Arc<Self>) -> std::io::Result<()> {
@@ -95,7 +115,7 @@ impl Shared {
             .unwrap()
             .is_some_and(|d| Instant::now() >= d);
         if expired {
-            if self.set_target(None) {
+            if self.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::warn!("check timeout timer fired: closing connections to master");
             }
             if self.config.stop_listening {
@@ -113,8 +133,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         config,
-        target: Mutex::new(Target {
-            addr: None,
+        routing: watch::Sender::new(Routing {
+            gate: Gate::Closed,
             connections: CancellationToken::new(),
         }),
         listener: Mutex::new(None),
@@ -153,7 +173,7 @@ pub async fn run(
         }
     }
     fence.abort();
-    shared.set_target(None);
+    shared.set_gate(Gate::Closed, Duration::ZERO);
     shared.stop_listening();
     Ok(())
 }
@@ -169,13 +189,13 @@ async fn check(
     let read = match stolon_store::read_cluster_data(store).await {
         Ok(Some(read)) => read,
         Ok(None) => {
-            if shared.set_target(None) {
+            if shared.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::info!("no clusterdata available, closing connections to master");
             }
             return Ok(None);
         }
         Err(StoreError::Corrupt(e)) => {
-            if shared.set_target(None) {
+            if shared.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::error!(error = %e, "unusable cluster data, closing connections to master");
             }
             return Err(StoreError::Corrupt(e));
@@ -185,20 +205,29 @@ async fn check(
     // Never shorten the timeout we announced: a sentinel may already count on it.
     *proxy_timeout = (*proxy_timeout).max(read.spec.proxy_timeout);
     let decision = route(&read.data, &shared.config.uid);
-    let addr = match &decision {
-        Route::To { address, port, .. } => resolve(address, *port).await,
-        Route::Nowhere(_) => None,
+    let (gate, grace) = match &decision {
+        Route::To { address, port, .. } => (
+            resolve(address, *port)
+                .await
+                .map_or(Gate::Closed, Gate::Open),
+            Duration::ZERO,
+        ),
+        Route::Hold { grace } => (Gate::Hold, *grace),
+        Route::Nowhere(_) => (Gate::Closed, Duration::ZERO),
     };
     if last_route.as_ref() != Some(&decision) {
         match &decision {
             Route::To { db, address, port } => {
                 tracing::info!(db = %db, address = %format!("{address}:{port}"), "proxying to master address")
             }
+            Route::Hold { grace } => {
+                tracing::info!(grace = ?grace, "switchover: holding new connections, closing existing ones after the grace period")
+            }
             Route::Nowhere(reason) => tracing::info!("{reason}"),
         }
         *last_route = Some(decision);
     }
-    shared.set_target(addr);
+    shared.set_gate(gate, grace);
     let info = ProxyInfo {
         info_uid: stolon_daemon::random_uid(),
         uid: shared.config.uid.clone(),
@@ -235,16 +264,32 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
         };
         match accepted {
             Ok((client, _)) => {
-                let (target, connections) = shared.snapshot();
-                if let Some(target) = target {
-                    tokio::spawn(relay(client, target, connections));
-                }
-                // Without a target the client is dropped here: closed at once.
+                tokio::spawn(serve(client, shared.routing.subscribe()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Gives a new client what the gate says, waiting while it holds.
+async fn serve(client: TcpStream, mut routing: watch::Receiver<Routing>) {
+    let give_up = Instant::now() + MAX_HOLD;
+    loop {
+        let (gate, connections) = {
+            let r = routing.borrow_and_update();
+            (r.gate, r.connections.clone())
+        };
+        match gate {
+            Gate::Open(target) => return relay(client, target, connections).await,
+            // Dropping the client closes it at once.
+            Gate::Closed => return,
+            Gate::Hold => match tokio::time::timeout_at(give_up, routing.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return,
+            },
         }
     }
 }

@@ -56,6 +56,7 @@ pub async fn run(
         events: EventLog::default(),
         started: Instant::now(),
         info_published: None,
+        wake_at: None,
     };
     let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
     let mut changes = ChangeWaiter::new(WatchScope::Everything);
@@ -66,9 +67,17 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "cluster check failed"),
         }
         let store = sentinel.store.clone();
+        // A deadline the planner named (a failInterval falling due) comes before the
+        // fallback poll.
+        let wait = sentinel
+            .wake_at
+            .take()
+            .map_or(sleep_interval, |at| {
+                at.saturating_sub(sentinel.started.elapsed()).min(sleep_interval)
+            });
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = changes.wait(store.as_ref(), sleep_interval) => {
+            changed = changes.wait(store.as_ref(), wait) => {
                 if changed {
                     tokio::time::sleep(DEBOUNCE).await;
                 }
@@ -89,6 +98,8 @@ struct Sentinel {
     events: EventLog,
     started: Instant,
     info_published: Option<Instant>,
+    /// When the planner asked to be run again, on the `started` clock.
+    wake_at: Option<Duration>,
 }
 
 async fn election_loop(
@@ -191,6 +202,7 @@ impl Sentinel {
             rand::random(),
         );
         self.events.log(out.events);
+        self.wake_at = out.wake_at;
         // Leadership may have been lost while we computed: a deposed leader must not write.
         if out.data != read.data && self.term.0.load(Ordering::SeqCst) == current_term {
             match store

@@ -198,6 +198,52 @@ impl Writer {
     }
 }
 
+/// One attempt of a [`ConnectionProbe`]: when it began and what failed, if anything.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub started: Instant,
+    pub error: Option<String>,
+}
+
+/// A stream of new client connections through `port`, one every 20 ms, each running one
+/// query: what clients that connect during an event see.
+pub struct ConnectionProbe {
+    attempts: std::sync::Arc<std::sync::Mutex<Vec<Attempt>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionProbe {
+    pub fn start(port: u16) -> ConnectionProbe {
+        let attempts: std::sync::Arc<std::sync::Mutex<Vec<Attempt>>> = Default::default();
+        let log = attempts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let log = log.clone();
+                // Each attempt on its own: a held connection must not delay the next one.
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let error = match connect(port).await {
+                        Ok(client) => client.query_one("select 1", &[]).await.err(),
+                        Err(e) => Some(e),
+                    };
+                    log.lock().unwrap().push(Attempt {
+                        started,
+                        error: error.map(|e| e.to_string()),
+                    });
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        ConnectionProbe { attempts, task }
+    }
+
+    /// Stops making new attempts and returns the finished ones.
+    pub fn stop(self) -> Vec<Attempt> {
+        self.task.abort();
+        self.attempts.lock().unwrap().clone()
+    }
+}
+
 /// The acknowledged ids missing from `table` as read through `port`.
 pub async fn lost_writes(port: u16, table: &str, acked: &[Ack], timeout: Duration) -> Vec<i32> {
     let sql = format!("select id from {table}");

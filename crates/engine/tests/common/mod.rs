@@ -9,7 +9,7 @@ use std::time::Duration;
 use stolon_cluster::{
     ClusterData, ClusterPhase, ClusterSpec, ClusterUid, Db, DbRole, DbSpec, DbStatus, DbUid,
     FollowConfig, Generation, InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, PgState,
-    ProxyInfo, ProxyUid, TimelineId, ValidSpec,
+    ProxyInfo, ProxyUid, ShutdownCheckpoint, TimelineId, ValidSpec,
 };
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
 use stolon_engine::Event;
@@ -322,7 +322,16 @@ impl World {
             older_wal_file: String::new(),
             timelines_history: Vec::new(),
             init_pg_parameters: Default::default(),
+            shutdown_checkpoint: None,
         };
+        // A db halted for a switchover is stopped cleanly where its WAL ends.
+        if db.spec.halt && db.spec.role == DbRole::Master {
+            state.healthy = false;
+            state.shutdown_checkpoint = Some(ShutdownCheckpoint {
+                timeline_id: TimelineId(1),
+                location: Lsn(sim.xlog),
+            });
+        }
         adjust(&mut state);
         sim.pg = Some(state);
     }
@@ -603,6 +612,7 @@ impl CdBuilder {
                     synchronous_standbys: Vec::new(),
                     external_synchronous_standbys: Vec::new(),
                     use_pgrewind: false,
+                    halt: false,
                     additional_replication_slots: Vec::new(),
                     automatic_pg_restart: false,
                     new_config: None,
