@@ -67,7 +67,11 @@ pub struct Switchover {
     /// Chosen by the requester, to recognise its outcome.
     pub id: String,
     /// The keeper asked for; none: the best candidate.
-    #[serde(rename = "toKeeperUID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "toKeeperUID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub to_keeper: Option<KeeperUid>,
     /// How long the target may take to catch up before the switchover is abandoned.
     pub timeout: GoDuration,

@@ -224,7 +224,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_wait,
         } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
-            switchover(store.as_ref(), to.map(KeeperUid::new), timeout, grace, no_wait).await
+            switchover(
+                store.as_ref(),
+                to.map(KeeperUid::new),
+                timeout,
+                grace,
+                no_wait,
+            )
+            .await
         }
         Cmd::Promote { yes: _ } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
@@ -428,9 +435,9 @@ async fn switchover(
             .switchover
             .filter(|so| so.id == id)
             .map(|so| so.phase);
-        if phase.is_some() && phase != last_phase {
-            println!("{}", describe_phase(phase.expect("checked")));
-            last_phase = phase;
+        if let Some(now) = phase.filter(|p| Some(*p) != last_phase) {
+            println!("{}", describe_phase(now));
+            last_phase = Some(now);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -442,7 +449,9 @@ fn describe_phase(phase: SwitchoverPhase) -> &'static str {
         SwitchoverPhase::Requested => "waiting for the sentinel to accept the switchover",
         SwitchoverPhase::Holding => "proxies are holding new connections",
         SwitchoverPhase::Halting => "stopping the old primary after a checkpoint",
-        SwitchoverPhase::CatchingUp => "waiting for the target to receive the old primary's last WAL",
+        SwitchoverPhase::CatchingUp => {
+            "waiting for the target to receive the old primary's last WAL"
+        }
         SwitchoverPhase::Promoting => "promoting the target",
         SwitchoverPhase::Restoring => "abandoning: restarting the old primary",
     }

@@ -25,7 +25,9 @@ pub enum Route {
 pub fn route(cd: &ClusterData, me: &ProxyUid) -> Route {
     // Holding never hands a connection to anyone, so it needs no other condition.
     if let Some(hold) = &cd.proxy.spec.hold {
-        return Route::Hold { grace: hold.grace.0 };
+        return Route::Hold {
+            grace: hold.grace.0,
+        };
     }
     let Some(master) = &cd.proxy.spec.master_db_uid else {
         return Route::Nowhere("no master db defined, closing connections to master");

@@ -15,9 +15,9 @@ use crate::Event;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbStatus, DbUid, FollowConfig, Generation,
-    Hold, InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, ProxyInfo, ProxyUid,
-    Switchover, SwitchoverOutcome, SwitchoverPhase, ValidSpec, FAKE_STANDBY_NAME,
+    ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbStatus, DbUid, FollowConfig, Generation, Hold,
+    InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, ProxyInfo, ProxyUid, Switchover,
+    SwitchoverOutcome, SwitchoverPhase, ValidSpec, FAKE_STANDBY_NAME,
 };
 
 /// What the sentinel read from the store besides the cluster data.
@@ -931,10 +931,16 @@ impl Planner<'_> {
         } else if timed_out {
             Some(match so.phase {
                 SwitchoverPhase::Holding => {
-                    format!("the proxies did not all hold new connections within {}", so.timeout)
+                    format!(
+                        "the proxies did not all hold new connections within {}",
+                        so.timeout
+                    )
                 }
                 SwitchoverPhase::Halting => {
-                    format!("the old primary did not shut down cleanly within {}", so.timeout)
+                    format!(
+                        "the old primary did not shut down cleanly within {}",
+                        so.timeout
+                    )
                 }
                 _ => format!(
                     "the target did not receive the old primary's final WAL position within {}",
@@ -1139,8 +1145,14 @@ impl Planner<'_> {
             .proxies
             .values()
             .map(|(hb, timeout)| hb.changed_at + *timeout + spec.sleep_interval);
-        let errors = m.db_errors.values().map(|since| *since + spec.fail_interval);
-        let down = m.db_down.values().map(|since| *since + spec.db_restart_timeout);
+        let errors = m
+            .db_errors
+            .values()
+            .map(|since| *since + spec.fail_interval);
+        let down = m
+            .db_down
+            .values()
+            .map(|since| *since + spec.db_restart_timeout);
         let convergence = m.convergence.values().flat_map(|(_, since)| {
             [spec.convergence_timeout, spec.init_timeout]
                 .into_iter()
@@ -1151,9 +1163,12 @@ impl Planner<'_> {
             let so = self.cd.cluster.status.switchover.as_ref();
             let timeout = so.map_or(Duration::ZERO, |so| so.timeout.0);
             let grace = so.map_or(Duration::ZERO, |so| so.grace.0);
-            [Some(clock.started + timeout), clock.held_since.map(|h| h + grace)]
-                .into_iter()
-                .flatten()
+            [
+                Some(clock.started + timeout),
+                clock.held_since.map(|h| h + grace),
+            ]
+            .into_iter()
+            .flatten()
         });
         // Judgments compare with `>`: wake just after the limit.
         keepers

@@ -1120,7 +1120,10 @@ async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
 
 /// `stolonctl switchover ARGS`, which waits for the outcome, run off the async workers.
 fn stolonctl_switchover(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    let args: Vec<&str> = ["switchover"].into_iter().chain(args.iter().copied()).collect();
+    let args: Vec<&str> = ["switchover"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
     tokio::task::block_in_place(|| cluster.stolonctl(&args))
 }
 
@@ -1129,11 +1132,11 @@ fn stolonctl_switchover(cluster: &TestCluster, args: &[&str]) -> std::process::O
 async fn failed_attempts(probe: ConnectionProbe, since: Instant) -> Vec<Attempt> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let attempts = probe.stop();
-    let during = attempts
-        .iter()
-        .filter(|a| a.started >= since)
-        .count();
-    assert!(during > 10, "new connections were made during the event: {during}");
+    let during = attempts.iter().filter(|a| a.started >= since).count();
+    assert!(
+        during > 10,
+        "new connections were made during the event: {during}"
+    );
     attempts.into_iter().filter(|a| a.error.is_some()).collect()
 }
 
@@ -1207,7 +1210,10 @@ async fn abandoned_switchover_restores_the_old_primary() {
     let cluster = ClusterBuilder::new()
         .keepers(2)
         // The old primary's shutdown waits for its standby's reply at most this long.
-        .spec("pgParameters", serde_json::json!({"wal_sender_timeout": "2s"}))
+        .spec(
+            "pgParameters",
+            serde_json::json!({"wal_sender_timeout": "2s"}),
+        )
         .start()
         .await;
     let master = cluster.wait_for_master(BOOT).await;
@@ -1225,7 +1231,11 @@ async fn abandoned_switchover_restores_the_old_primary() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the switchover must fail");
     assert!(stderr.contains("abandoned"), "{stderr}");
-    assert_eq!(cluster.wait_for_master(BOOT).await, master, "the old primary serves again");
+    assert_eq!(
+        cluster.wait_for_master(BOOT).await,
+        master,
+        "the old primary serves again"
+    );
     let failed = failed_attempts(probe, requested).await;
     assert!(failed.is_empty(), "new connections failed: {failed:?}");
     let restored = Instant::now();
@@ -1296,7 +1306,11 @@ async fn primary_that_cannot_restart_is_failed_over_after_db_restart_timeout() {
     let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
     assert_ne!(new_master, master);
     assert_eq!(
-        cluster.keepers[master].process.as_mut().unwrap().exit_code(),
+        cluster.keepers[master]
+            .process
+            .as_mut()
+            .unwrap()
+            .exit_code(),
         None,
         "the old primary's keeper is alive all along"
     );

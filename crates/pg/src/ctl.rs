@@ -399,7 +399,13 @@ impl PgCtl {
             tokio::time::sleep(EXIT_POLL).await;
             // Gone, or a zombie waiting for its parent: either way it serves no one.
             match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Ok(stat) if !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => {}
+                Ok(stat)
+                    if !stat
+                        .rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z') => {}
                 _ => return,
             }
         }
@@ -477,7 +483,11 @@ Latest checkpoint's TimeLineID:       2
 
     #[test]
     fn no_shutdown_checkpoint_after_a_crash_or_for_a_standby() {
-        for state in ["in production", "shut down in recovery", "in crash recovery"] {
+        for state in [
+            "in production",
+            "shut down in recovery",
+            "in crash recovery",
+        ] {
             let text = STOPPED.replace("shut down\n", &format!("{state}\n"));
             assert_eq!(parse_shutdown_checkpoint(&text), None, "{state}");
         }

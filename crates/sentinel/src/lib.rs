@@ -69,12 +69,10 @@ pub async fn run(
         let store = sentinel.store.clone();
         // A deadline the planner named (a failInterval falling due) comes before the
         // fallback poll.
-        let wait = sentinel
-            .wake_at
-            .take()
-            .map_or(sleep_interval, |at| {
-                at.saturating_sub(sentinel.started.elapsed()).min(sleep_interval)
-            });
+        let wait = sentinel.wake_at.take().map_or(sleep_interval, |at| {
+            at.saturating_sub(sentinel.started.elapsed())
+                .min(sleep_interval)
+        });
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = changes.wait(store.as_ref(), wait) => {
