@@ -183,9 +183,12 @@ impl Keeper {
             let running = seen.instance.running;
             if let Some(cd) = data {
                 let state = self.pg_state(&seen);
+                // During a switchover the target's position is what the sentinel waits for.
+                let switching = cd.cluster.status.switchover.is_some();
                 let due = last_published.as_ref().is_none_or(|(at, prev)| {
                     at.elapsed() >= sleep_interval
                         || !same_but_position(prev.as_ref(), state.as_ref())
+                        || (switching && prev != &state)
                 });
                 if due {
                     match self.publish(cd, state.clone(), sleep_interval).await {

@@ -5,7 +5,9 @@
 //! target changes, refuses connections while there is none, and fences itself (closes all,
 //! stops listening) when it has not completed a successful check of the store within
 //! proxyTimeout. After each successful check it publishes the proxy generation it applied:
-//! the sentinel waits for that acknowledgement before it promotes a new primary.
+//! the sentinel waits for that acknowledgement before it promotes a new primary. During a
+//! planned switchover it holds new connections (they wait for the next route) and closes the
+//! existing ones after the grace period the cluster data gives.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -610,7 +610,10 @@ impl Drop for TestCluster {
             }
         }
         self.sentinels.clear();
-        if std::thread::panicking() {
+        if std::env::var_os("STOLON_TEST_KEEP").is_some() {
+            let dir = self.dir.take().unwrap().keep();
+            eprintln!("STOLON_TEST_KEEP: cluster files kept in {}", dir.display());
+        } else if std::thread::panicking() {
             let dir = self.dir.take().unwrap().keep();
             eprintln!("test failed: cluster files kept in {}", dir.display());
             for entry in std::fs::read_dir(dir.join("logs"))
