@@ -216,14 +216,20 @@ async fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T
         if let Some(found) = check() {
             return found;
         }
-        assert!(started.elapsed() < limit, "nothing happened within {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "nothing happened within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Prints min / median / p90 / max per figure, as a table and as one JSON line.
 fn report(title: &str, figures: &[(&str, Vec<f64>)]) {
-    println!("{:<28} {:>8} {:>8} {:>8} {:>8}", title, "min", "median", "p90", "max");
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} {:>8}",
+        title, "min", "median", "p90", "max"
+    );
     let mut json = Vec::new();
     for (name, values) in figures {
         let mut sorted = values.clone();

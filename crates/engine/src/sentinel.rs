@@ -628,13 +628,19 @@ impl Planner<'_> {
     fn fail_over(&mut self, failed: &Db) {
         if self.cd.cluster.status.switchover.is_some() {
             self.release_held_connections();
-            self.finish_switchover(
-                false,
-                format!(
-                    "interrupted: db {} failed and the sentinel fails over instead",
-                    failed.uid
-                ),
-            );
+            self.finish_switchover(false, format!("interrupted: db {} failed", failed.uid));
+        }
+        // A primary stopped cleanly for a switchover holds every commit, and its successor
+        // never served: it is the one to bring back, in any replication mode.
+        let cleanly_halted = self
+            .cd
+            .cluster
+            .status
+            .deposed_master
+            .as_ref()
+            .is_some_and(|d| d.spec.halt);
+        if cleanly_halted && self.reinstate_deposed_master(failed) {
+            return;
         }
         self.emit(
             Event::info("trying to find a standby to replace failed master")
@@ -727,10 +733,10 @@ impl Planner<'_> {
         if deposed.uid == failed.uid {
             return false;
         }
-        if deposed.spec.synchronous_replication
+        let synchronous = deposed.spec.synchronous_replication
             || failed.spec.synchronous_replication
-            || self.spec.synchronous_replication
-        {
+            || self.spec.synchronous_replication;
+        if synchronous && !deposed.spec.halt {
             self.emit(
                 Event::info("not reinstating the old master: synchronous replication only promotes a known synchronous standby")
                     .with("db", &deposed.uid),
@@ -1060,7 +1066,7 @@ impl Planner<'_> {
     /// to it again; after, it starts again and the proxies keep holding until it serves.
     fn abandon_switchover(&mut self, master: &Db, mut so: Switchover, reason: String) {
         self.emit(
-            Event::warn("switchover abandoned: the old primary stays")
+            Event::warn("switchover abandoned")
                 .with("db", &master.uid)
                 .with("reason", &reason),
         );
@@ -1153,6 +1159,14 @@ impl Planner<'_> {
             .db_down
             .values()
             .map(|since| *since + spec.db_restart_timeout);
+        let removal = m
+            .keepers
+            .values()
+            .map(|hb| hb.changed_at + spec.dead_keeper_removal_interval);
+        let stuck = m
+            .wal_progress
+            .values()
+            .map(|(_, since)| *since + STUCK_STANDBY_SLEEP_INTERVALS * spec.sleep_interval);
         let convergence = m.convergence.values().flat_map(|(_, since)| {
             [spec.convergence_timeout, spec.init_timeout]
                 .into_iter()
@@ -1175,6 +1189,8 @@ impl Planner<'_> {
             .chain(proxies)
             .chain(errors)
             .chain(down)
+            .chain(removal)
+            .chain(stuck)
             .chain(convergence)
             .chain(switchover)
             .map(|t| t + Duration::from_millis(1))

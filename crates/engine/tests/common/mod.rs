@@ -252,6 +252,12 @@ impl World {
     /// Publishes, runs one sentinel step at the current time and keeps its output.
     pub fn step(&mut self) -> StepOutput {
         self.publish();
+        self.step_unpublished()
+    }
+
+    /// One sentinel step on the infos already in the store, with nothing published first: the
+    /// sentinel waking up by itself. Checks that a `wake_at` it returns lies in the future.
+    pub fn step_unpublished(&mut self) -> StepOutput {
         let (keepers, proxies) = self.observations();
         let seed = self.next_seed();
         let out = sentinel::step(
@@ -265,6 +271,13 @@ impl World {
             &mut self.memory,
             seed,
         );
+        if let Some(at) = out.wake_at {
+            assert!(
+                at > self.now,
+                "wake_at {at:?} is not after now {:?}",
+                self.now
+            );
+        }
         self.cd = out.data.clone();
         self.log.extend(out.events.iter().cloned());
         out
