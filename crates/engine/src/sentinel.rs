@@ -1569,14 +1569,17 @@ impl Planner<'_> {
     }
 
     fn copy_cluster_spec_into_dbs(&mut self) {
-        // While the primary is failed and not replaced, no spec changes: its synchronous
-        // settings say which standbys may replace it, and a new generation would restart the
-        // convergence timers that decide who may.
-        if self.failed_master.is_some() {
-            return;
-        }
+        // While the primary is failed and not replaced, the standbys get no spec changes: a
+        // new generation would restart the convergence timers that decide who may replace
+        // it. The failed primary itself does, but for its synchronous settings, which say
+        // who may replace it: the change may be the operator's fix for what keeps its
+        // postgres from starting.
+        let failed_master = self.failed_master.clone();
         let merged_parameters = self.merged_parameters.clone();
         for db in self.cd.dbs.values_mut() {
+            if failed_master.as_ref().is_some_and(|uid| *uid != db.uid) {
+                continue;
+            }
             db.spec.max_standbys = self.spec.max_standbys;
             db.spec.additional_wal_senders = self.spec.additional_wal_senders;
             // This step may have merged initdb's parameters into the cluster spec.
@@ -1592,6 +1595,9 @@ impl Planner<'_> {
             } else {
                 Vec::new()
             };
+            if failed_master.is_some() {
+                continue;
+            }
             db.spec.synchronous_replication = self.spec.synchronous_replication;
             if !self.spec.synchronous_replication {
                 db.spec.synchronous_standbys.clear();

@@ -1952,3 +1952,32 @@ fn a_quiet_free_keeper_gets_no_new_standby_db() {
     );
     assert!(w.cd.db_of_keeper(&KeeperUid::new(&free)).is_none());
 }
+
+/// A primary whose postgres cannot start (a bad parameter, say) and that nothing can
+/// replace still receives the operator's fix; the standbys' specs stay frozen meanwhile.
+#[test]
+fn an_unreplaceable_failed_primary_still_receives_spec_changes() {
+    let mut w = World::normal(&["k0", "k1"], &[]);
+    w.keeper("k1").can_be_master = false;
+    let master = w.master_uid();
+    assert_eq!(w.keeper_of(&master), "k0");
+    let standby = w.db_of("k1").clone();
+    for _ in 0..=w.spec.db_restart_timeout.as_secs() + 1 {
+        w.report_with("k0", |state| state.healthy = false);
+        w.report("k1");
+        w.step_after(secs(1));
+    }
+    assert!(has(&w.log, "no eligible masters: no failover"));
+    let before = w.cd.dbs[&master].generation;
+    w.spec.pg_parameters = [("shared_buffers".to_string(), "64MB".to_string())].into();
+    w.report_with("k0", |state| state.healthy = false);
+    w.report("k1");
+    w.step_after(secs(1));
+    let failed = &w.cd.dbs[&master];
+    assert_eq!(failed.spec.pg_parameters["shared_buffers"], "64MB");
+    assert!(failed.generation > before);
+    assert_eq!(
+        w.cd.dbs[&standby.uid].spec, standby.spec,
+        "standbys stay frozen"
+    );
+}

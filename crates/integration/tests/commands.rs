@@ -93,7 +93,8 @@ async fn s_cfg_07_invalid_spec_updates_change_nothing() {
     let spec = cluster.stolonctl(&["spec", "--defaults"]);
     let spec: serde_json::Value = serde_json::from_slice(&spec.stdout).unwrap();
     assert_eq!(spec["sleepInterval"], "2s");
-    assert_eq!(spec["failInterval"], "20s");
+    assert_eq!(spec["failInterval"], "10s");
+    assert_eq!(spec["dbRestartTimeout"], "5s");
     assert_eq!(spec["maxStandbyLag"], 1048576);
 }
 
