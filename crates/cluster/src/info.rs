@@ -40,6 +40,11 @@ pub struct PgState {
     pub generation: Generation,
     /// Running and answering queries.
     pub healthy: bool,
+    /// No postgres runs at all (crashed, stopped, failing to start): the keeper restarts
+    /// it, and the sentinel gives it dbRestartTimeout. One that runs but does not answer is
+    /// only unhealthy, and judged with failInterval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub down: bool,
     pub in_recovery: bool,
     #[serde(rename = "systemID")]
     pub system_id: String,

@@ -286,9 +286,13 @@ impl Planner<'_> {
                     }
                 }
             };
-            // The keeper is alive and says its postgres is down: it is restarting it, and
-            // has dbRestartTimeout to succeed.
-            let down = problem == Some("db is not healthy");
+            // The keeper is alive and says no postgres runs: it is restarting it, and has
+            // dbRestartTimeout to succeed.
+            let down = problem == Some("db is not healthy")
+                && info
+                    .as_ref()
+                    .and_then(|i| i.postgres_state.as_ref())
+                    .is_some_and(|state| state.down);
             let down_since = if down {
                 Some(*self.memory.db_down.entry(uid.clone()).or_insert(self.now))
             } else {

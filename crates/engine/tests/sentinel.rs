@@ -1963,7 +1963,10 @@ fn an_unreplaceable_failed_primary_still_receives_spec_changes() {
     assert_eq!(w.keeper_of(&master), "k0");
     let standby = w.db_of("k1").clone();
     for _ in 0..=w.spec.db_restart_timeout.as_secs() + 1 {
-        w.report_with("k0", |state| state.healthy = false);
+        w.report_with("k0", |state| {
+            state.healthy = false;
+            state.down = true;
+        });
         w.report("k1");
         w.step_after(secs(1));
     }

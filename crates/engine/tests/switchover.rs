@@ -1220,10 +1220,13 @@ fn switchover_candidate_choice() {
 /// failInterval 10s, dbRestartTimeout 3s: far enough apart to tell which one applied.
 const RESTART: &str = r#"{"failInterval": "10s", "dbRestartTimeout": "3s"}"#;
 
-/// Every live keeper reports, k0 its postgres down.
+/// Every live keeper reports, k0 that no postgres runs.
 fn k0_down(w: &mut World) {
     w.report_live();
-    w.report_with("k0", |s| s.healthy = false);
+    w.report_with("k0", |s| {
+        s.healthy = false;
+        s.down = true;
+    });
 }
 
 fn restart_world() -> World {
@@ -1462,4 +1465,24 @@ fn wake_at_names_the_removal_of_a_dead_keeper() {
     );
     let out = w.step_at(last + secs(30) + ms(1));
     assert!(has(&out.events, "removing old dead keeper"));
+}
+
+/// A postgres that runs but does not answer (overloaded, a stuck probe) is not restarting:
+/// it gets failInterval, not dbRestartTimeout.
+#[test]
+fn a_primary_that_runs_but_does_not_answer_gets_fail_interval() {
+    let mut w = restart_world();
+    let old = w.master_uid();
+    let t1 = w.now + secs(1);
+    for s in 0..=10 {
+        w.report_live();
+        w.report_with("k0", |s| s.healthy = false);
+        let out = w.step_at(t1 + secs(s));
+        assert!(!has(&out.events, "master db is failed"), "t1+{s}");
+        assert_eq!(out.data.cluster.status.master.as_ref(), Some(&old));
+    }
+    w.report_live();
+    w.report_with("k0", |s| s.healthy = false);
+    let out = w.step_at(t1 + secs(10) + ms(1));
+    assert!(has(&out.events, "master db is failed"));
 }

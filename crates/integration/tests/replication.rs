@@ -1209,10 +1209,11 @@ async fn s_sw_01_switchover_sync() {
 async fn abandoned_switchover_restores_the_old_primary() {
     let cluster = ClusterBuilder::new()
         .keepers(2)
-        // The old primary's shutdown waits for its standby's reply at most this long.
+        // The old primary's shutdown waits for its standby's reply at most this long; the
+        // new connections held meanwhile all arrive at once when it serves again.
         .spec(
             "pgParameters",
-            serde_json::json!({"wal_sender_timeout": "2s"}),
+            serde_json::json!({"wal_sender_timeout": "2s", "max_connections": "500"}),
         )
         .start()
         .await;

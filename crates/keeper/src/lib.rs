@@ -394,6 +394,7 @@ impl Keeper {
             db_uid: db.uid.as_str().into(),
             generation: Generation(db.generation),
             healthy: probe.is_some() && !db.initializing,
+            down: !seen.instance.running,
             in_recovery: probe.is_some_and(|p| p.in_recovery),
             system_id: probe.map(|p| p.system_id.clone()).unwrap_or_default(),
             timeline_id: TimelineId(probe.map(|p| p.timeline_id).unwrap_or(0)),

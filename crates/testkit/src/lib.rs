@@ -228,7 +228,10 @@ impl ConnectionProbe {
                     };
                     log.lock().unwrap().push(Attempt {
                         started,
-                        error: error.map(|e| e.to_string()),
+                        error: error.map(|e| match e.as_db_error() {
+                            Some(db) => format!("{}: {}", db.severity(), db.message()),
+                            None => e.to_string(),
+                        }),
                     });
                 });
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -325,6 +325,7 @@ impl World {
             db_uid: db.uid.clone(),
             generation: db.generation,
             healthy: true,
+            down: false,
             in_recovery: db.spec.role == DbRole::Standby,
             system_id: "7000000000000000001".into(),
             timeline_id: TimelineId(1),
@@ -340,6 +341,7 @@ impl World {
         // A db halted for a switchover is stopped cleanly where its WAL ends.
         if db.spec.halt && db.spec.role == DbRole::Master {
             state.healthy = false;
+            state.down = true;
             state.shutdown_checkpoint = Some(ShutdownCheckpoint {
                 timeline_id: TimelineId(1),
                 location: Lsn(sim.xlog),
