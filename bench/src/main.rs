@@ -6,9 +6,13 @@
 //!   target/release/stolon-bench switchover [RUNS] [async|sync]
 //!   target/release/stolon-bench all [RUNS]
 //!   target/release/stolon-bench soak [MINUTES] [FAIL_INTERVAL]
+//!   target/release/stolon-bench proxy [SECONDS]
 //! `all` measures failover at failInterval 10s and 3s in both modes, then switchover.
 //! `soak` runs pgbench through the proxy (default 10 minutes at failInterval 3s) and counts
 //! the failovers that happened although nothing failed: the figure must be 0.
+//! `proxy` runs pgbench (scale 10, 8 clients, -j 2, `-S` and the default script, SECONDS
+//! each, default 20) straight to the primary, through stolon-proxy and, when `haproxy` is
+//! installed, through a minimal HAProxy of our own, and prints TPS, mean and p99 latency.
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
 use std::time::Duration;
@@ -30,6 +34,10 @@ async fn main() {
             let minutes = arg(1).and_then(|a| a.parse().ok()).unwrap_or(10);
             soak(minutes, arg(2).unwrap_or("3s")).await
         }
+        Some("proxy") => {
+            let seconds = arg(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+            proxy_overhead(seconds).await
+        }
         Some("all") => {
             for fail_interval in ["10s", "3s"] {
                 for sync in [false, true] {
@@ -41,7 +49,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL]"
+                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL]\n       stolon-bench proxy [SECONDS]"
             );
             std::process::exit(2);
         }
@@ -91,8 +99,10 @@ async fn failover(runs: usize, fail_interval: &str, sync: bool) {
         let (mut cluster, master, boot) = cluster(fail_interval, sync).await;
         let writer = Writer::start(cluster.proxy_port(), "bench");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let killed_at = Instant::now();
         cluster.kill_keeper_and_postgres(master);
+        // Only once every process of the node is gone: a write acknowledged by the old
+        // primary during the kill is not one after its loss.
+        let killed_at = Instant::now();
         let first_after = wait_for(Duration::from_secs(180), || {
             writer.first_acked_sent_after(killed_at)
         })
@@ -145,10 +155,15 @@ async fn switchover(runs: usize, sync: bool) {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let attempts = probe.stop();
         let acked = writer.stop();
-        let pause = acked
+        let stopped = Instant::now();
+        // The longest time without an acknowledgement from the last one before the
+        // request to the end of the observation: a writer still blocked counts too.
+        let mut moments: Vec<Instant> = acked.iter().map(|a| a.acked).collect();
+        moments.push(stopped);
+        let pause = moments
             .windows(2)
-            .filter(|w| w[1].acked > asked)
-            .map(|w| (w[1].acked - w[0].acked).as_secs_f64())
+            .filter(|w| w[1] > asked)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
             .fold(0.0, f64::max);
         let failed = attempts
             .iter()
@@ -181,20 +196,14 @@ async fn switchover(runs: usize, sync: bool) {
 async fn soak(minutes: u64, fail_interval: &str) {
     println!("== soak: pgbench (scale 10, 8 clients, -j 2) through the proxy for {minutes} min at failInterval {fail_interval}");
     let (cluster, master, _) = cluster(fail_interval, false).await;
-    let pgbench = |args: &[String]| {
-        let status = std::process::Command::new(stolon_testkit::pg_bin_dir().join("pgbench"))
-            .args(["-h", "127.0.0.1", "-p", &cluster.proxy_port().to_string()])
-            .args(["-U", stolon_testkit::SU_USER, "postgres"])
-            .args(args)
-            .env("PGPASSWORD", stolon_testkit::SU_PASSWORD)
-            .status()
-            .expect("running pgbench");
-        assert!(status.success(), "pgbench failed: {status}");
-    };
+    let port = cluster.proxy_port();
     tokio::task::block_in_place(|| {
-        pgbench(&["-i".into(), "-q".into(), "-s".into(), "10".into()]);
+        run_pgbench(port, &["-i", "-q", "-s", "10"]);
         let secs = (minutes * 60).to_string();
-        pgbench(&["-c", "8", "-j", "2", "-P", "60", "-T", &secs].map(String::from));
+        print!(
+            "{}",
+            run_pgbench(port, &["-c", "8", "-j", "2", "-P", "60", "-T", &secs])
+        );
     });
     let logs = cluster.sentinel_logs();
     let failed = logs.matches("master db is failed").count();
@@ -208,6 +217,137 @@ async fn soak(minutes: u64, fail_interval: &str) {
         &format!("soak {minutes} min, failInterval {fail_interval}"),
         &[("false_failovers", vec![elections as f64])],
     );
+}
+
+/// Runs pgbench against `port` as the test superuser; its progress goes to stderr.
+fn run_pgbench(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new(stolon_testkit::pg_bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", stolon_testkit::SU_USER])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", stolon_testkit::SU_PASSWORD)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running pgbench");
+    assert!(out.status.success(), "pgbench failed: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One pgbench run against `port`: TPS, mean and p99 latency in ms.
+fn pgbench(port: u16, args: &[&str], log_dir: &std::path::Path) -> (f64, f64, f64) {
+    let _ = std::fs::remove_dir_all(log_dir);
+    std::fs::create_dir_all(log_dir).unwrap();
+    let prefix = format!("--log-prefix={}/tx", log_dir.display());
+    let mut all = args.to_vec();
+    all.extend(["--log", prefix.as_str()]);
+    let text = run_pgbench(port, &all);
+    let figure = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // Per transaction: client, number, latency in microseconds, ...
+    let mut latencies: Vec<u64> = std::fs::read_dir(log_dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|f| {
+            std::fs::read_to_string(f.path())
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    latencies.sort_unstable();
+    let p99 = latencies
+        .get(latencies.len().saturating_sub(1) * 99 / 100)
+        .map_or(f64::NAN, |us| *us as f64 / 1000.0);
+    (figure("tps = "), figure("latency average = "), p99)
+}
+
+/// A minimal HAProxy in TCP mode in front of `target`, if haproxy is installed.
+fn haproxy(target: u16, dir: &std::path::Path) -> Option<(u16, std::process::Child)> {
+    let port = stolon_testkit::free_port();
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30m\n  timeout server 30m\nlisten pg\n  bind 127.0.0.1:{port}\n  server primary 127.0.0.1:{target}\n"
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((port, child))
+}
+
+/// pgbench straight to the primary, through stolon-proxy and through HAProxy.
+async fn proxy_overhead(seconds: u64) {
+    println!("== proxy overhead: pgbench scale 10, 8 clients, -j 2, {seconds}s per run");
+    let (cluster, master, _) = cluster("10s", false).await;
+    let direct = cluster.keepers[master].pg_port;
+    let logs = cluster.root().join("pgbench");
+    tokio::task::block_in_place(|| {
+        run_pgbench(direct, &["-i", "-q", "-s", "10"]);
+        let mut paths = vec![
+            ("direct", direct, None),
+            ("stolon-proxy", cluster.proxy_port(), None),
+        ];
+        match haproxy(direct, cluster.root()) {
+            Some((port, child)) => paths.push(("haproxy", port, Some(child))),
+            None => println!("haproxy is not installed: skipping it (apt-get install haproxy)"),
+        }
+        let secs = seconds.to_string();
+        let mut json = Vec::new();
+        for (script, extra) in [("select-only (-S)", vec!["-S"]), ("tpcb (default)", vec![])] {
+            println!(
+                "{script:<18} {:<14} {:>10} {:>10} {:>10} {:>8}",
+                "path", "tps", "mean ms", "p99 ms", "ratio"
+            );
+            let mut direct_tps = f64::NAN;
+            for (name, port, _) in &paths {
+                let mut args = vec!["-c", "8", "-j", "2", "-T", &secs];
+                args.extend(extra.iter().copied());
+                let (tps, mean, p99) = pgbench(*port, &args, &logs.join(name));
+                if *name == "direct" {
+                    direct_tps = tps;
+                }
+                let ratio = tps / direct_tps;
+                println!(
+                    "{:<18} {name:<14} {tps:>10.0} {mean:>10.3} {p99:>10.3} {ratio:>8.2}",
+                    ""
+                );
+                json.push(format!(
+                    "{{\"script\":\"{script}\",\"path\":\"{name}\",\"tps\":{tps:.1},\"mean_ms\":{mean:.3},\"p99_ms\":{p99:.3},\"ratio\":{ratio:.3}}}"
+                ));
+            }
+        }
+        println!(
+            "{{\"bench\":\"proxy overhead\",\"runs\":[{}]}}",
+            json.join(",")
+        );
+        for (_, _, child) in &mut paths {
+            if let Some(child) = child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    });
 }
 
 async fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {

@@ -532,6 +532,10 @@ struct ClusterStatus {
     proxies_route_to: Option<String>,
     master_choice: Option<String>,
     synchronous_standbys: Vec<String>,
+    /// The switchover in progress, in words.
+    switchover: Option<String>,
+    /// How the last switchover ended.
+    last_switchover: Option<String>,
 }
 
 async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
@@ -572,12 +576,24 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
         proxies_route_to: None,
         master_choice: None,
         synchronous_standbys: Vec::new(),
+        switchover: None,
+        last_switchover: None,
     };
     if let Some(read) = &read {
         let cd = &read.data;
         cluster.phase = Some(format!("{:?}", cd.cluster.status.phase).to_lowercase());
         cluster.proxy_generation = Some(cd.proxy.generation.0);
         cluster.proxies_route_to = cd.proxy.spec.master_db_uid.as_ref().map(|d| d.to_string());
+        cluster.switchover = cd
+            .cluster
+            .status
+            .switchover
+            .as_ref()
+            .map(|so| describe_phase(so.phase).to_string());
+        cluster.last_switchover = cd.cluster.status.last_switchover.as_ref().map(|o| {
+            let how = if o.succeeded { "succeeded" } else { "failed" };
+            format!("{how}: {}", o.message)
+        });
         if let Some(master) = cd.master_db() {
             cluster.available =
                 master.status.healthy && cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid);
@@ -748,6 +764,12 @@ fn render_status(s: &Status) -> String {
                     .as_deref()
                     .unwrap_or("(none: connections refused)")
             );
+            if let Some(phase) = &s.cluster.switchover {
+                out += &format!("Switchover in progress: {phase}\n");
+            }
+            if let Some(last) = &s.cluster.last_switchover {
+                out += &format!("Last switchover: {last}\n");
+            }
         }
     }
     out

@@ -60,10 +60,24 @@ pub fn daemon_main<C, Fut>(
 {
     let cli: C = parse_with_env_prefix(env_prefix);
     init_tracing(log_level(&cli));
+    raise_open_files_limit();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli)) {
         tracing::error!("{e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Every client connection costs the proxy two descriptors: take all the system allows
+/// rather than the usual soft limit of 1024.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
+            }
+        }
     }
 }
 

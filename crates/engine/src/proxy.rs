@@ -49,3 +49,70 @@ pub fn route(cd: &ClusterData, me: &ProxyUid) -> Route {
         port: db.status.port,
     }
 }
+
+/// A standby a read-only connection may go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadTarget {
+    pub db: String,
+    pub address: String,
+    pub port: u16,
+}
+
+/// Where the read-only endpoint sends new connections: every standby that streams from the
+/// primary, has applied its spec, reported itself healthy, and was at most `max_lag` bytes
+/// behind the primary at their last reports. With none and `fallback_to_primary`, the
+/// primary. Nothing at all while this proxy may not route (not enabled, no primary, a
+/// switchover holding): the same fencing as for writes, since a standby cut off from the
+/// cluster may serve ever staler data.
+pub fn read_only_targets(
+    cd: &ClusterData,
+    me: &ProxyUid,
+    max_lag: u64,
+    fallback_to_primary: bool,
+) -> Vec<ReadTarget> {
+    let Route::To { db, address, port } = route(cd, me) else {
+        return Vec::new();
+    };
+    let Some(master) = cd
+        .proxy
+        .spec
+        .master_db_uid
+        .as_ref()
+        .and_then(|uid| cd.dbs.get(uid))
+    else {
+        return Vec::new();
+    };
+    let standbys: Vec<ReadTarget> = cd
+        .dbs
+        .values()
+        .filter(|s| {
+            s.uid != master.uid
+                && s.spec.role == stolon_cluster::DbRole::Standby
+                && s.spec
+                    .follow_config
+                    .as_ref()
+                    .is_some_and(|f| f.db_uid == master.uid)
+                && s.status.healthy
+                && s.status.in_recovery
+                && s.status.current_generation == s.generation
+                && s.status.timeline_id == master.status.timeline_id
+                && master
+                    .status
+                    .x_log_pos
+                    .0
+                    .saturating_sub(s.status.x_log_pos.0)
+                    <= max_lag
+                && !s.status.listen_address.is_empty()
+                && s.status.port != 0
+        })
+        .map(|s| ReadTarget {
+            db: s.uid.to_string(),
+            address: s.status.listen_address.clone(),
+            port: s.status.port,
+        })
+        .collect();
+    if standbys.is_empty() && fallback_to_primary {
+        return vec![ReadTarget { db, address, port }];
+    }
+    standbys
+}

@@ -1171,6 +1171,12 @@ async fn switchover_under_load(sync: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("switched over"), "{stdout}");
+    let status = cluster.stolonctl(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("Last switchover: succeeded: switched over"),
+        "{status}"
+    );
     let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
     if sync {
         assert_eq!(

@@ -10,10 +10,11 @@
 //! existing ones after the grace period the cluster data gives.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
-use stolon_engine::proxy::{route, Route};
+use stolon_engine::proxy::{read_only_targets, route, Route};
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio::io::copy_bidirectional_with_sizes;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +36,54 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Close the listening socket while fenced, so load balancers see the proxy as down.
     pub stop_listening: bool,
+    pub keepalive: Keepalive,
+    /// The read-only endpoint, when asked for.
+    pub read_only: Option<ReadOnlyConfig>,
+}
+
+/// The read-only endpoint: new connections balanced across the standbys that serve reads.
+#[derive(Debug, Clone)]
+pub struct ReadOnlyConfig {
+    pub listen: SocketAddr,
+    /// The most bytes a standby may be behind the primary; None: the spec's maxStandbyLag.
+    pub max_lag: Option<u64>,
+    /// With no standby to read from, send reads to the primary instead of refusing them.
+    pub fallback_to_primary: bool,
+}
+
+/// Which of the proxy's endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Primary,
+    ReadOnly,
+}
+
+/// TCP keepalive settings for both sides of every piped connection (keepalive is always
+/// on); None leaves the OS default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keepalive {
+    pub idle: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub count: Option<u32>,
+}
+
+impl Keepalive {
+    fn apply(&self, stream: &TcpStream) {
+        let mut settings = socket2::TcpKeepalive::new();
+        if let Some(idle) = self.idle {
+            settings = settings.with_time(idle);
+        }
+        if let Some(interval) = self.interval {
+            settings = settings.with_interval(interval);
+        }
+        if let Some(count) = self.count {
+            settings = settings.with_retries(count);
+        }
+        let sock = socket2::SockRef::from(stream);
+        if let Err(e) = sock.set_tcp_keepalive(&settings) {
+            tracing::debug!(error = %e, "cannot set TCP keepalive");
+        }
+    }
 }
 
 /// What happens to a new client connection.
@@ -59,9 +108,13 @@ struct Shared {
     /// Swapped by the check loop, read by every new connection; held connections wait on
     /// its changes.
     routing: watch::Sender<Routing>,
-    listener: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+    listeners: Mutex<Vec<(Endpoint, CancellationToken, JoinHandle<()>)>>,
     /// When this proxy must fence itself unless a check succeeds before.
     deadline: Mutex<Option<Instant>>,
+    /// The read-only endpoint's standbys, each with the token that ends its connections.
+    readers: Mutex<Vec<(SocketAddr, CancellationToken)>>,
+    /// Round robin over `readers`.
+    next_reader: AtomicUsize,
 }
 
 impl Shared {
@@ -88,25 +141,84 @@ impl Shared {
     }
 
     async fn start_listening(self: &Arc<Self>) -> std::io::Result<()> {
-        if self.listener.lock().unwrap().is_some() {
+        self.listen(Endpoint::Primary, self.config.listen)?;
+        if let Some(ro) = &self.config.read_only {
+            self.listen(Endpoint::ReadOnly, ro.listen)?;
+        }
+        Ok(())
+    }
+
+    fn listen(self: &Arc<Self>, endpoint: Endpoint, address: SocketAddr) -> std::io::Result<()> {
+        let mut listeners = self.listeners.lock().unwrap();
+        if listeners.iter().any(|(e, _, _)| *e == endpoint) {
             return Ok(());
         }
-        let socket = tokio::net::TcpSocket::new_v4()?;
+        let socket = match address {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
         socket.set_reuseaddr(true)?;
-        socket.bind(self.config.listen)?;
+        socket.bind(address)?;
         let listener = socket.listen(1024)?;
-        tracing::info!(address = %self.config.listen, "Starting proxying");
+        match endpoint {
+            Endpoint::Primary => tracing::info!(address = %address, "Starting proxying"),
+            Endpoint::ReadOnly => {
+                tracing::info!(address = %address, "Starting the read-only endpoint")
+            }
+        }
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(self.clone(), listener, stop.clone()));
-        *self.listener.lock().unwrap() = Some((stop, task));
+        let task = tokio::spawn(accept_loop(self.clone(), listener, stop.clone(), endpoint));
+        listeners.push((endpoint, stop, task));
         Ok(())
     }
 
     fn stop_listening(&self) {
-        if let Some((stop, _)) = self.listener.lock().unwrap().take() {
+        let listeners = std::mem::take(&mut *self.listeners.lock().unwrap());
+        if !listeners.is_empty() {
             tracing::info!("Stopping listening");
+        }
+        for (_, stop, _) in listeners {
             stop.cancel();
         }
+    }
+
+    /// Sets the standbys read-only connections go to; connections to a standby that left
+    /// the set are closed, the others kept.
+    fn set_readers(&self, addresses: &[SocketAddr]) -> bool {
+        let mut readers = self.readers.lock().unwrap();
+        if readers.len() == addresses.len()
+            && readers.iter().zip(addresses).all(|((a, _), b)| a == b)
+        {
+            return false;
+        }
+        let mut kept = Vec::new();
+        for (address, token) in readers.drain(..) {
+            if addresses.contains(&address) {
+                kept.push((address, token));
+            } else {
+                token.cancel();
+            }
+        }
+        *readers = addresses
+            .iter()
+            .map(|address| {
+                let token = kept
+                    .iter()
+                    .find(|(a, _)| a == address)
+                    .map_or_else(CancellationToken::new, |(_, t)| t.clone());
+                (*address, token)
+            })
+            .collect();
+        true
+    }
+
+    fn pick_reader(&self) -> Option<(SocketAddr, CancellationToken)> {
+        let readers = self.readers.lock().unwrap();
+        if readers.is_empty() {
+            return None;
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        Some(readers[i].clone())
     }
 
     /// Fences the proxy when its deadline has passed.
@@ -120,6 +232,7 @@ impl Shared {
             if self.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::warn!("check timeout timer fired: closing connections to master");
             }
+            self.set_readers(&[]);
             if self.config.stop_listening {
                 self.stop_listening();
             }
@@ -139,8 +252,10 @@ pub async fn run(
             gate: Gate::Closed,
             connections: CancellationToken::new(),
         }),
-        listener: Mutex::new(None),
+        listeners: Mutex::new(Vec::new()),
         deadline: Mutex::new(None),
+        readers: Mutex::new(Vec::new()),
+        next_reader: AtomicUsize::new(0),
     });
     // The store client may block past the deadline: the fence is enforced on its own.
     let fence = {
@@ -176,6 +291,7 @@ pub async fn run(
     }
     fence.abort();
     shared.set_gate(Gate::Closed, Duration::ZERO);
+    shared.set_readers(&[]);
     shared.stop_listening();
     Ok(())
 }
@@ -191,12 +307,14 @@ async fn check(
     let read = match stolon_store::read_cluster_data(store).await {
         Ok(Some(read)) => read,
         Ok(None) => {
+            shared.set_readers(&[]);
             if shared.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::info!("no clusterdata available, closing connections to master");
             }
             return Ok(None);
         }
         Err(StoreError::Corrupt(e)) => {
+            shared.set_readers(&[]);
             if shared.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::error!(error = %e, "unusable cluster data, closing connections to master");
             }
@@ -230,6 +348,25 @@ async fn check(
         *last_route = Some(decision);
     }
     shared.set_gate(gate, grace);
+    if let Some(ro) = &shared.config.read_only {
+        let max_lag = ro.max_lag.unwrap_or(u64::from(read.spec.max_standby_lag));
+        let targets = read_only_targets(
+            &read.data,
+            &shared.config.uid,
+            max_lag,
+            ro.fallback_to_primary,
+        );
+        let mut addresses = Vec::new();
+        for t in &targets {
+            if let Some(address) = resolve(&t.address, t.port).await {
+                addresses.push(address);
+            }
+        }
+        if shared.set_readers(&addresses) {
+            let dbs: Vec<&str> = targets.iter().map(|t| t.db.as_str()).collect();
+            tracing::info!(dbs = %dbs.join(","), "read-only endpoint targets changed");
+        }
+    }
     let info = ProxyInfo {
         info_uid: stolon_daemon::random_uid(),
         uid: shared.config.uid.clone(),
@@ -258,7 +395,12 @@ async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    endpoint: Endpoint,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -266,7 +408,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
         };
         match accepted {
             Ok((client, _)) => {
-                tokio::spawn(serve(client, shared.routing.subscribe()));
+                let keepalive = shared.config.keepalive;
+                match endpoint {
+                    Endpoint::Primary => {
+                        tokio::spawn(serve(client, shared.routing.subscribe(), keepalive));
+                    }
+                    // No standby to read from: the client is dropped, closed at once.
+                    Endpoint::ReadOnly => {
+                        if let Some((target, connections)) = shared.pick_reader() {
+                            tokio::spawn(relay(client, target, connections, keepalive));
+                        }
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -277,7 +430,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, stop: Cancellat
 }
 
 /// Gives a new client what the gate says, waiting while it holds.
-async fn serve(client: TcpStream, mut routing: watch::Receiver<Routing>) {
+async fn serve(client: TcpStream, mut routing: watch::Receiver<Routing>, keepalive: Keepalive) {
     let give_up = Instant::now() + MAX_HOLD;
     loop {
         let (gate, connections) = {
@@ -285,7 +438,7 @@ async fn serve(client: TcpStream, mut routing: watch::Receiver<Routing>) {
             (r.gate, r.connections.clone())
         };
         match gate {
-            Gate::Open(target) => return relay(client, target, connections).await,
+            Gate::Open(target) => return relay(client, target, connections, keepalive).await,
             // Dropping the client closes it at once.
             Gate::Closed => return,
             Gate::Hold => match tokio::time::timeout_at(give_up, routing.changed()).await {
@@ -296,7 +449,22 @@ async fn serve(client: TcpStream, mut routing: watch::Receiver<Routing>) {
     }
 }
 
-async fn relay(mut client: TcpStream, target: SocketAddr, connections: CancellationToken) {
+async fn relay(
+    mut client: TcpStream,
+    target: SocketAddr,
+    connections: CancellationToken,
+    keepalive: Keepalive,
+) {
+    // A PostgreSQL client speaks first: until it does, it costs no server connection (no
+    // backend process), so idle and half-open clients only cost the proxy.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        _ = connections.cancelled() => return,
+        // Nothing to read means the client left without a word.
+        peeked = client.peek(&mut first) => if !matches!(peeked, Ok(n) if n > 0) {
+            return;
+        },
+    }
     let mut server = tokio::select! {
         _ = connections.cancelled() => return,
         s = TcpStream::connect(target) => match s {
@@ -309,8 +477,7 @@ async fn relay(mut client: TcpStream, target: SocketAddr, connections: Cancellat
     };
     for stream in [&client, &server] {
         let _ = stream.set_nodelay(true);
-        let sock = socket2::SockRef::from(stream);
-        let _ = sock.set_keepalive(true);
+        keepalive.apply(stream);
     }
     tokio::select! {
         _ = connections.cancelled() => {}

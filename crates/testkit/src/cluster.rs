@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
-use stolon_cluster::{ClusterData, DbRole, KeeperUid};
+use stolon_cluster::{ClusterData, DbRole, KeeperUid, ProxyUid};
 use stolon_store::Store;
 use stolon_store_etcd::EtcdStore;
 
@@ -161,6 +161,7 @@ impl ClusterBuilder {
             auth_method: self.auth_method.clone(),
             repl_user: self.repl_user.clone(),
             proxies: Vec::new(),
+            proxy_args: Vec::new(),
             keepers: Vec::new(),
             sentinels: Vec::new(),
             etcd,
@@ -228,6 +229,8 @@ pub struct TestCluster {
     pub auth_method: String,
     pub repl_user: String,
     pub proxies: Vec<(u16, Process)>,
+    /// Each proxy's extra flags.
+    proxy_args: Vec<Vec<String>>,
     pub keepers: Vec<KeeperHandle>,
     pub sentinels: Vec<Process>,
     pub etcd: EtcdServer,
@@ -267,16 +270,41 @@ impl TestCluster {
     }
 
     pub fn add_proxy(&mut self) {
+        self.add_proxy_with(&[]);
+    }
+
+    /// A proxy started with extra flags (kept for its restarts).
+    pub fn add_proxy_with(&mut self, args: &[&str]) {
+        let i = self.proxies.len();
         let port = free_port();
+        self.proxy_args
+            .push(args.iter().map(|a| a.to_string()).collect());
+        let process = self.spawn_proxy(i, port);
+        self.proxies.push((port, process));
+    }
+
+    /// Starts proxy `i` again (after a kill), with the same uid and port.
+    pub fn restart_proxy(&mut self, i: usize) {
+        let port = self.proxies[i].0;
+        self.proxies[i].1 = self.spawn_proxy(i, port);
+    }
+
+    /// Proxy `i` runs with uid `proxy<i>`.
+    pub fn proxy_uid(&self, i: usize) -> ProxyUid {
+        ProxyUid::new(format!("proxy{i}"))
+    }
+
+    fn spawn_proxy(&self, i: usize, port: u16) -> Process {
         let mut cmd = Command::new(self.bin.join("stolon-proxy"));
         self.common_args(&mut cmd);
         cmd.arg("--listen-address")
             .arg("127.0.0.1")
             .arg("--port")
-            .arg(port.to_string());
-        let name = format!("proxy{}", self.proxies.len());
-        self.proxies
-            .push((port, Process::spawn(&name, cmd, &self.log_dir)));
+            .arg(port.to_string())
+            .arg("--uid")
+            .arg(self.proxy_uid(i).as_str())
+            .args(&self.proxy_args[i]);
+        Process::spawn(&format!("proxy{i}"), cmd, &self.log_dir)
     }
 
     pub fn proxy_port(&self) -> u16 {
@@ -337,7 +365,7 @@ impl TestCluster {
         k.process = Some(process);
     }
 
-    /// A lost node: SIGKILL the keeper and its postmaster.
+    /// A lost node: SIGKILL the keeper, its postmaster and every postgres process.
     pub fn kill_keeper_and_postgres(&mut self, i: usize) {
         let k = &mut self.keepers[i];
         let postmaster = k.postmaster_pid();
@@ -345,6 +373,11 @@ impl TestCluster {
             p.kill();
         }
         if let Some(pid) = postmaster {
+            // The whole node is lost: a backend outliving its postmaster would still commit
+            // (and acknowledge) writes on the session it serves.
+            for child in children_of(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
+            }
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             // Gone means reaped too: a zombie still answers signal 0.
@@ -606,7 +639,11 @@ impl Drop for TestCluster {
         }
         for k in &self.keepers {
             if let Some(pid) = k.postmaster_pid() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                // Children too: a frozen one would never notice its postmaster is gone.
+                for child in children_of(pid).into_iter().chain([pid]) {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
+                }
             }
         }
         self.sentinels.clear();

@@ -89,19 +89,46 @@ impl Drop for Process {
 pub struct EtcdServer {
     pub endpoint: String,
     pub process: Process,
+    data_dir: PathBuf,
+    log_dir: PathBuf,
+    client: u16,
+    peer: u16,
 }
 
 impl EtcdServer {
     pub fn start(dir: &Path, log_dir: &Path) -> EtcdServer {
         let client = crate::free_port();
         let peer = crate::free_port();
+        let data_dir = dir.join("etcd");
+        let process = Self::spawn(&data_dir, log_dir, client, peer);
+        EtcdServer {
+            endpoint: format!("http://127.0.0.1:{client}"),
+            process,
+            data_dir,
+            log_dir: log_dir.to_path_buf(),
+            client,
+            peer,
+        }
+    }
+
+    /// Kills etcd: clients are refused until [`EtcdServer::restart`].
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts etcd again on the same data and ports.
+    pub fn restart(&mut self) {
+        self.process = Self::spawn(&self.data_dir, &self.log_dir, self.client, self.peer);
+    }
+
+    fn spawn(data_dir: &Path, log_dir: &Path, client: u16, peer: u16) -> Process {
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut cmd = Command::new("etcd");
         cmd.arg("--name")
             .arg("test")
             .arg("--data-dir")
-            .arg(dir.join("etcd"))
+            .arg(data_dir)
             .arg("--listen-client-urls")
             .arg(&endpoint)
             .arg("--advertise-client-urls")
@@ -113,7 +140,6 @@ impl EtcdServer {
             .arg("--initial-cluster")
             .arg(format!("test={peer_url}"));
         let process = Process::spawn("etcd", cmd, log_dir);
-        let server = EtcdServer { endpoint, process };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
             assert!(
@@ -122,6 +148,6 @@ impl EtcdServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
+        process
     }
 }

@@ -1,0 +1,410 @@
+//! The proxy: listening and fencing semantics (S-PROXY-01), the enabled proxies
+//! (S-PROXY-02), its flags, and clients that misbehave.
+
+use nix::sys::signal::Signal;
+use std::time::Duration;
+use stolon_cluster::DbRole;
+use stolon_testkit::{
+    connect, is_connection_loss, wait_for_service, wait_until, ClusterBuilder, TestCluster,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BOOT: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(60);
+/// Errors the scenarios provoke on purpose.
+const EXPECTED: &[&str] = &["action failed", "cannot connect to master"];
+
+async fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+}
+
+/// Waits until the cluster data names a running primary (with no proxy to check through).
+async fn wait_for_primary(cluster: &TestCluster) {
+    wait_until("a primary", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        let master = cd.master_db()?;
+        (master.spec.role == DbRole::Master
+            && master.status.healthy
+            && !master.status.in_recovery
+            && master.status.current_generation == master.generation)
+            .then_some(())
+    })
+    .await
+}
+
+/// S-PROXY-01: not listening before the first read of the store; listening once it has
+/// one; a store blip shorter than proxyTimeout/3 changes nothing; a store that refuses, or
+/// hangs, for longer than proxyTimeout closes every connection and the listener; both come
+/// back with the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_proxy_01_the_proxy_listens_only_while_it_can_read_the_store() {
+    let mut cluster = ClusterBuilder::new().keepers(1).proxies(0).start().await;
+    wait_for_primary(&cluster).await;
+
+    cluster.etcd.kill();
+    cluster.add_proxy();
+    let port = cluster.proxy_port();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!listening(port).await, "no store read yet: not listening");
+    cluster.etcd.restart();
+    wait_for_service("the proxy once the store is up", port, BOOT).await;
+
+    // proxyTimeout is 5s: a 1s blip is below a third of it.
+    let session = connect(port).await.unwrap();
+    cluster.etcd.process.signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.etcd.process.signal(Signal::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    session
+        .simple_query("select 1")
+        .await
+        .expect("a store blip leaves sessions alone");
+    let log = std::fs::read_to_string(&cluster.proxies[0].1.log).unwrap();
+    assert!(!log.contains("check timeout timer fired"), "{log}");
+
+    for (what, down, up) in [
+        ("refuses", Signal::SIGKILL, None),
+        ("hangs", Signal::SIGSTOP, Some(Signal::SIGCONT)),
+    ] {
+        let session = connect(port).await.unwrap();
+        if down == Signal::SIGKILL {
+            cluster.etcd.kill();
+        } else {
+            cluster.etcd.process.signal(down);
+        }
+        let err = wait_until(
+            &format!("the proxy to cut the session when the store {what}"),
+            Duration::from_secs(30),
+            || async { session.simple_query("select 1").await.err() },
+        )
+        .await;
+        assert!(is_connection_loss(&err), "{what}: {err:?}");
+        wait_until(
+            &format!("the proxy to stop listening when the store {what}"),
+            Duration::from_secs(10),
+            || async { (!listening(port).await).then_some(()) },
+        )
+        .await;
+        match up {
+            Some(signal) => cluster.etcd.process.signal(signal),
+            None => cluster.etcd.restart(),
+        }
+        wait_for_service(&format!("the proxy after the store {what}"), port, BOOT).await;
+    }
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// The uid of the sentinel that leads now, and its index.
+async fn leading_sentinel(cluster: &TestCluster) -> usize {
+    let uid = wait_until("a sentinel leader", BOOT, || async {
+        cluster.store.leader().await.ok().flatten()
+    })
+    .await;
+    cluster
+        .sentinels
+        .iter()
+        .position(|s| s.log_text().contains(&format!("uid={uid}")))
+        .expect("the leader is one of ours")
+}
+
+async fn enabled_proxies(cluster: &TestCluster) -> Vec<String> {
+    let cd = cluster.cluster_data().await.unwrap();
+    cd.proxy
+        .spec
+        .enabled_proxies
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+async fn wait_enabled(cluster: &TestCluster, want: &[&str], what: &str) {
+    wait_until(what, FAILOVER, || async {
+        let cd = cluster.cluster_data().await?;
+        let now: Vec<&str> = cd
+            .proxy
+            .spec
+            .enabled_proxies
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        (now == want).then_some(())
+    })
+    .await
+}
+
+/// S-PROXY-02: the enabled proxies survive a sentinel leader change; a frozen proxy leaves
+/// the list and comes back when it thaws; a restarted proxy keeps its `--uid`; a dead proxy
+/// does not stop a failover.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_proxy_02_enabled_proxies_follow_the_live_proxies() {
+    let mut cluster = ClusterBuilder::new()
+        .keepers(2)
+        .sentinels(2)
+        .proxies(2)
+        .start()
+        .await;
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    wait_enabled(&cluster, &["proxy0", "proxy1"], "both proxies enabled").await;
+
+    let leader = leading_sentinel(&cluster).await;
+    let generation = cluster.cluster_data().await.unwrap().proxy.generation;
+    cluster.sentinels[leader].kill();
+    wait_until("another sentinel to lead", BOOT, || async {
+        (leading_sentinel(&cluster).await != leader).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cd = cluster.cluster_data().await.unwrap();
+    assert_eq!(enabled_proxies(&cluster).await, ["proxy0", "proxy1"]);
+    assert_eq!(cd.proxy.generation, generation, "no proxy change at all");
+
+    cluster.proxies[1].1.signal(Signal::SIGSTOP);
+    wait_enabled(&cluster, &["proxy0"], "the frozen proxy to leave the list").await;
+    cluster.proxies[1].1.signal(Signal::SIGCONT);
+    wait_enabled(
+        &cluster,
+        &["proxy0", "proxy1"],
+        "the thawed proxy to come back",
+    )
+    .await;
+    wait_for_service("the thawed proxy", cluster.proxies[1].0, BOOT).await;
+
+    cluster.proxies[1].1.kill();
+    cluster.restart_proxy(1);
+    wait_for_service("the restarted proxy", cluster.proxies[1].0, BOOT).await;
+    assert_eq!(enabled_proxies(&cluster).await, ["proxy0", "proxy1"]);
+
+    cluster.proxies[1].1.kill();
+    cluster.kill_keeper_and_postgres(master);
+    let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
+    assert_ne!(new_master, master);
+    wait_for_service(
+        "the live proxy after the failover",
+        cluster.proxy_port(),
+        BOOT,
+    )
+    .await;
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// Negative keepalive settings and malformed uids are refused at start-up.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_proxy_flags_are_refused() {
+    for (flag, value, says) in [
+        ("--tcp-keepalive-interval", "-1", "-1"),
+        ("--tcp-keepalive-idle", "-5", "-5"),
+        ("--tcp-keepalive-count", "-2", "-2"),
+        ("--uid", "Proxy-1", "invalid uid"),
+    ] {
+        let out = std::process::Command::new(stolon_testkit::bin_dir().join("stolon-proxy"))
+            .args(["--cluster-name", "x", "--store-backend", "etcdv3"])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Garbage bytes, half-open and never-finishing connections, a client that goes away in
+/// the middle of a result, and 10,000 idle connections: other clients are not affected,
+/// and once they are gone the proxy holds no more descriptors than before.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_clients_do_not_affect_others_or_leak() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    let port = cluster.proxy_port();
+    let pid = cluster.proxies[0].1.pid().unwrap();
+    let witness = connect(port).await.unwrap();
+    witness.simple_query("select 1").await.unwrap();
+    let fds_before = open_fds(pid);
+    let rss_before = rss_kib(pid);
+
+    // Garbage instead of a startup packet: postgres refuses it, the connection ends.
+    let mut garbage = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let _ = garbage.write_all(&noise).await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), garbage.read_to_end(&mut sink)).await;
+    // Half-open, and a startup packet that never finishes.
+    let silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut partial = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    partial.write_all(&[0, 0, 0, 80, 0, 3]).await.unwrap();
+    // A client that leaves in the middle of a large result.
+    let reader = connect(port).await.unwrap();
+    let big = tokio::spawn(async move {
+        reader
+            .simple_query("select repeat('x', 1000) from generate_series(1, 200000)")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    big.abort();
+    witness
+        .simple_query("select 1")
+        .await
+        .expect("unaffected by the others");
+
+    let mut idle = Vec::new();
+    for _ in 0..10_000 {
+        idle.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = rss_kib(pid);
+    let fds_idle = open_fds(pid);
+    eprintln!(
+        "10000 idle connections: proxy RSS {rss_before} KiB -> {rss_idle} KiB ({:.1} KiB per connection), fds {fds_before} -> {fds_idle}",
+        (rss_idle.saturating_sub(rss_before)) as f64 / 10_000.0
+    );
+    assert!(fds_idle >= fds_before + 10_000, "the proxy holds them all");
+    witness
+        .simple_query("select 1")
+        .await
+        .expect("unaffected by 10,000 idle connections");
+    let fresh = connect(port).await.expect("new clients still served");
+    fresh.simple_query("select 1").await.unwrap();
+    drop(fresh);
+
+    drop(idle);
+    drop(silent);
+    drop(partial);
+    drop(garbage);
+    wait_until("the proxy to release every descriptor", BOOT, || async {
+        (open_fds(pid) <= fds_before).then_some(())
+    })
+    .await;
+    witness.simple_query("select 1").await.unwrap();
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// The server port a new connection through `port` lands on, if it is served.
+async fn lands_on(port: u16) -> Option<i32> {
+    let client = connect(port).await.ok()?;
+    let row = client
+        .query_one("select inet_server_port()", &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
+/// A session through `port` that landed on the server port `on`.
+async fn session_on(port: u16, on: i32) -> tokio_postgres::Client {
+    wait_until(&format!("a read-only session on {on}"), BOOT, || async {
+        let client = connect(port).await.ok()?;
+        let row = client
+            .query_one("select inet_server_port()", &[])
+            .await
+            .ok()?;
+        (row.get::<_, i32>(0) == on).then_some(client)
+    })
+    .await
+}
+
+/// S-PROXY-04: the read-only endpoint balances new connections across the standbys and
+/// never sends them to the primary; a standby promoted or left behind leaves it, with its
+/// sessions closed; with no standby left it refuses, unless told to fall back to the
+/// primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_proxy_04_read_only_endpoint_uses_fresh_standbys_only() {
+    let mut cluster = ClusterBuilder::new().keepers(3).start().await;
+    let (ro, ro_fallback) = (stolon_testkit::free_port(), stolon_testkit::free_port());
+    cluster.add_proxy_with(&["--ro-port", &ro.to_string()]);
+    cluster.add_proxy_with(&[
+        "--ro-port",
+        &ro_fallback.to_string(),
+        "--ro-fallback-to-primary",
+    ]);
+    let master = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    let ports: Vec<i32> = cluster.keepers.iter().map(|k| k.pg_port as i32).collect();
+    let port_of = |i: usize| ports[i];
+    let standbys: Vec<usize> = (0..3).filter(|i| *i != master).collect();
+
+    let seen = wait_until("reads balanced over both standbys", BOOT, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let on = lands_on(ro).await?;
+            assert_ne!(
+                on,
+                port_of(master),
+                "a read-only connection reached the primary"
+            );
+            seen.insert(on);
+        }
+        (seen.len() == 2).then_some(seen)
+    })
+    .await;
+    assert_eq!(
+        seen,
+        standbys.iter().map(|i| port_of(*i)).collect(),
+        "only the standbys serve reads"
+    );
+
+    // A failover: the promoted standby's read-only sessions end, it serves no more reads.
+    let sessions = [
+        session_on(ro, port_of(standbys[0])).await,
+        session_on(ro, port_of(standbys[1])).await,
+    ];
+    cluster.kill_keeper_and_postgres(master);
+    let promoted = cluster.wait_for_new_master(master, FAILOVER).await;
+    let left = *standbys.iter().find(|i| **i != promoted).unwrap();
+    let promoted_session = &sessions[standbys.iter().position(|i| *i == promoted).unwrap()];
+    let err = wait_until("the promoted standby's reads to end", FAILOVER, || async {
+        promoted_session.simple_query("select 1").await.err()
+    })
+    .await;
+    assert!(is_connection_loss(&err), "{err:?}");
+    wait_until("reads from the remaining standby", BOOT, || async {
+        (lands_on(ro).await? == port_of(left)).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(lands_on(ro).await, Some(port_of(left)));
+    }
+
+    // The last standby stops receiving WAL while the primary writes: it leaves, and reads
+    // are refused, or go to the primary where asked.
+    let writer = connect(cluster.proxy_port()).await.unwrap();
+    cluster.freeze_walreceiver(left, true);
+    writer
+        .batch_execute(
+            "create table filler as select repeat('x', 1000) from generate_series(1, 5000)",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "reads refused without a fresh standby",
+        FAILOVER,
+        || async { lands_on(ro).await.is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(lands_on(ro_fallback).await, Some(port_of(promoted)));
+    cluster.freeze_walreceiver(left, false);
+    wait_until(
+        "the standby back in the read-only set",
+        FAILOVER,
+        || async { (lands_on(ro).await? == port_of(left)).then_some(()) },
+    )
+    .await;
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
