@@ -99,10 +99,9 @@ async fn failover(runs: usize, fail_interval: &str, sync: bool) {
         let (mut cluster, master, boot) = cluster(fail_interval, sync).await;
         let writer = Writer::start(cluster.proxy_port(), "bench");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        cluster.kill_keeper_and_postgres(master);
-        // Only once every process of the node is gone: a write acknowledged by the old
-        // primary during the kill is not one after its loss.
-        let killed_at = Instant::now();
+        // From the last signal: a write acknowledged by the old primary while its
+        // processes were being killed one by one is not one after its loss.
+        let killed_at = Instant::from_std(cluster.kill_keeper_and_postgres(master));
         let first_after = wait_for(Duration::from_secs(180), || {
             writer.first_acked_sent_after(killed_at)
         })

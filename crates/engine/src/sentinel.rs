@@ -705,15 +705,48 @@ impl Planner<'_> {
         self.cd.cluster.status.master = Some(best.clone());
         self.cd.cluster.status.master_choice = why;
         // The new primary waits for the same standbys as the old one did (but itself),
-        // so that commits keep waiting for a copy from the first moment it serves.
-        let new_master = self.cd.dbs.get_mut(best).expect("elected db exists");
-        new_master.spec.synchronous_standbys = old
+        // so that commits keep waiting for a copy from the first moment it serves; in
+        // synchronous mode it also waits for the other good standbys up to
+        // maxSynchronousStandbys, recorded here before its keeper lists them, so that
+        // commits resume as soon as one of them streams from it.
+        let mut synchronous: Vec<DbUid> = old
             .spec
             .synchronous_standbys
             .iter()
             .filter(|uid| *uid != best)
             .cloned()
             .collect();
+        if old.spec.synchronous_replication {
+            let timeline = self.cd.dbs[best].status.timeline_id;
+            let mut others: Vec<&Db> = self
+                .cd
+                .dbs
+                .values()
+                .filter(|db| {
+                    db.uid != *best
+                        && db.uid != old.uid
+                        && !synchronous.contains(&db.uid)
+                        && db.spec.role == DbRole::Standby
+                        && db.status.healthy
+                        && Self::converged(db)
+                        && db.status.timeline_id == timeline
+                        && self.cd.keepers.get(&db.spec.keeper_uid).is_some_and(|k| {
+                            k.status.healthy && k.status.can_be_synchronous_replica
+                        })
+                })
+                .collect();
+            others.sort_by(|a, b| {
+                b.status
+                    .x_log_pos
+                    .cmp(&a.status.x_log_pos)
+                    .then(a.uid.cmp(&b.uid))
+            });
+            let room =
+                usize::from(self.spec.max_synchronous_standbys).saturating_sub(synchronous.len());
+            synchronous.extend(others.into_iter().take(room).map(|db| db.uid.clone()));
+        }
+        let new_master = self.cd.dbs.get_mut(best).expect("elected db exists");
+        new_master.spec.synchronous_standbys = synchronous;
         new_master.status.synchronous_standbys.clear();
         new_master.spec.external_synchronous_standbys = if old.spec.synchronous_replication
             && new_master.spec.synchronous_standbys.len()
@@ -1234,7 +1267,7 @@ impl Planner<'_> {
         self.remove_standbys_missing_wal(master);
         let (mut good, converging, failed) = self.classify_standbys(master);
         if master.spec.synchronous_replication {
-            self.manage_synchronous_standbys(master, &good);
+            self.manage_synchronous_standbys(master, &good, &converging);
         }
         // Synchronous standbys are never removed here, neither those the primary waited for
         // when this step began nor those it waits for now: they are the only failover
@@ -1445,7 +1478,7 @@ impl Planner<'_> {
     /// Keeps the primary's synchronous standby set: only change it from a state where every
     /// listed standby is known in sync, add new members before removing old ones, and list
     /// a placeholder when there are fewer real ones than minSynchronousStandbys.
-    fn manage_synchronous_standbys(&mut self, master: &Db, good: &[Db]) {
+    fn manage_synchronous_standbys(&mut self, master: &Db, good: &[Db], converging: &[Db]) {
         let min = usize::from(self.spec.min_synchronous_standbys);
         let max = usize::from(self.spec.max_synchronous_standbys);
         let good_set: BTreeSet<&DbUid> = good.iter().map(|db| &db.uid).collect();
@@ -1463,8 +1496,13 @@ impl Planner<'_> {
                 .chain(reported.intersection(&spec))
                 .cloned()
                 .collect();
+            // A standby still applying its spec (re-pointed to a new primary, say) may yet
+            // come in sync: only a failed or removed one makes the wait hopeless.
+            let converging: BTreeSet<&DbUid> = converging.iter().map(|db| &db.uid).collect();
             let hopeless = spec.iter().any(|uid| {
-                !status.contains(uid) && (!self.cd.dbs.contains_key(uid) || !good_set.contains(uid))
+                !status.contains(uid)
+                    && (!self.cd.dbs.contains_key(uid)
+                        || !(good_set.contains(uid) || converging.contains(uid)))
             });
             if hopeless {
                 self.emit(Event::info(

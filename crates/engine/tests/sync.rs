@@ -492,7 +492,7 @@ fn failover_in_synchronous_mode() {
     let three = &[("k0", 1000), ("k1", 900), ("k2", 990)];
     let cases = [
         SyncFailoverCase {
-            name: "the synchronous standby, not the more advanced asynchronous one",
+            name: "the synchronous standby, not the more advanced asynchronous one, which it then waits for",
             min: 1,
             max: 1,
             xlogs: three,
@@ -500,8 +500,8 @@ fn failover_in_synchronous_mode() {
             status: &["k1"],
             winner: Some("k1"),
             ignored_not_sync: &["k2"],
-            new_spec: NONE,
-            new_external: FAKE,
+            new_spec: &["k2"],
+            new_external: NONE,
         },
         SyncFailoverCase {
             name: "listed but not yet known in sync: not eligible",
@@ -524,8 +524,8 @@ fn failover_in_synchronous_mode() {
             status: &["k1", "k2"],
             winner: Some("k1"),
             ignored_not_sync: &["k2"],
-            new_spec: NONE,
-            new_external: FAKE,
+            new_spec: &["k2"],
+            new_external: NONE,
         },
         SyncFailoverCase {
             name: "empty intersection: no failover",
@@ -560,11 +560,11 @@ fn failover_in_synchronous_mode() {
             status: &["k1"],
             winner: Some("k1"),
             ignored_not_sync: &["k2"],
-            new_spec: NONE,
-            new_external: FAKE,
+            new_spec: &["k2"],
+            new_external: NONE,
         },
         SyncFailoverCase {
-            name: "two synchronous, min 2: the new primary waits for the other and the fake one",
+            name: "two synchronous, min 2: the new primary waits for the other and the best remaining standby",
             min: 2,
             max: 2,
             xlogs: &[("k0", 1000), ("k1", 900), ("k2", 950), ("k3", 999)],
@@ -572,11 +572,11 @@ fn failover_in_synchronous_mode() {
             status: &["k1", "k2"],
             winner: Some("k2"),
             ignored_not_sync: &["k3"],
-            new_spec: &["k1"],
-            new_external: FAKE,
+            new_spec: &["k1", "k3"],
+            new_external: NONE,
         },
         SyncFailoverCase {
-            name: "two synchronous, min 1: the new primary waits for the other only",
+            name: "two synchronous, min 1: the new primary waits for the other and the best remaining standby",
             min: 1,
             max: 2,
             xlogs: &[("k0", 1000), ("k1", 900), ("k2", 950), ("k3", 999)],
@@ -584,7 +584,7 @@ fn failover_in_synchronous_mode() {
             status: &["k1", "k2"],
             winner: Some("k2"),
             ignored_not_sync: &["k3"],
-            new_spec: &["k1"],
+            new_spec: &["k1", "k3"],
             new_external: NONE,
         },
         SyncFailoverCase {
@@ -596,7 +596,7 @@ fn failover_in_synchronous_mode() {
             status: &["k1"],
             winner: Some("k1"),
             ignored_not_sync: &["k2"],
-            new_spec: NONE,
+            new_spec: &["k2"],
             new_external: NONE,
         },
     ];

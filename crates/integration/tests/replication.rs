@@ -245,6 +245,12 @@ async fn s_ha_05_frozen_primary_is_replaced_and_rejoins_when_thawed() {
     let master = cluster.wait_for_master(BOOT).await;
     cluster.wait_for_standbys(1, BOOT).await;
     create_table(&cluster, "f").await;
+    // Asynchronous replication: only what reached the standby survives the failover.
+    let standby_port = cluster.keepers[1 - master].pg_port;
+    wait_until("the table to reach the standby", BOOT, || async {
+        count(standby_port, "f").await
+    })
+    .await;
     cluster.freeze_keeper_and_postgres(master, true);
     let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
     let port = cluster.proxy_port();

@@ -729,6 +729,13 @@ impl Keeper {
                 tracing::info!("postgres parameters changed, reloading postgres instance");
                 self.write_files(cd)?;
                 self.pg.reload(self.request_timeout).await?;
+                let db = self.my_db(cd)?;
+                if db.spec.role == DbRole::Master && db.spec.synchronous_replication {
+                    // Commits waiting for a standby just listed go as soon as it replies.
+                    if let Err(e) = self.local_conn().nudge_standbys().await {
+                        tracing::warn!(error = %e, "cannot nudge the synchronous standbys");
+                    }
+                }
             }
             Action::Restart => {
                 tracing::info!(parameters = %self.last_pending_restart.join(","), "restarting postgres to apply parameters that need it (automaticPgRestart)");

@@ -128,6 +128,17 @@ impl LocalConn {
         })
     }
 
+    /// Writes and flushes one commit record without waiting for any standby: a primary
+    /// releases commits waiting for a synchronous standby only when that standby replies,
+    /// and it replies when it has flushed something new.
+    pub async fn nudge_standbys(&self) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        self.bounded(client.batch_execute(
+            "begin; set local synchronous_commit = local; select txid_current(); commit;",
+        ))
+        .await
+    }
+
     /// Flushes dirty buffers now, so that the shutdown that follows has little left to write.
     pub async fn checkpoint(&self) -> Result<(), PgError> {
         let client = self.connect().await?;

@@ -365,11 +365,15 @@ impl TestCluster {
         k.process = Some(process);
     }
 
-    /// A lost node: SIGKILL the keeper, its postmaster and every postgres process.
-    pub fn kill_keeper_and_postgres(&mut self, i: usize) {
+    /// A lost node: SIGKILL the keeper, its postmaster and every postgres process. Returns
+    /// when the last signal was sent: from then on the node acknowledges nothing.
+    pub fn kill_keeper_and_postgres(&mut self, i: usize) -> std::time::Instant {
         let k = &mut self.keepers[i];
         let postmaster = k.postmaster_pid();
+        let mut killed = std::time::Instant::now();
         if let Some(mut p) = k.process.take() {
+            p.signal(Signal::SIGKILL);
+            killed = std::time::Instant::now();
             p.kill();
         }
         if let Some(pid) = postmaster {
@@ -380,6 +384,7 @@ impl TestCluster {
             }
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            killed = std::time::Instant::now();
             // Gone means reaped too: a zombie still answers signal 0.
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline
@@ -387,6 +392,7 @@ impl TestCluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        killed
     }
 
     /// A frozen node: SIGSTOP (or with `false`, SIGCONT) the keeper, its postmaster and
