@@ -4,7 +4,7 @@
 mod common;
 
 use common::CdBuilder;
-use stolon_cluster::{ClusterData, DbRole, DbUid, ProxyUid};
+use stolon_cluster::{ClusterData, DbRole, DbUid, FollowConfig, Generation, ProxyUid, TimelineId};
 use stolon_engine::proxy::{route, Route};
 
 fn base() -> CdBuilder {
@@ -130,4 +130,107 @@ fn routes_from_a_stored_cluster_data_document() {
         cd.cluster.status.master.as_ref(),
         Some(&DbUid::new("3f2a9c01"))
     );
+}
+
+/// A primary at 1000 with three standbys that follow it: db-2 at 1000, db-3 at 900, db-4
+/// at 400.
+fn readers() -> CdBuilder {
+    CdBuilder::new()
+        .keeper("k1", true)
+        .keeper("k2", true)
+        .keeper("k3", true)
+        .keeper("k4", true)
+        .db("db-1", "k1", DbRole::Master, 1000)
+        .db("db-2", "k2", DbRole::Standby, 1000)
+        .db("db-3", "k3", DbRole::Standby, 900)
+        .db("db-4", "k4", DbRole::Standby, 400)
+        .follow("db-2", "db-1")
+        .follow("db-3", "db-1")
+        .follow("db-4", "db-1")
+        .master("db-1")
+        .proxy(Some("db-1"), &["p1"])
+}
+
+struct ReadCase {
+    name: &'static str,
+    cd: ClusterData,
+    max_lag: u64,
+    fallback: bool,
+    want: &'static [&'static str],
+}
+
+#[test]
+fn read_only_targets_table() {
+    use stolon_engine::proxy::read_only_targets;
+    let cases = vec![
+        ReadCase {
+            name: "every standby within the lag bound, never the primary",
+            cd: readers().build(),
+            max_lag: 600,
+            fallback: false,
+            want: &["db-2", "db-3", "db-4"],
+        },
+        ReadCase {
+            name: "a standby too far behind is left out",
+            cd: readers().build(),
+            max_lag: 100,
+            fallback: false,
+            want: &["db-2", "db-3"],
+        },
+        ReadCase {
+            name: "unhealthy, converging, or following another db: left out",
+            cd: readers()
+                .adjust_db("db-2", |db| db.status.healthy = false)
+                .adjust_db("db-3", |db| db.status.current_generation = Generation(2))
+                .adjust_db("db-4", |db| {
+                    db.spec.follow_config = Some(FollowConfig {
+                        db_uid: DbUid::new("db-3"),
+                    })
+                })
+                .build(),
+            max_lag: 1000,
+            fallback: false,
+            want: &[],
+        },
+        ReadCase {
+            name: "a standby on another timeline is left out",
+            cd: readers()
+                .adjust_db("db-2", |db| db.status.timeline_id = TimelineId(2))
+                .build(),
+            max_lag: 1000,
+            fallback: false,
+            want: &["db-3", "db-4"],
+        },
+        ReadCase {
+            name: "none left: the primary only when asked to fall back",
+            cd: readers()
+                .adjust_db("db-2", |db| db.status.healthy = false)
+                .build(),
+            max_lag: 50,
+            fallback: true,
+            want: &["db-1"],
+        },
+        ReadCase {
+            name: "no route for writes (a failover, or not enabled): no reads either",
+            cd: readers().proxy(None, &["p1"]).build(),
+            max_lag: 1000,
+            fallback: true,
+            want: &[],
+        },
+        ReadCase {
+            name: "not an enabled proxy: no reads",
+            cd: readers().proxy(Some("db-1"), &["p2"]).build(),
+            max_lag: 1000,
+            fallback: true,
+            want: &[],
+        },
+    ];
+    for case in cases {
+        let got: Vec<String> =
+            read_only_targets(&case.cd, &ProxyUid::new("p1"), case.max_lag, case.fallback)
+                .into_iter()
+                .map(|t| t.db)
+                .collect();
+        assert_eq!(got, case.want, "{}", case.name);
+    }
 }

@@ -124,11 +124,15 @@ pub fn render_postgresql_conf(input: &ConfInput<'_>) -> String {
     // On a primary too: it only matters in recovery, but it needs a restart to change, and
     // a promoted standby must not report a restart pending for it.
     params.insert("recovery_target_timeline".into(), "latest".into());
-    // A synchronous commit is released on the standby's next reply: by default a standby
-    // with nothing new to flush replies every 10 s.
-    params
-        .entry("wal_receiver_status_interval".into())
-        .or_insert_with(|| "1s".into());
+    // Defaults for fast hand-overs, unless the spec sets them: a synchronous commit is
+    // released on the standby's next reply (by default every 10 s when it has nothing new
+    // to flush), and a standby whose upstream changed retries streaming every 5 s.
+    for (k, v) in [
+        ("wal_receiver_status_interval", "1s"),
+        ("wal_retrieve_retry_interval", "1s"),
+    ] {
+        params.entry(k.into()).or_insert_with(|| v.into());
+    }
     if let Some(standby) = &input.standby {
         params.insert("primary_conninfo".into(), primary_conninfo(standby));
         params.insert("primary_slot_name".into(), standby.slot.to_string());
@@ -363,6 +367,18 @@ mod tests {
         assert!(conf.contains("wal_level = 'replica'"));
         assert!(conf.contains("max_wal_senders = '47'"));
         assert!(!conf.contains("primary_conninfo"));
+    }
+
+    #[test]
+    fn fast_handover_defaults_yield_to_the_spec() {
+        let mut params = BTreeMap::new();
+        let conf = render_postgresql_conf(&input(&params));
+        assert!(conf.contains("wal_receiver_status_interval = '1s'"));
+        assert!(conf.contains("wal_retrieve_retry_interval = '1s'"));
+        assert!(conf.contains("recovery_target_timeline = 'latest'"));
+        params.insert("wal_retrieve_retry_interval".to_string(), "5s".to_string());
+        let conf = render_postgresql_conf(&input(&params));
+        assert!(conf.contains("wal_retrieve_retry_interval = '5s'"));
     }
 
     #[test]
