@@ -1,6 +1,9 @@
 //! Plumbing shared by every binary, and nothing else: the common flags and their
 //! environment variables, logging setup, the store connection, shutdown on signals, secrets
-//! read from files, random identities, and logging the engine's events.
+//! read from files, random identities, logging the engine's events, and the `/metrics`
+//! endpoint ([`metrics`]).
+
+pub mod metrics;
 
 use anyhow::{bail, Context};
 use clap::{ArgMatches, Args, Command, FromArgMatches, ValueEnum};

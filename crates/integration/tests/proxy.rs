@@ -408,3 +408,56 @@ async fn s_proxy_04_read_only_endpoint_uses_fresh_standbys_only() {
     .await;
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
+
+/// `GET path` on 127.0.0.1:`port`: the status line and the body.
+async fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+fn metric(body: &str, name: &str) -> i64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+/// `--metrics-listen-address`: Prometheus text on `/metrics`, counting connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_metrics_count_connections() {
+    let mut cluster = ClusterBuilder::new().keepers(1).proxies(0).start().await;
+    let metrics = stolon_testkit::free_port();
+    cluster.add_proxy_with(&["--metrics-listen-address", &format!("127.0.0.1:{metrics}")]);
+    cluster.wait_for_master(BOOT).await;
+    let port = cluster.proxy_port();
+    wait_for_service("the proxy", port, BOOT).await;
+    let (status, before) = http_get(metrics, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(metric(&before, "stolon_proxy_listening"), 1);
+    assert_eq!(metric(&before, "stolon_proxy_routing"), 1);
+    let sessions = [connect(port).await.unwrap(), connect(port).await.unwrap()];
+    for s in &sessions {
+        s.simple_query("select 1").await.unwrap();
+    }
+    let (_, during) = http_get(metrics, "/metrics").await;
+    assert_eq!(
+        metric(&during, "stolon_proxy_client_connections_total")
+            - metric(&before, "stolon_proxy_client_connections_total"),
+        2
+    );
+    assert!(
+        metric(&during, "stolon_proxy_piped_connections") >= 2,
+        "{during}"
+    );
+    drop(sessions);
+    let (status, _) = http_get(metrics, "/other").await;
+    assert!(status.contains("404"), "{status}");
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}

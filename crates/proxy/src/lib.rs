@@ -10,7 +10,7 @@
 //! existing ones after the grace period the cluster data gives.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
@@ -39,6 +39,8 @@ pub struct ProxyConfig {
     pub keepalive: Keepalive,
     /// The read-only endpoint, when asked for.
     pub read_only: Option<ReadOnlyConfig>,
+    /// Where to serve Prometheus `/metrics`, when asked for.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The read-only endpoint: new connections balanced across the standbys that serve reads.
@@ -115,6 +117,36 @@ struct Shared {
     readers: Mutex<Vec<(SocketAddr, CancellationToken)>>,
     /// Round robin over `readers`.
     next_reader: AtomicUsize,
+    counters: Counters,
+}
+
+/// What `/metrics` reports.
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    /// Closed at once: no route (no primary, fenced, not enabled, no standby to read from).
+    refused: AtomicU64,
+    /// Piped to a server now.
+    piped: AtomicI64,
+    /// Waiting for a switchover to end now.
+    held: AtomicI64,
+    fences: AtomicU64,
+}
+
+/// Counts one while alive.
+struct Gauge<'a>(&'a AtomicI64);
+
+impl<'a> Gauge<'a> {
+    fn up(gauge: &'a AtomicI64) -> Gauge<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -221,6 +253,69 @@ impl Shared {
         Some(readers[i].clone())
     }
 
+    fn render_metrics(&self) -> String {
+        let c = &self.counters;
+        let gate = self.routing.borrow().gate;
+        let listening = !self.listeners.lock().unwrap().is_empty();
+        let readers = self.readers.lock().unwrap().len();
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "stolon_proxy_client_connections_total",
+                "counter",
+                "Client connections accepted.",
+                c.accepted.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "stolon_proxy_refused_connections_total",
+                "counter",
+                "Client connections closed at once for want of a route.",
+                c.refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "stolon_proxy_piped_connections",
+                "gauge",
+                "Client connections piped to a server now.",
+                c.piped.load(Ordering::Relaxed),
+            ),
+            (
+                "stolon_proxy_held_connections",
+                "gauge",
+                "Client connections waiting for a switchover to end.",
+                c.held.load(Ordering::Relaxed),
+            ),
+            (
+                "stolon_proxy_fences_total",
+                "counter",
+                "Times the proxy fenced itself for want of the store.",
+                c.fences.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "stolon_proxy_listening",
+                "gauge",
+                "1 while the proxy listens.",
+                i64::from(listening),
+            ),
+            (
+                "stolon_proxy_routing",
+                "gauge",
+                "1 while new connections go to a primary.",
+                i64::from(matches!(gate, Gate::Open(_))),
+            ),
+            (
+                "stolon_proxy_read_only_targets",
+                "gauge",
+                "Standbys the read-only endpoint uses now.",
+                readers as i64,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+
     /// Fences the proxy when its deadline has passed.
     fn enforce_deadline(&self) {
         let expired = self
@@ -231,6 +326,7 @@ impl Shared {
         if expired {
             if self.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::warn!("check timeout timer fired: closing connections to master");
+                self.counters.fences.fetch_add(1, Ordering::Relaxed);
             }
             self.set_readers(&[]);
             if self.config.stop_listening {
@@ -256,7 +352,17 @@ pub async fn run(
         deadline: Mutex::new(None),
         readers: Mutex::new(Vec::new()),
         next_reader: AtomicUsize::new(0),
+        counters: Counters::default(),
     });
+    if let Some(address) = shared.config.metrics {
+        let metrics = shared.clone();
+        stolon_daemon::metrics::serve_metrics(
+            address,
+            Arc::new(move || metrics.render_metrics()),
+            shutdown.clone(),
+        )
+        .await?;
+    }
     // The store client may block past the deadline: the fence is enforced on its own.
     let fence = {
         let shared = shared.clone();
@@ -408,17 +514,20 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, _)) => {
-                let keepalive = shared.config.keepalive;
+                shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
                 match endpoint {
                     Endpoint::Primary => {
-                        tokio::spawn(serve(client, shared.routing.subscribe(), keepalive));
+                        tokio::spawn(serve(client, shared.clone()));
                     }
-                    // No standby to read from: the client is dropped, closed at once.
-                    Endpoint::ReadOnly => {
-                        if let Some((target, connections)) = shared.pick_reader() {
-                            tokio::spawn(relay(client, target, connections, keepalive));
+                    Endpoint::ReadOnly => match shared.pick_reader() {
+                        Some((target, connections)) => {
+                            tokio::spawn(relay(client, target, connections, shared.clone()));
                         }
-                    }
+                        // No standby to read from: dropping the client closes it at once.
+                        None => {
+                            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
                 }
             }
             Err(e) => {
@@ -430,7 +539,8 @@ async fn accept_loop(
 }
 
 /// Gives a new client what the gate says, waiting while it holds.
-async fn serve(client: TcpStream, mut routing: watch::Receiver<Routing>, keepalive: Keepalive) {
+async fn serve(client: TcpStream, shared: Arc<Shared>) {
+    let mut routing = shared.routing.subscribe();
     let give_up = Instant::now() + MAX_HOLD;
     loop {
         let (gate, connections) = {
@@ -438,13 +548,19 @@ async fn serve(client: TcpStream, mut routing: watch::Receiver<Routing>, keepali
             (r.gate, r.connections.clone())
         };
         match gate {
-            Gate::Open(target) => return relay(client, target, connections, keepalive).await,
+            Gate::Open(target) => return relay(client, target, connections, shared.clone()).await,
             // Dropping the client closes it at once.
-            Gate::Closed => return,
-            Gate::Hold => match tokio::time::timeout_at(give_up, routing.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return,
-            },
+            Gate::Closed => {
+                shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Gate::Hold => {
+                let _held = Gauge::up(&shared.counters.held);
+                match tokio::time::timeout_at(give_up, routing.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return,
+                }
+            }
         }
     }
 }
@@ -453,8 +569,9 @@ async fn relay(
     mut client: TcpStream,
     target: SocketAddr,
     connections: CancellationToken,
-    keepalive: Keepalive,
+    shared: Arc<Shared>,
 ) {
+    let keepalive = shared.config.keepalive;
     // A PostgreSQL client speaks first: until it does, it costs no server connection (no
     // backend process), so idle and half-open clients only cost the proxy.
     let mut first = [0u8; 1];
@@ -479,6 +596,7 @@ async fn relay(
         let _ = stream.set_nodelay(true);
         keepalive.apply(stream);
     }
+    let _piped = Gauge::up(&shared.counters.piped);
     tokio::select! {
         _ = connections.cancelled() => {}
         _ = copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {}

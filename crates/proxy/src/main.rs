@@ -45,6 +45,9 @@ struct Cli {
     /// refusing them.
     #[arg(long)]
     ro_fallback_to_primary: bool,
+    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9090.
+    #[arg(long)]
+    metrics_listen_address: Option<SocketAddr>,
     /// Seconds between keepalive probes (0: the OS default).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..))]
     tcp_keepalive_interval: u64,
@@ -93,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_lag: cli.max_standby_lag,
             fallback_to_primary: cli.ro_fallback_to_primary,
         }),
+        metrics: cli.metrics_listen_address,
     };
     stolon_proxy::run(config, store, shutdown).await
 }
