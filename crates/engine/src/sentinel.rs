@@ -795,12 +795,7 @@ impl Planner<'_> {
         if !alive {
             return false;
         }
-        let generation = self.cd.proxy.generation;
-        let lagging = self
-            .live_proxies(self.proxies)
-            .iter()
-            .any(|p| p.generation != generation);
-        if lagging || self.cd.proxy.spec.master_db_uid.is_some() {
+        if !self.proxies_behind().is_empty() || self.cd.proxy.spec.master_db_uid.is_some() {
             self.clear_proxy_target();
             self.emit(Event::info(
                 "waiting for proxies to be converged to the current generation",
@@ -833,6 +828,16 @@ impl Planner<'_> {
         true
     }
 
+    /// The live proxies that have not yet applied the current proxy generation.
+    fn proxies_behind(&self) -> Vec<String> {
+        let generation = self.cd.proxy.generation;
+        self.live_proxies(self.proxies)
+            .into_iter()
+            .filter(|p| p.generation != generation)
+            .map(|p| p.uid.to_string())
+            .collect()
+    }
+
     fn clear_proxy_target(&mut self) {
         if self.cd.proxy.spec.master_db_uid.take().is_some() {
             self.cd.proxy.generation = self.cd.proxy.generation.next();
@@ -842,12 +847,7 @@ impl Planner<'_> {
     fn promote_when_proxies_fenced(&mut self, candidate: &Db) {
         self.clear_proxy_target();
         let generation = self.cd.proxy.generation;
-        let lagging: Vec<String> = self
-            .live_proxies(self.proxies)
-            .into_iter()
-            .filter(|p| p.generation != generation)
-            .map(|p| p.uid.to_string())
-            .collect();
+        let lagging = self.proxies_behind();
         if !lagging.is_empty() {
             self.emit(
                 Event::info("waiting for proxies to be converged to the current generation")
@@ -998,13 +998,7 @@ impl Planner<'_> {
     /// Once every live proxy holds new connections and the grace period is over, stop the
     /// old primary.
     fn halt_when_held(&mut self, master: &Db, so: &mut Switchover) {
-        let generation = self.cd.proxy.generation;
-        let lagging: Vec<String> = self
-            .live_proxies(self.proxies)
-            .into_iter()
-            .filter(|p| p.generation != generation)
-            .map(|p| p.uid.to_string())
-            .collect();
+        let lagging = self.proxies_behind();
         if !lagging.is_empty() {
             self.emit(
                 Event::info("switchover: waiting for the proxies to hold new connections")
