@@ -4,7 +4,7 @@
 use std::time::Duration;
 use stolon_cluster::{DbRole, DbUid};
 use stolon_testkit::{
-    connect, failing_pg_bin_dir, lost_writes, wait_for_service, wait_until, Attempt,
+    connect, failing_pg_bin_dir, lost_writes, wait_for_service, wait_until, Ack, Attempt,
     ClusterBuilder, ConnectionProbe, KeeperHandle, KeeperOptions, TestCluster, Writer,
 };
 use tokio::time::Instant;
@@ -72,6 +72,22 @@ async fn wait_for_sync_standbys(cluster: &TestCluster, n: usize) -> Vec<DbUid> {
         (known.len() == n && master.spec.synchronous_standbys == *known).then(|| known.clone())
     })
     .await
+}
+
+/// Waits until a write sent after `since` is acknowledged through the proxy, then stops the
+/// writer and returns every acknowledgement it got.
+async fn writes_resume(writer: Writer, since: Instant) -> Vec<Ack> {
+    wait_until("writes through the proxy again", FAILOVER, || async {
+        writer.first_acked_sent_after(since)
+    })
+    .await;
+    writer.stop()
+}
+
+/// Fails when an acknowledged write is missing from `table` as read through the proxy.
+async fn assert_none_lost(cluster: &TestCluster, table: &str, acked: &[Ack]) {
+    let lost = lost_writes(cluster.proxy_port(), table, acked, FAILOVER).await;
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
 fn sync_cluster(keepers: usize) -> ClusterBuilder {
@@ -142,8 +158,7 @@ async fn s_ha_02_sync_failover_loses_no_acknowledged_write() {
         "the writer made progress: {}",
         acked.len()
     );
-    let lost = lost_writes(cluster.proxy_port(), "w", &acked, FAILOVER).await;
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_none_lost(&cluster, "w", &acked).await;
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
 
@@ -408,14 +423,9 @@ async fn failkeeper_fails_over(sync: bool) {
             Some(&sync_set[0])
         );
     }
-    wait_until("writes through the proxy again", FAILOVER, || async {
-        writer.first_acked_sent_after(forced)
-    })
-    .await;
-    let acked = writer.stop();
+    let acked = writes_resume(writer, forced).await;
     if sync {
-        let lost = lost_writes(cluster.proxy_port(), "k", &acked, FAILOVER).await;
-        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        assert_none_lost(&cluster, "k", &acked).await;
     }
     assert!(cluster
         .sentinel_logs()
@@ -1194,13 +1204,8 @@ async fn switchover_under_load(sync: bool) {
     let failed = failed_attempts(probe, requested).await;
     assert!(failed.is_empty(), "new connections failed: {failed:?}");
     let done = Instant::now();
-    wait_until("writes through the proxy again", FAILOVER, || async {
-        writer.first_acked_sent_after(done)
-    })
-    .await;
-    let acked = writer.stop();
-    let lost = lost_writes(cluster.proxy_port(), "s", &acked, FAILOVER).await;
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let acked = writes_resume(writer, done).await;
+    assert_none_lost(&cluster, "s", &acked).await;
     cluster.wait_rejoined_never_primary(master, BOOT).await;
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
@@ -1252,14 +1257,9 @@ async fn abandoned_switchover_restores_the_old_primary() {
     let failed = failed_attempts(probe, requested).await;
     assert!(failed.is_empty(), "new connections failed: {failed:?}");
     let restored = Instant::now();
-    wait_until("writes through the proxy again", FAILOVER, || async {
-        writer.first_acked_sent_after(restored)
-    })
-    .await;
+    let acked = writes_resume(writer, restored).await;
     cluster.freeze_walreceiver(standby, false);
-    let acked = writer.stop();
-    let lost = lost_writes(cluster.proxy_port(), "a", &acked, FAILOVER).await;
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_none_lost(&cluster, "a", &acked).await;
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
 
