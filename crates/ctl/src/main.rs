@@ -10,9 +10,7 @@ use stolon_cluster::{
     ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
 };
 use stolon_daemon::CommonArgs;
-use stolon_engine::sentinel::{
-    choose_new_master, election_rules, switchover_candidate, ElectionRules,
-};
+use stolon_engine::sentinel::{choose_new_master, election_rules, switchover_plan};
 use stolon_store::{Expect, InfoKind, ReadClusterData, Store, StoreError};
 
 #[derive(Debug, Parser)]
@@ -385,19 +383,12 @@ async fn switchover(
             bail!("a switchover is already in progress (id {})", so.id);
         }
         let spec = cd.cluster.spec.validate()?;
-        let master = cd
-            .master_db()
-            .filter(|m| cd.proxy.spec.master_db_uid.as_ref() == Some(&m.uid))
-            .context("cannot switch over: the primary is not serving now (a failover or initialization is in progress)")?;
-        let rules = ElectionRules {
-            stalled: Default::default(),
-            ..election_rules(master, spec.max_standby_lag)
-        };
-        let target = switchover_candidate(cd, master, to.as_ref(), &rules)
+        // Which standbys have stalled only the sentinel knows: it checks again.
+        let (master, target) = switchover_plan(cd, &spec, to.as_ref(), Default::default())
             .map_err(|reason| anyhow::anyhow!("cannot switch over: {reason}"))?;
         plan = format!(
-            "switchover requested: from keeper {} (db {}) to keeper {} (db {target})",
-            master.spec.keeper_uid, master.uid, cd.dbs[&target].spec.keeper_uid
+            "switchover requested: from keeper {} (db {master}) to keeper {} (db {target})",
+            cd.dbs[&master].spec.keeper_uid, cd.dbs[&target].spec.keeper_uid
         );
         cd.cluster.status.switchover = Some(Switchover {
             id: id.clone(),

@@ -890,7 +890,7 @@ impl Planner<'_> {
         self.memory.switchover = Some(clock);
         match so.phase {
             SwitchoverPhase::Requested => {
-                self.start_switchover(master, so);
+                self.start_switchover(so);
                 self.cd.cluster.status.switchover.is_some()
             }
             SwitchoverPhase::Holding | SwitchoverPhase::Halting | SwitchoverPhase::CatchingUp => {
@@ -921,24 +921,15 @@ impl Planner<'_> {
         }
     }
 
-    fn start_switchover(&mut self, master: &Db, mut so: Switchover) {
-        let serving = master.spec.role == DbRole::Master
-            && self.cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid)
-            && master.status.healthy;
-        if !serving {
-            self.finish_switchover(
-                false,
-                "refused: the primary is not serving now (a failover or initialization is in progress)"
-                    .into(),
-            );
-            return;
-        }
-        let rules = ElectionRules {
-            stalled: self.stalled_dbs(),
-            ..election_rules(master, self.spec.max_standby_lag)
-        };
-        let target = match switchover_candidate(&self.cd, master, so.to_keeper.as_ref(), &rules) {
-            Ok(target) => target,
+    fn start_switchover(&mut self, mut so: Switchover) {
+        let plan = switchover_plan(
+            &self.cd,
+            self.spec,
+            so.to_keeper.as_ref(),
+            self.stalled_dbs(),
+        );
+        let (master, target) = match plan {
+            Ok(plan) => plan,
             Err(reason) => {
                 self.finish_switchover(false, format!("refused: {reason}"));
                 return;
@@ -946,10 +937,10 @@ impl Planner<'_> {
         };
         self.emit(
             Event::info("switchover: holding new client connections at the proxies")
-                .with("from", &master.uid)
+                .with("from", &master)
                 .with("to", &target),
         );
-        so.from_db = Some(master.uid.clone());
+        so.from_db = Some(master);
         so.to_db = Some(target);
         so.phase = SwitchoverPhase::Holding;
         self.cd.proxy.spec.hold = Some(Hold { grace: so.grace });
@@ -1827,6 +1818,30 @@ pub fn choose_new_master(cd: &ClusterData, failed: &Db, rules: &ElectionRules) -
         ),
         rejected,
     }
+}
+
+/// What a planned switchover would do now: from the serving primary (its db uid first) to
+/// the standby [`switchover_candidate`] picks. The error says why it cannot happen.
+pub fn switchover_plan(
+    cd: &ClusterData,
+    spec: &ValidSpec,
+    to: Option<&KeeperUid>,
+    stalled: BTreeSet<DbUid>,
+) -> Result<(DbUid, DbUid), String> {
+    let master = cd
+        .master_db()
+        .filter(|m| {
+            m.spec.role == DbRole::Master
+                && m.status.healthy
+                && cd.proxy.spec.master_db_uid.as_ref() == Some(&m.uid)
+        })
+        .ok_or("the primary is not serving now (a failover or initialization is in progress)")?;
+    let rules = ElectionRules {
+        stalled,
+        ..election_rules(master, spec.max_standby_lag)
+    };
+    let target = switchover_candidate(cd, master, to, &rules)?;
+    Ok((master.uid.clone(), target))
 }
 
 /// The standby a planned switchover from `master` hands over to: `to` if it names a keeper
