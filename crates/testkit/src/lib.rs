@@ -19,13 +19,28 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes remains).
+/// A free TCP port on 127.0.0.1, taken below the kernel's ephemeral range: a port from that
+/// range may become the local port of some outgoing connection (a daemon's to etcd, say)
+/// before the server meant to listen on it starts. Each process walks its own sequence from
+/// a start derived from its pid, and skips ports something already listens on.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.max(2048);
+    let low = high.saturating_sub(12_000).max(1024);
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (low + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {low} and {high}");
 }
 
 /// The directory with the workspace's binaries: a test executable lives in its `deps/`,
