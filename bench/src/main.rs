@@ -6,13 +6,15 @@
 //!   target/release/stolon-bench switchover [RUNS] [async|sync]
 //!   target/release/stolon-bench all [RUNS]
 //!   target/release/stolon-bench soak [MINUTES] [FAIL_INTERVAL]
-//!   target/release/stolon-bench proxy [SECONDS]
+//!   target/release/stolon-bench proxy [SECONDS] [ROUNDS]
 //! `all` measures failover at failInterval 10s and 3s in both modes, then switchover.
 //! `soak` runs pgbench through the proxy (default 10 minutes at failInterval 3s) and counts
 //! the failovers that happened although nothing failed: the figure must be 0.
 //! `proxy` runs pgbench (scale 10, 8 clients, -j 2, `-S` and the default script, SECONDS
-//! each, default 20) straight to the primary, through stolon-proxy and, when `haproxy` is
-//! installed, through a minimal HAProxy of our own, and prints TPS, mean and p99 latency.
+//! per run, default 10) straight to the primary, through stolon-proxy and, when `haproxy` is
+//! installed, through a minimal HAProxy of our own, in ROUNDS interleaved rounds (default
+//! 3), and prints TPS, mean and p99 latency, each ratio to the same round's direct run, and
+//! the medians.
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
 use std::time::Duration;
@@ -35,8 +37,9 @@ async fn main() {
             soak(minutes, arg(2).unwrap_or("3s")).await
         }
         Some("proxy") => {
-            let seconds = arg(1).and_then(|a| a.parse().ok()).unwrap_or(20);
-            proxy_overhead(seconds).await
+            let seconds = arg(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+            let rounds = arg(2).and_then(|a| a.parse().ok()).unwrap_or(3);
+            proxy_overhead(seconds, rounds).await
         }
         Some("all") => {
             for fail_interval in ["10s", "3s"] {
@@ -49,7 +52,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL]\n       stolon-bench proxy [SECONDS]"
+                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]"
             );
             std::process::exit(2);
         }
@@ -295,9 +298,12 @@ fn haproxy(target: u16, dir: &std::path::Path) -> Option<(u16, std::process::Chi
     Some((port, child))
 }
 
-/// pgbench straight to the primary, through stolon-proxy and through HAProxy.
-async fn proxy_overhead(seconds: u64) {
-    println!("== proxy overhead: pgbench scale 10, 8 clients, -j 2, {seconds}s per run");
+/// pgbench straight to the primary, through stolon-proxy and through HAProxy, in
+/// interleaved rounds: each round measures every path once, and each path's ratio is taken
+/// against the direct run of the same round, so that drift of the machine (the direct
+/// figure alone moves by 20 % from run to run here) weighs on all paths alike.
+async fn proxy_overhead(seconds: u64, rounds: usize) {
+    println!("== proxy overhead: pgbench scale 10, 8 clients, -j 2, {seconds}s per run, {rounds} interleaved rounds");
     let (cluster, master, _) = cluster("10s", false).await;
     let direct = cluster.keepers[master].pg_port;
     let logs = cluster.root().join("pgbench");
@@ -315,25 +321,46 @@ async fn proxy_overhead(seconds: u64) {
         let mut json = Vec::new();
         for (script, extra) in [("select-only (-S)", vec!["-S"]), ("tpcb (default)", vec![])] {
             println!(
-                "{script:<18} {:<14} {:>10} {:>10} {:>10} {:>8}",
-                "path", "tps", "mean ms", "p99 ms", "ratio"
+                "{script:<18} {:<6} {:<14} {:>10} {:>10} {:>10} {:>8}",
+                "round", "path", "tps", "mean ms", "p99 ms", "ratio"
             );
-            let mut direct_tps = f64::NAN;
-            for (name, port, _) in &paths {
-                let mut args = vec!["-c", "8", "-j", "2", "-T", &secs];
-                args.extend(extra.iter().copied());
-                let (tps, mean, p99) = pgbench(*port, &args, &logs.join(name));
-                if *name == "direct" {
-                    direct_tps = tps;
+            // Per path: (tps, p99, ratio) of each round.
+            let mut figures: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
+            for round in 1..=rounds {
+                let mut direct_tps = f64::NAN;
+                for (i, (name, port, _)) in paths.iter().enumerate() {
+                    let mut args = vec!["-c", "8", "-j", "2", "-T", &secs];
+                    args.extend(extra.iter().copied());
+                    let (tps, mean, p99) = pgbench(*port, &args, &logs.join(name));
+                    if *name == "direct" {
+                        direct_tps = tps;
+                    }
+                    let ratio = tps / direct_tps;
+                    figures[i].push((tps, p99, ratio));
+                    println!(
+                        "{:<18} {round:<6} {name:<14} {tps:>10.0} {mean:>10.3} {p99:>10.3} {ratio:>8.2}",
+                        ""
+                    );
+                    json.push(format!(
+                        "{{\"script\":\"{script}\",\"round\":{round},\"path\":\"{name}\",\"tps\":{tps:.1},\"mean_ms\":{mean:.3},\"p99_ms\":{p99:.3},\"ratio\":{ratio:.3}}}"
+                    ));
                 }
-                let ratio = tps / direct_tps;
+            }
+            for ((name, _, _), runs) in paths.iter().zip(&figures) {
+                let median = |pick: fn(&(f64, f64, f64)) -> f64| {
+                    let mut values: Vec<f64> = runs.iter().map(pick).collect();
+                    values.sort_by(f64::total_cmp);
+                    values[values.len() / 2]
+                };
                 println!(
-                    "{:<18} {name:<14} {tps:>10.0} {mean:>10.3} {p99:>10.3} {ratio:>8.2}",
-                    ""
+                    "{:<18} {:<6} {name:<14} {:>10.0} {:>10} {:>10.3} {:>8.2}",
+                    "",
+                    "median",
+                    median(|f| f.0),
+                    "",
+                    median(|f| f.1),
+                    median(|f| f.2)
                 );
-                json.push(format!(
-                    "{{\"script\":\"{script}\",\"path\":\"{name}\",\"tps\":{tps:.1},\"mean_ms\":{mean:.3},\"p99_ms\":{p99:.3},\"ratio\":{ratio:.3}}}"
-                ));
             }
         }
         println!(
