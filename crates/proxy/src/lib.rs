@@ -7,16 +7,20 @@
 //! proxyTimeout. After each successful check it publishes the proxy generation it applied:
 //! the sentinel waits for that acknowledgement before it promotes a new primary. During a
 //! planned switchover it holds new connections (they wait for the next route) and closes the
-//! existing ones after the grace period the cluster data gives.
+//! existing ones after the grace period the cluster data gives. The kernel moves each
+//! session's bytes where it allows (`splice`); elsewhere a userspace relay does.
+
+mod splice;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
 use stolon_engine::proxy::{read_only_targets, route, Route};
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
-use tokio::io::copy_bidirectional_with_sizes;
+use tokio::io::{copy_bidirectional_with_sizes, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -41,6 +45,8 @@ pub struct ProxyConfig {
     pub read_only: Option<ReadOnlyConfig>,
     /// Where to serve Prometheus `/metrics`, when asked for.
     pub metrics: Option<SocketAddr>,
+    /// Let the kernel move the bytes of each session (BPF sockmap) where it can.
+    pub kernel_splice: bool,
 }
 
 /// The read-only endpoint: new connections balanced across the standbys that serve reads.
@@ -118,6 +124,8 @@ struct Shared {
     /// Round robin over `readers`.
     next_reader: AtomicUsize,
     counters: Counters,
+    /// Present when sessions are spliced in the kernel.
+    splicer: Option<splice::Splicer>,
 }
 
 /// What `/metrics` reports.
@@ -130,6 +138,8 @@ struct Counters {
     piped: AtomicI64,
     /// Waiting for a switchover to end now.
     held: AtomicI64,
+    /// Sessions whose bytes the kernel moves.
+    spliced: AtomicU64,
     fences: AtomicU64,
 }
 
@@ -285,6 +295,12 @@ impl Shared {
                 c.held.load(Ordering::Relaxed),
             ),
             (
+                "stolon_proxy_spliced_connections_total",
+                "counter",
+                "Client connections whose bytes the kernel moved (BPF sockmap).",
+                c.spliced.load(Ordering::Relaxed) as i64,
+            ),
+            (
                 "stolon_proxy_fences_total",
                 "counter",
                 "Times the proxy fenced itself for want of the store.",
@@ -343,7 +359,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
-        config,
         routing: watch::Sender::new(Routing {
             gate: Gate::Closed,
             connections: CancellationToken::new(),
@@ -353,6 +368,8 @@ pub async fn run(
         readers: Mutex::new(Vec::new()),
         next_reader: AtomicUsize::new(0),
         counters: Counters::default(),
+        splicer: kernel_splicer(&config),
+        config,
     });
     if let Some(address) = shared.config.metrics {
         let metrics = shared.clone();
@@ -400,6 +417,25 @@ pub async fn run(
     shared.set_readers(&[]);
     shared.stop_listening();
     Ok(())
+}
+
+/// Sockets spliced at once: two per session.
+const SPLICE_CAPACITY: u32 = 1 << 18;
+
+fn kernel_splicer(config: &ProxyConfig) -> Option<splice::Splicer> {
+    if !config.kernel_splice {
+        return None;
+    }
+    match splice::Splicer::new(SPLICE_CAPACITY) {
+        Ok(splicer) => {
+            tracing::info!("sessions are spliced in the kernel (BPF sockmap)");
+            Some(splicer)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot splice sessions in the kernel, relaying them in userspace");
+            None
+        }
+    }
 }
 
 /// Reads the cluster data, applies its route and acknowledges the proxy generation.
@@ -571,17 +607,17 @@ async fn relay(
     connections: CancellationToken,
     shared: Arc<Shared>,
 ) {
-    let keepalive = shared.config.keepalive;
-    // A PostgreSQL client speaks first: until it does, it costs no server connection (no
-    // backend process), so idle and half-open clients only cost the proxy.
-    let mut first = [0u8; 1];
-    tokio::select! {
+    // A PostgreSQL client speaks first, one length-prefixed message, and then waits for the
+    // server: until it has spoken it costs no server connection (no backend process), so
+    // idle and half-open clients only cost the proxy.
+    let first = tokio::select! {
         _ = connections.cancelled() => return,
-        // Nothing to read means the client left without a word.
-        peeked = client.peek(&mut first) => if !matches!(peeked, Ok(n) if n > 0) {
-            return;
+        first = tokio::time::timeout(STARTUP_TIMEOUT, read_first_message(&mut client)) => match first {
+            Ok(Ok(first)) => first,
+            // Silent for too long, or gone without a word.
+            _ => return,
         },
-    }
+    };
     let mut server = tokio::select! {
         _ = connections.cancelled() => return,
         s = TcpStream::connect(target) => match s {
@@ -594,11 +630,71 @@ async fn relay(
     };
     for stream in [&client, &server] {
         let _ = stream.set_nodelay(true);
-        keepalive.apply(stream);
+        shared.config.keepalive.apply(stream);
     }
     let _piped = Gauge::up(&shared.counters.piped);
+    // The client now waits for the server's answer to its first message, so nothing is in
+    // flight: the kernel can take over both directions from here without reordering bytes.
+    if let (Some(splicer), true) = (
+        &shared.splicer,
+        first.complete && unread(&client) == Some(0),
+    ) {
+        match splicer.splice(client, server) {
+            Ok(session) => {
+                shared.counters.spliced.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = connections.cancelled() => {}
+                    _ = session.run(&first.bytes) => {}
+                }
+                return;
+            }
+            Err(sockets) => (client, server) = sockets,
+        }
+    }
     tokio::select! {
         _ = connections.cancelled() => {}
-        _ = copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER) => {}
+        _ = async {
+            server.write_all(&first.bytes).await?;
+            copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER).await
+        } => {}
     }
+}
+
+/// The client's first message: a startup packet, or an SSL, GSS or cancel request.
+struct FirstMessage {
+    bytes: Vec<u8>,
+    /// False when the length prefix is not a startup packet's: the bytes are only the
+    /// prefix, and the rest is for the server to judge.
+    complete: bool,
+}
+
+/// PostgreSQL's own bound on a startup packet.
+const MAX_STARTUP_PACKET: usize = 10_000;
+/// As long as PostgreSQL's default authentication_timeout.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn read_first_message(client: &mut TcpStream) -> std::io::Result<FirstMessage> {
+    let mut bytes = vec![0u8; 4];
+    client.read_exact(&mut bytes).await?;
+    let length = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    if !(8..=MAX_STARTUP_PACKET).contains(&length) {
+        return Ok(FirstMessage {
+            bytes,
+            complete: false,
+        });
+    }
+    bytes.resize(length, 0);
+    client.read_exact(&mut bytes[4..]).await?;
+    Ok(FirstMessage {
+        bytes,
+        complete: true,
+    })
+}
+
+/// Bytes received and not yet read on `stream`.
+fn unread(stream: &TcpStream) -> Option<usize> {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given, which lives across the call.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    (r == 0).then_some(unread as usize)
 }

@@ -48,6 +48,11 @@ struct Cli {
     /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9090.
     #[arg(long)]
     metrics_listen_address: Option<SocketAddr>,
+    /// Let the kernel move each session's bytes (a BPF sockmap: needs root, or CAP_BPF and
+    /// CAP_NET_ADMIN) instead of relaying them in the proxy; falls back to the relay where
+    /// the kernel refuses.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    kernel_splice: bool,
     /// Seconds between keepalive probes (0: the OS default).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..))]
     tcp_keepalive_interval: u64,
@@ -97,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fallback_to_primary: cli.ro_fallback_to_primary,
         }),
         metrics: cli.metrics_listen_address,
+        kernel_splice: cli.kernel_splice,
     };
     stolon_proxy::run(config, store, shutdown).await
 }
