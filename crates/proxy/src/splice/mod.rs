@@ -479,6 +479,23 @@ mod tests {
         assert!(received == big, "bytes altered across holding back");
     }
 
+    /// What `socket` receives until its peer closes it, which must happen soon.
+    async fn until_closed(socket: &mut TcpStream, what: &str) -> Vec<u8> {
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut received))
+            .await
+            .unwrap_or_else(|_| panic!("{what} is not closed"))
+            .unwrap();
+        received
+    }
+
+    async fn ends(session: JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(5), session)
+            .await
+            .expect("the session ends")
+            .unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn the_servers_last_words_reach_the_client_before_the_end() {
         let (mut client, mut server, session) = session(splicer()).await;
@@ -487,49 +504,32 @@ mod tests {
             .await
             .unwrap();
         drop(server);
-        let mut received = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut received))
-            .await
-            .expect("the client's socket is closed")
-            .unwrap();
+        let received = until_closed(&mut client, "the client's socket").await;
         assert_eq!(received, b"FATAL: terminating connection");
         drop(client);
-        tokio::time::timeout(Duration::from_secs(5), session)
-            .await
-            .expect("the session ends")
-            .unwrap();
+        ends(session).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_client_that_leaves_ends_the_session_and_the_server_connection() {
         let (client, mut server, session) = session(splicer()).await;
         drop(client);
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut rest))
+        assert!(until_closed(&mut server, "the server's socket")
             .await
-            .expect("the server's socket is closed")
-            .unwrap();
-        assert!(rest.is_empty());
+            .is_empty());
         drop(server);
-        tokio::time::timeout(Duration::from_secs(5), session)
-            .await
-            .expect("the session ends")
-            .unwrap();
+        ends(session).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn ending_a_session_closes_both_sockets() {
         let (mut client, mut server, session) = session(splicer()).await;
         session.abort();
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut rest))
+        assert!(until_closed(&mut server, "the server's socket")
             .await
-            .expect("the server's socket is closed")
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+            .is_empty());
+        assert!(until_closed(&mut client, "the client's socket")
             .await
-            .expect("the client's socket is closed")
-            .unwrap();
-        assert!(rest.is_empty());
+            .is_empty());
     }
 }
