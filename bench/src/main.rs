@@ -324,8 +324,8 @@ async fn proxy_overhead(seconds: u64, rounds: usize) {
                 "{script:<18} {:<6} {:<14} {:>10} {:>10} {:>10} {:>8}",
                 "round", "path", "tps", "mean ms", "p99 ms", "ratio"
             );
-            // Per path: (tps, p99, ratio) of each round.
-            let mut figures: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
+            // Per path: [tps, mean, p99, ratio] of each round.
+            let mut figures: Vec<Vec<[f64; 4]>> = vec![Vec::new(); paths.len()];
             for round in 1..=rounds {
                 let mut direct_tps = f64::NAN;
                 for (i, (name, port, _)) in paths.iter().enumerate() {
@@ -336,7 +336,7 @@ async fn proxy_overhead(seconds: u64, rounds: usize) {
                         direct_tps = tps;
                     }
                     let ratio = tps / direct_tps;
-                    figures[i].push((tps, p99, ratio));
+                    figures[i].push([tps, mean, p99, ratio]);
                     println!(
                         "{:<18} {round:<6} {name:<14} {tps:>10.0} {mean:>10.3} {p99:>10.3} {ratio:>8.2}",
                         ""
@@ -347,19 +347,19 @@ async fn proxy_overhead(seconds: u64, rounds: usize) {
                 }
             }
             for ((name, _, _), runs) in paths.iter().zip(&figures) {
-                let median = |pick: fn(&(f64, f64, f64)) -> f64| {
-                    let mut values: Vec<f64> = runs.iter().map(pick).collect();
+                let median = |figure: usize| {
+                    let mut values: Vec<f64> = runs.iter().map(|r| r[figure]).collect();
                     values.sort_by(f64::total_cmp);
                     values[values.len() / 2]
                 };
                 println!(
-                    "{:<18} {:<6} {name:<14} {:>10.0} {:>10} {:>10.3} {:>8.2}",
+                    "{:<18} {:<6} {name:<14} {:>10.0} {:>10.3} {:>10.3} {:>8.2}",
                     "",
                     "median",
-                    median(|f| f.0),
-                    "",
-                    median(|f| f.1),
-                    median(|f| f.2)
+                    median(0),
+                    median(1),
+                    median(2),
+                    median(3)
                 );
             }
         }
