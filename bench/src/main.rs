@@ -13,8 +13,8 @@
 //! `proxy` runs pgbench (scale 10, 8 clients, -j 2, `-S` and the default script, SECONDS
 //! per run, default 10) straight to the primary, through stolon-proxy and, when `haproxy` is
 //! installed, through a minimal HAProxy of our own, in ROUNDS interleaved rounds (default
-//! 3), and prints TPS, mean and p99 latency, each ratio to the same round's direct run, and
-//! the medians.
+//! 3), and prints TPS, mean and p99 latency, each ratio to the same round's direct run, the
+//! proxy process's CPU (share of one core) and the medians.
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
 use std::time::Duration;
@@ -298,6 +298,23 @@ fn haproxy(target: u16, dir: &std::path::Path) -> Option<(u16, std::process::Chi
     Some((port, child))
 }
 
+/// CPU time (user and system, all threads) a process has used so far, in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime: fields 14 and 15 of the line, the state being field 3.
+    match (ticks(14 - 3), ticks(15 - 3)) {
+        (Some(user), Some(system)) => (user + system) / ticks_per_second,
+        _ => f64::NAN,
+    }
+}
+
 /// pgbench straight to the primary, through stolon-proxy and through HAProxy, in
 /// interleaved rounds: each round measures every path once, and each path's ratio is taken
 /// against the direct run of the same round, so that drift of the machine (the direct
@@ -309,44 +326,66 @@ async fn proxy_overhead(seconds: u64, rounds: usize) {
     let logs = cluster.root().join("pgbench");
     tokio::task::block_in_place(|| {
         run_pgbench(direct, &["-i", "-q", "-s", "10"]);
+        // Each path: name, port, the proxy process (whose CPU is measured) if any, and the
+        // child to stop at the end.
         let mut paths = vec![
-            ("direct", direct, None),
-            ("stolon-proxy", cluster.proxy_port(), None),
+            ("direct", direct, None, None),
+            (
+                "stolon-proxy",
+                cluster.proxy_port(),
+                cluster.proxies[0].1.pid(),
+                None,
+            ),
         ];
         match haproxy(direct, cluster.root()) {
-            Some((port, child)) => paths.push(("haproxy", port, Some(child))),
+            Some((port, child)) => {
+                let pid = child.id() as i32;
+                paths.push(("haproxy", port, Some(pid), Some(child)))
+            }
             None => println!("haproxy is not installed: skipping it (apt-get install haproxy)"),
         }
         let secs = seconds.to_string();
         let mut json = Vec::new();
         for (script, extra) in [("select-only (-S)", vec!["-S"]), ("tpcb (default)", vec![])] {
             println!(
-                "{script:<18} {:<6} {:<14} {:>10} {:>10} {:>10} {:>8}",
-                "round", "path", "tps", "mean ms", "p99 ms", "ratio"
+                "{script:<18} {:<6} {:<14} {:>10} {:>10} {:>10} {:>8} {:>10}",
+                "round", "path", "tps", "mean ms", "p99 ms", "ratio", "proxy cpu"
             );
             // Per path: [tps, mean, p99, ratio] of each round.
             let mut figures: Vec<Vec<[f64; 4]>> = vec![Vec::new(); paths.len()];
             for round in 1..=rounds {
                 let mut direct_tps = f64::NAN;
-                for (i, (name, port, _)) in paths.iter().enumerate() {
+                for (i, (name, port, proxy, _)) in paths.iter().enumerate() {
                     let mut args = vec!["-c", "8", "-j", "2", "-T", &secs];
                     args.extend(extra.iter().copied());
+                    let cpu_before = proxy.map(cpu_seconds);
+                    let started = Instant::now();
                     let (tps, mean, p99) = pgbench(*port, &args, &logs.join(name));
+                    // The proxy process's share of one core during the run.
+                    let cpu = proxy.zip(cpu_before).map_or(f64::NAN, |(pid, before)| {
+                        100.0 * (cpu_seconds(pid) - before) / started.elapsed().as_secs_f64()
+                    });
                     if *name == "direct" {
                         direct_tps = tps;
                     }
                     let ratio = tps / direct_tps;
                     figures[i].push([tps, mean, p99, ratio]);
+                    let cpu_column = if cpu.is_nan() {
+                        "-".to_string()
+                    } else {
+                        format!("{cpu:.1}%")
+                    };
                     println!(
-                        "{:<18} {round:<6} {name:<14} {tps:>10.0} {mean:>10.3} {p99:>10.3} {ratio:>8.2}",
+                        "{:<18} {round:<6} {name:<14} {tps:>10.0} {mean:>10.3} {p99:>10.3} {ratio:>8.2} {cpu_column:>10}",
                         ""
                     );
                     json.push(format!(
-                        "{{\"script\":\"{script}\",\"round\":{round},\"path\":\"{name}\",\"tps\":{tps:.1},\"mean_ms\":{mean:.3},\"p99_ms\":{p99:.3},\"ratio\":{ratio:.3}}}"
+                        "{{\"script\":\"{script}\",\"round\":{round},\"path\":\"{name}\",\"tps\":{tps:.1},\"mean_ms\":{mean:.3},\"p99_ms\":{p99:.3},\"ratio\":{ratio:.3},\"proxy_cpu_percent\":{}}}",
+                        if cpu.is_nan() { "null".to_string() } else { format!("{cpu:.1}") }
                     ));
                 }
             }
-            for ((name, _, _), runs) in paths.iter().zip(&figures) {
+            for ((name, _, _, _), runs) in paths.iter().zip(&figures) {
                 let median = |figure: usize| {
                     let mut values: Vec<f64> = runs.iter().map(|r| r[figure]).collect();
                     values.sort_by(f64::total_cmp);
@@ -367,7 +406,7 @@ async fn proxy_overhead(seconds: u64, rounds: usize) {
             "{{\"bench\":\"proxy overhead\",\"runs\":[{}]}}",
             json.join(",")
         );
-        for (_, _, child) in &mut paths {
+        for (_, _, _, child) in &mut paths {
             if let Some(child) = child {
                 let _ = child.kill();
                 let _ = child.wait();
