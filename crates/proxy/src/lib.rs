@@ -635,10 +635,11 @@ async fn relay(
     let _piped = Gauge::up(&shared.counters.piped);
     // The client now waits for the server's answer to its first message, so nothing is in
     // flight: the kernel can take over both directions from here without reordering bytes.
-    if let (Some(splicer), true) = (
-        &shared.splicer,
-        first.complete && unread(&client) == Some(0),
-    ) {
+    let splicer = shared
+        .splicer
+        .as_ref()
+        .filter(|_| first.complete && unread(&client) == Some(0));
+    if let Some(splicer) = splicer {
         match splicer.splice(client, server) {
             Ok(session) => {
                 shared.counters.spliced.fetch_add(1, Ordering::Relaxed);

@@ -22,7 +22,6 @@ const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
 const BPF_FUNC_SK_REDIRECT_HASH: i32 = 72;
 const BPF_FUNC_RINGBUF_OUTPUT: i32 = 130;
-const SO_COOKIE: libc::c_int = 57;
 
 /// The `union bpf_attr` the bpf(2) system call takes, filled field by field.
 #[repr(C, align(8))]
@@ -319,27 +318,6 @@ pub fn load_verdict(
         .u32(8, BPF_SK_SKB_STREAM_VERDICT)
         .call(BPF_PROG_ATTACH)?;
     Ok(program)
-}
-
-/// The kernel's unique, never reused id of a socket.
-pub fn cookie(socket: &impl AsFd) -> io::Result<u64> {
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes to the u64 given, which outlives the call.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            &mut cookie as *mut u64 as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(cookie)
-    }
 }
 
 /// A BPF ring buffer of 8-byte records (socket cookies), read from userspace.

@@ -76,8 +76,10 @@ impl Watch {
             libc::EPOLLIN as u32,
             REPORTS,
         )?;
-        #[allow(deprecated)]
-        let epoll = AsyncFd::with_interest(epoll, tokio::io::Interest::READABLE)?;
+        // SAFETY: the epoll descriptor is owned by the AsyncFd, which neither replaces nor
+        // closes it while registered.
+        let epoll =
+            unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE)? };
         Ok(Watch {
             epoll,
             reports,

@@ -93,7 +93,7 @@ impl Splicer {
         client: TcpStream,
         server: TcpStream,
     ) -> Result<Session<'_>, (TcpStream, TcpStream)> {
-        let cookies = match (bpf::cookie(&client), bpf::cookie(&server)) {
+        let cookies = match (cookie(&client), cookie(&server)) {
             (Ok(c), Ok(s)) => [c, s],
             _ => return Err((client, server)),
         };
@@ -171,7 +171,8 @@ pub struct Session<'a> {
     server: TcpStream,
 }
 
-/// One direction of a session: the bytes `source` receives leave by `target`.
+/// One direction of a session: the bytes the socket known by `cookie` receives leave by
+/// `target`.
 struct Direction<'a> {
     cookie: u64,
     target: &'a std::net::TcpStream,
@@ -234,7 +235,7 @@ impl Session<'_> {
         ];
         match keys
             .splicer
-            .spliced(&keys, &client, &server, &mut directions)
+            .spliced(&client, &server, &mut directions)
             .await?
         {
             Outcome::Over => Ok(()),
@@ -275,15 +276,15 @@ impl Splicer {
     /// Watches a spliced session until it is over or must be held.
     async fn spliced(
         &self,
-        keys: &Keys<'_>,
         client: &std::net::TcpStream,
         server: &std::net::TcpStream,
         directions: &mut [Direction<'_>; 2],
     ) -> io::Result<Outcome> {
         let signals = Arc::new(Signals::default());
+        // The client's direction starts at the client, the server's at the server.
         let watched = [
-            self.watch.watch(client, keys.cookies[0], &signals)?,
-            self.watch.watch(server, keys.cookies[1], &signals)?,
+            self.watch.watch(client, directions[0].cookie, &signals)?,
+            self.watch.watch(server, directions[1].cookie, &signals)?,
         ];
         loop {
             let draining = directions.iter().any(|d| d.state == Flow::Draining);
@@ -329,24 +330,45 @@ impl Splicer {
 
 /// Bytes of ours the socket's peer has acknowledged; None once the connection is closed.
 fn bytes_acked(socket: &impl AsRawFd) -> io::Result<Option<u64>> {
-    // SAFETY: tcp_info is plain old data, all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes to `info`, which outlives the call.
+    const TCP_CLOSE: u8 = 7;
+    // SAFETY: tcp_info is plain old data: any bytes, zeroes included, are a valid value.
+    let info: libc::tcp_info = unsafe { socket_option(socket, libc::IPPROTO_TCP, libc::TCP_INFO)? };
+    Ok((info.tcpi_state != TCP_CLOSE).then_some(info.tcpi_bytes_acked))
+}
+
+/// The kernel's unique, never reused id of a socket.
+fn cookie(socket: &impl AsRawFd) -> io::Result<u64> {
+    const SO_COOKIE: libc::c_int = 57;
+    // SAFETY: any 8 bytes are a u64.
+    unsafe { socket_option(socket, libc::SOL_SOCKET, SO_COOKIE) }
+}
+
+/// Reads a socket option into a zeroed `T`.
+///
+/// # Safety
+/// `T` must be plain old data, valid whatever bytes the kernel writes (or leaves zero).
+unsafe fn socket_option<T>(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    // SAFETY: the caller vouches that all zeroes is a valid T.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes to `value`, which outlives the call.
     let r = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            level,
+            name,
+            &mut value as *mut T as *mut libc::c_void,
             &mut len,
         )
     };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
-        const TCP_CLOSE: u8 = 7;
-        Ok((info.tcpi_state != TCP_CLOSE).then_some(info.tcpi_bytes_acked))
+        Ok(value)
     }
 }
 
