@@ -10,6 +10,7 @@ WORK=${STOLON_DEMO_DIR:-/tmp/stolon-demo}
 ETCD_PORT=${STOLON_DEMO_ETCD_PORT:-23790}
 PROXY_PORT=${STOLON_DEMO_PROXY_PORT:-25432}
 PG_BASE_PORT=${STOLON_DEMO_PG_BASE_PORT:-25433}
+KEEPER_HTTP_BASE_PORT=${STOLON_DEMO_KEEPER_HTTP_BASE_PORT:-25533}
 CLUSTER=demo
 SU=stolon
 SU_PASSWORD=stolon-demo-password
@@ -70,7 +71,8 @@ for k in 0 1 2; do
   start "keeper$k" "$BIN/stolon-keeper" "${common[@]}" --uid "keeper$k" --data-dir "$WORK/keeper$k" \
     --pg-listen-address 127.0.0.1 --pg-port $((PG_BASE_PORT + k)) --pg-bin-path "$PG_BIN" \
     --pg-su-username "$SU" --pg-su-passwordfile "$WORK/su-password" \
-    --pg-repl-username "$REPL" --pg-repl-passwordfile "$WORK/repl-password"
+    --pg-repl-username "$REPL" --pg-repl-passwordfile "$WORK/repl-password" \
+    --metrics-listen-address "127.0.0.1:$((KEEPER_HTTP_BASE_PORT + k))"
 done
 start proxy "$BIN/stolon-proxy" "${common[@]}" --listen-address 127.0.0.1 --port "$PROXY_PORT"
 
@@ -96,6 +98,9 @@ stolon-rs demo cluster is up (etcd, 2 sentinels, 3 keepers, 1 proxy on 127.0.0.1
 
   cluster status:
     $BIN/stolonctl ${common[*]} status
+
+  what each keeper answers a load balancer (/primary, then /replica; also /health, /metrics):
+    for p in $KEEPER_HTTP_BASE_PORT $((KEEPER_HTTP_BASE_PORT + 1)) $((KEEPER_HTTP_BASE_PORT + 2)); do curl -s 127.0.0.1:\$p/primary; curl -s 127.0.0.1:\$p/replica; done
 
   logs: $WORK/logs    keeper data: $WORK/keeper0..2
   keeper processes: $(for k in 0 1 2; do printf 'keeper%s=%s ' "$k" "${pids[$((3 + k))]}"; done)

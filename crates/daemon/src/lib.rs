@@ -1,8 +1,9 @@
 //! Plumbing shared by every binary, and nothing else: the common flags and their
 //! environment variables, logging setup, the store connection, shutdown on signals, secrets
-//! read from files, random identities, logging the engine's events, and the `/metrics`
-//! endpoint ([`metrics`]).
+//! read from files, random identities, logging the engine's events, and the HTTP endpoint
+//! for metrics and health checks ([`http`], [`metrics`]).
 
+pub mod http;
 pub mod metrics;
 
 use anyhow::{bail, Context};

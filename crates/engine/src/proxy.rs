@@ -1,7 +1,7 @@
 //! Where a proxy sends its clients.
 
 use std::time::Duration;
-use stolon_cluster::{ClusterData, ProxyUid};
+use stolon_cluster::{ClusterData, Db, DbRole, ProxyUid};
 
 /// The proxy's routing decision for one cluster data read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,22 +86,7 @@ pub fn read_only_targets(
         .dbs
         .values()
         .filter(|s| {
-            s.uid != master.uid
-                && s.spec.role == stolon_cluster::DbRole::Standby
-                && s.spec
-                    .follow_config
-                    .as_ref()
-                    .is_some_and(|f| f.db_uid == master.uid)
-                && s.status.healthy
-                && s.status.in_recovery
-                && s.status.current_generation == s.generation
-                && s.status.timeline_id == master.status.timeline_id
-                && master
-                    .status
-                    .x_log_pos
-                    .0
-                    .saturating_sub(s.status.x_log_pos.0)
-                    <= max_lag
+            unreadable(master, s, max_lag).is_none()
                 && !s.status.listen_address.is_empty()
                 && s.status.port != 0
         })
@@ -115,4 +100,35 @@ pub fn read_only_targets(
         return vec![ReadTarget { db, address, port }];
     }
     standbys
+}
+
+/// Why `standby` may not serve reads, or None when it may: it must stream from `master`,
+/// have applied its spec, report itself healthy, be on the primary's timeline, and have been
+/// at most `max_lag` bytes behind the primary at their last reports.
+pub fn unreadable(master: &Db, standby: &Db, max_lag: u64) -> Option<&'static str> {
+    let follows_master = standby.uid != master.uid
+        && standby.spec.role == DbRole::Standby
+        && standby
+            .spec
+            .follow_config
+            .as_ref()
+            .is_some_and(|f| f.db_uid == master.uid);
+    let behind = master
+        .status
+        .x_log_pos
+        .0
+        .saturating_sub(standby.status.x_log_pos.0);
+    if !follows_master {
+        Some("not a standby of the primary")
+    } else if !standby.status.healthy || !standby.status.in_recovery {
+        Some("not reported healthy and in recovery")
+    } else if standby.status.current_generation != standby.generation {
+        Some("has not applied its latest spec yet")
+    } else if standby.status.timeline_id != master.status.timeline_id {
+        Some("not on the primary's timeline")
+    } else if behind > max_lag {
+        Some("too far behind the primary")
+    } else {
+        None
+    }
 }

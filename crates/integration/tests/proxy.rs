@@ -5,7 +5,8 @@ use nix::sys::signal::Signal;
 use std::time::Duration;
 use stolon_cluster::DbRole;
 use stolon_testkit::{
-    connect, is_connection_loss, wait_for_service, wait_until, ClusterBuilder, TestCluster,
+    connect, http_get, is_connection_loss, metric, wait_for_service, wait_until, ClusterBuilder,
+    TestCluster,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -210,9 +211,44 @@ async fn bad_proxy_flags_are_refused() {
 }
 
 fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+    descriptors(pid).len()
+}
+
+/// What each of a process's descriptors is: a TCP socket's addresses and state (from
+/// `/proc/<pid>/net/tcp`), or what the descriptor's link names.
+fn descriptors(pid: i32) -> Vec<String> {
+    let mut sockets = std::collections::HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for fields in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            // sl local remote st tx:rx tr:when retransmits uid timeout inode ...
+            if let (Some(local), Some(remote), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(2), fields.get(3), fields.get(9))
+            {
+                let port =
+                    |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
+                sockets.insert(
+                    format!("socket:[{inode}]"),
+                    format!("tcp :{} -> :{} state {state}", port(local), port(remote)),
+                );
+            }
+        }
+    }
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            sockets.get(&target).cloned().unwrap_or(target)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn rss_kib(pid: i32) -> u64 {
@@ -247,7 +283,8 @@ async fn hostile_clients(proxy_args: &[&str]) {
     let pid = cluster.proxies[0].1.pid().unwrap();
     let witness = connect(port).await.unwrap();
     witness.simple_query("select 1").await.unwrap();
-    let fds_before = open_fds(pid);
+    let before = descriptors(pid);
+    let fds_before = before.len();
     let rss_before = rss_kib(pid);
 
     // Garbage instead of a startup packet: postgres refuses it, the connection ends.
@@ -298,10 +335,21 @@ async fn hostile_clients(proxy_args: &[&str]) {
     drop(silent);
     drop(partial);
     drop(garbage);
-    wait_until("the proxy to release every descriptor", BOOT, || async {
-        (open_fds(pid) <= fds_before).then_some(())
+    let released = tokio::time::timeout(BOOT, async {
+        while open_fds(pid) > fds_before {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    if released.is_err() {
+        let mut left = descriptors(pid);
+        for d in &before {
+            if let Some(i) = left.iter().position(|l| l == d) {
+                left.remove(i);
+            }
+        }
+        panic!("the proxy still holds, besides what it held before: {left:#?}");
+    }
     witness.simple_query("select 1").await.unwrap();
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
@@ -407,7 +455,11 @@ async fn s_proxy_04_read_only_endpoint_uses_fresh_standbys_only() {
         || async { lands_on(ro).await.is_none().then_some(()) },
     )
     .await;
-    assert_eq!(lands_on(ro_fallback).await, Some(port_of(promoted)));
+    // The other proxy drops the standby on its own read of the store.
+    wait_until("reads falling back to the primary", FAILOVER, || async {
+        (lands_on(ro_fallback).await == Some(port_of(promoted))).then_some(())
+    })
+    .await;
     cluster.freeze_walreceiver(left, false);
     wait_until(
         "the standby back in the read-only set",
@@ -419,25 +471,6 @@ async fn s_proxy_04_read_only_endpoint_uses_fresh_standbys_only() {
 }
 
 /// `GET path` on 127.0.0.1:`port`: the status line and the body.
-async fn http_get(port: u16, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-fn metric(body: &str, name: &str) -> i64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {body}"))
-}
-
 /// `--metrics-listen-address`: Prometheus text on `/metrics`, counting connections.
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_metrics_count_connections() {
@@ -447,33 +480,37 @@ async fn proxy_metrics_count_connections() {
     cluster.wait_for_master(BOOT).await;
     let port = cluster.proxy_port();
     wait_for_service("the proxy", port, BOOT).await;
-    let (status, before) = http_get(metrics, "/metrics").await;
+    let (status, before) = http_get(metrics, "/metrics").await.unwrap();
     assert!(status.contains("200"), "{status}");
-    assert_eq!(metric(&before, "stolon_proxy_listening"), 1);
-    assert_eq!(metric(&before, "stolon_proxy_routing"), 1);
+    assert_eq!(metric(&before, "stolon_proxy_listening"), 1.0);
+    assert_eq!(metric(&before, "stolon_proxy_routing"), 1.0);
     let sessions = [connect(port).await.unwrap(), connect(port).await.unwrap()];
     for s in &sessions {
         s.simple_query("select 1").await.unwrap();
     }
-    let (_, during) = http_get(metrics, "/metrics").await;
+    let (_, during) = http_get(metrics, "/metrics").await.unwrap();
     assert_eq!(
         metric(&during, "stolon_proxy_client_connections_total")
             - metric(&before, "stolon_proxy_client_connections_total"),
-        2
+        2.0
     );
     assert!(
-        metric(&during, "stolon_proxy_piped_connections") >= 2,
+        metric(&during, "stolon_proxy_piped_connections") >= 2.0,
         "{during}"
     );
     // The tests run as root, where the kernel splices the sessions.
     assert_eq!(
         metric(&during, "stolon_proxy_spliced_connections_total")
             - metric(&before, "stolon_proxy_spliced_connections_total"),
-        2,
+        2.0,
         "{during}"
     );
     drop(sessions);
-    let (status, _) = http_get(metrics, "/other").await;
+    let (status, _) = http_get(metrics, "/other").await.unwrap();
     assert!(status.contains("404"), "{status}");
+    assert!(
+        before.contains(r#"stolon_cluster_identifier{cluster_name="test",component="proxy"} 1"#),
+        "{before}"
+    );
     cluster.assert_no_unexpected_errors(EXPECTED);
 }

@@ -6,9 +6,12 @@
 //! on its own to become a primary: only the db spec the sentinel wrote can say so.
 
 mod state;
+mod status;
 
 use anyhow::Context;
 use state::{DataDir, DbState};
+use status::Status;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +69,21 @@ pub struct KeeperConfig {
     pub priority: i32,
     /// The OS user PostgreSQL runs as, when the keeper runs as root.
     pub run_as: Option<OsUser>,
+    /// Names the cluster in `/metrics`.
+    pub cluster_name: String,
+    /// Where to serve `/metrics`, `/health`, `/primary` and `/replica`, when asked for.
+    pub http: Option<SocketAddr>,
+}
+
+/// How the keeper reaches its own instance.
+fn local_conn(config: &KeeperConfig, timeout: Duration) -> LocalConn {
+    LocalConn {
+        socket_dir: SOCKET_DIR.to_string(),
+        port: config.port,
+        user: config.su_username.clone(),
+        password: config.su_password.clone(),
+        timeout,
+    }
 }
 
 /// Runs the keeper until `shutdown`, then stops PostgreSQL.
@@ -85,8 +103,18 @@ pub async fn run(
     };
     pg.chown(&data.root)
         .context("giving the data dir to postgres' OS user")?;
+    let uid = KeeperUid::new(uid);
+    let status = Arc::new(Status::new(
+        config.cluster_name.clone(),
+        uid.clone(),
+        local_conn(&config, status::PROBE_TIMEOUT),
+    ));
+    if let Some(address) = config.http {
+        stolon_daemon::http::serve(address, status.clone().handler(), shutdown.clone()).await?;
+    }
     let mut keeper = Keeper {
-        uid: KeeperUid::new(uid),
+        uid,
+        status,
         boot_uuid: format!(
             "{}{}",
             stolon_daemon::random_uid(),
@@ -131,6 +159,7 @@ pub async fn run(
 
 struct Keeper {
     uid: KeeperUid,
+    status: Arc<Status>,
     boot_uuid: String,
     pg: PgCtl,
     data: DataDir,
@@ -160,6 +189,7 @@ impl Keeper {
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
         let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
+        let mut publish_every = DEFAULT_SLEEP_INTERVAL;
         let mut last_published: Option<(Instant, Option<PgState>)> = None;
         loop {
             let cd = match stolon_store::read_cluster_data(self.store.as_ref()).await {
@@ -174,33 +204,47 @@ impl Keeper {
                 }
             };
             if let Some(cd) = &cd {
+                self.status.read_cluster_data(cd);
                 sleep_interval = cd.spec.sleep_interval;
+                // `/primary` counts on a publish at least every quarter of failInterval
+                // (see stolon_engine::health).
+                publish_every = sleep_interval.min(cd.spec.fail_interval / 4);
                 self.request_timeout = cd.spec.request_timeout;
                 self.db_wait_ready_timeout = cd.spec.db_wait_ready_timeout;
             }
             let data = cd.as_ref().map(|c| &c.data);
             let seen = self.reconcile(data).await;
             let running = seen.instance.running;
+            self.status.observed(
+                running,
+                seen.instance.in_recovery,
+                seen.instance.pending_restart,
+                self.sync_gate,
+            );
             if let Some(cd) = data {
                 let state = self.pg_state(&seen);
                 // During a switchover the target's position is what the sentinel waits for.
                 let switching = cd.cluster.status.switchover.is_some();
                 let due = last_published.as_ref().is_none_or(|(at, prev)| {
-                    at.elapsed() >= sleep_interval
+                    at.elapsed() >= publish_every
                         || !same_but_position(prev.as_ref(), state.as_ref())
                         || (switching && prev != &state)
                 });
                 if due {
+                    let sent = Instant::now();
                     match self.publish(cd, state.clone(), sleep_interval).await {
-                        Ok(()) => last_published = Some((Instant::now(), state)),
+                        Ok(()) => {
+                            self.status.published(sent);
+                            last_published = Some((Instant::now(), state));
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot publish keeper info"),
                     }
                 }
             }
             let next_publish = last_published
                 .as_ref()
-                .map(|(at, _)| sleep_interval.saturating_sub(at.elapsed()))
-                .unwrap_or(sleep_interval);
+                .map(|(at, _)| publish_every.saturating_sub(at.elapsed()))
+                .unwrap_or(publish_every);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = changes.wait(self.store.as_ref(), next_publish.max(Duration::from_millis(50))) => {}
@@ -233,6 +277,7 @@ impl Keeper {
             match &action {
                 Action::Idle => {
                     self.last_wait = None;
+                    self.status.converged();
                     return seen;
                 }
                 Action::Wait(reason) => {
@@ -252,6 +297,7 @@ impl Keeper {
                 return seen;
             }
             let result = self.act(cd, &action).await;
+            self.status.acted(result.is_ok());
             if matches!(action, Action::Start { .. }) {
                 self.count_start(cd, result.is_ok());
             }
@@ -375,13 +421,7 @@ impl Keeper {
     }
 
     fn local_conn(&self) -> LocalConn {
-        LocalConn {
-            socket_dir: SOCKET_DIR.to_string(),
-            port: self.config.port,
-            user: self.config.su_username.clone(),
-            password: self.config.su_password.clone(),
-            timeout: self.request_timeout,
-        }
+        local_conn(&self.config, self.request_timeout)
     }
 
     fn pg_state(&self, seen: &Seen) -> Option<PgState> {

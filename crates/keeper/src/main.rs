@@ -64,6 +64,10 @@ struct Cli {
     /// When the keeper runs as root: the OS user PostgreSQL runs as.
     #[arg(long, default_value = "postgres")]
     pg_os_user: String,
+    /// Where to serve Prometheus `/metrics` and the `/health`, `/primary` and `/replica`
+    /// checks (host:port); not served when not given.
+    #[arg(long)]
+    metrics_listen_address: Option<std::net::SocketAddr>,
 }
 
 fn main() {
@@ -136,6 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         can_be_synchronous_replica: cli.can_be_synchronous_replica,
         priority: cli.priority,
         run_as,
+        cluster_name: cli.common.cluster_name.clone(),
+        http: cli.metrics_listen_address,
     };
     let shutdown = stolon_daemon::shutdown_on_signals();
     let Some(store) = stolon_daemon::connect_store_retrying(&cli.common, &shutdown).await? else {

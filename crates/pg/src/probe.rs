@@ -62,6 +62,16 @@ impl LocalConn {
             .map_err(PgError::from)
     }
 
+    /// Whether the instance is in recovery: the cheapest question that proves it accepts
+    /// connections and runs queries.
+    pub async fn in_recovery(&self) -> Result<bool, PgError> {
+        let client = self.connect().await?;
+        let row = self
+            .bounded(client.query_one("select pg_is_in_recovery()", &[]))
+            .await?;
+        Ok(row.get(0))
+    }
+
     pub async fn observe(&self, slot_prefix: &str) -> Result<Observed, PgError> {
         let client = self.connect().await?;
         // A standby's checkpoint timeline lags behind a timeline switch; the walreceiver's

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
+use stolon_daemon::metrics::Exposition;
 use stolon_engine::proxy::{read_only_targets, route, Route};
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio::io::{copy_bidirectional_with_sizes, AsyncReadExt, AsyncWriteExt};
@@ -37,6 +38,8 @@ const MAX_HOLD: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub uid: ProxyUid,
+    /// Names the cluster in `/metrics`.
+    pub cluster_name: String,
     pub listen: SocketAddr,
     /// Close the listening socket while fenced, so load balancers see the proxy as down.
     pub stop_listening: bool,
@@ -265,71 +268,58 @@ impl Shared {
 
     fn render_metrics(&self) -> String {
         let c = &self.counters;
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+        let gauge = |gauge: &AtomicI64| gauge.load(Ordering::Relaxed) as f64;
         let gate = self.routing.borrow().gate;
         let listening = !self.listeners.lock().unwrap().is_empty();
         let readers = self.readers.lock().unwrap().len();
-        let mut out = String::new();
-        for (name, kind, help, value) in [
-            (
-                "stolon_proxy_client_connections_total",
-                "counter",
-                "Client connections accepted.",
-                c.accepted.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "stolon_proxy_refused_connections_total",
-                "counter",
-                "Client connections closed at once for want of a route.",
-                c.refused.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "stolon_proxy_piped_connections",
-                "gauge",
-                "Client connections piped to a server now.",
-                c.piped.load(Ordering::Relaxed),
-            ),
-            (
-                "stolon_proxy_held_connections",
-                "gauge",
-                "Client connections waiting for a switchover to end.",
-                c.held.load(Ordering::Relaxed),
-            ),
-            (
-                "stolon_proxy_spliced_connections_total",
-                "counter",
-                "Client connections whose bytes the kernel moved (BPF sockmap).",
-                c.spliced.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "stolon_proxy_fences_total",
-                "counter",
-                "Times the proxy fenced itself for want of the store.",
-                c.fences.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "stolon_proxy_listening",
-                "gauge",
-                "1 while the proxy listens.",
-                i64::from(listening),
-            ),
-            (
-                "stolon_proxy_routing",
-                "gauge",
-                "1 while new connections go to a primary.",
-                i64::from(matches!(gate, Gate::Open(_))),
-            ),
-            (
-                "stolon_proxy_read_only_targets",
-                "gauge",
-                "Standbys the read-only endpoint uses now.",
-                readers as i64,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        }
-        out
+        let mut e = Exposition::new("proxy", &self.config.cluster_name);
+        e.counter(
+            "stolon_proxy_client_connections_total",
+            "Client connections accepted.",
+            count(&c.accepted),
+        )
+        .counter(
+            "stolon_proxy_refused_connections_total",
+            "Client connections closed at once for want of a route.",
+            count(&c.refused),
+        )
+        .gauge(
+            "stolon_proxy_piped_connections",
+            "Client connections piped to a server now.",
+            gauge(&c.piped),
+        )
+        .gauge(
+            "stolon_proxy_held_connections",
+            "Client connections waiting for a switchover to end.",
+            gauge(&c.held),
+        )
+        .counter(
+            "stolon_proxy_spliced_connections_total",
+            "Client connections whose bytes the kernel moved (BPF sockmap).",
+            count(&c.spliced),
+        )
+        .counter(
+            "stolon_proxy_fences_total",
+            "Times the proxy fenced itself for want of the store.",
+            count(&c.fences),
+        )
+        .gauge(
+            "stolon_proxy_listening",
+            "1 while the proxy listens.",
+            f64::from(u8::from(listening)),
+        )
+        .gauge(
+            "stolon_proxy_routing",
+            "1 while new connections go to a primary.",
+            f64::from(u8::from(matches!(gate, Gate::Open(_)))),
+        )
+        .gauge(
+            "stolon_proxy_read_only_targets",
+            "Standbys the read-only endpoint uses now.",
+            readers as f64,
+        );
+        e.finish()
     }
 
     /// Fences the proxy when its deadline has passed.
@@ -373,9 +363,9 @@ pub async fn run(
     });
     if let Some(address) = shared.config.metrics {
         let metrics = shared.clone();
-        stolon_daemon::metrics::serve_metrics(
+        stolon_daemon::http::serve(
             address,
-            Arc::new(move || metrics.render_metrics()),
+            stolon_daemon::http::metrics_only(move || metrics.render_metrics()),
             shutdown.clone(),
         )
         .await?;

@@ -89,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = ProxyConfig {
         uid,
+        cluster_name: cli.common.cluster_name.clone(),
         listen: SocketAddr::new(cli.listen_address, cli.port),
         stop_listening: cli.stop_listening,
         keepalive: Keepalive {

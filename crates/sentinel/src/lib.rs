@@ -5,12 +5,14 @@
 //! and proxies' infos, asks the engine's planner ([`stolon_engine::sentinel::step`]) for the
 //! next cluster data, and writes it with compare-and-swap against the revision it read.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use stolon_cluster::{
     ClusterData, ClusterSpec, ClusterUid, KeeperInfo, ProxyInfo, SentinelInfo, SentinelUid,
 };
+use stolon_daemon::metrics::{unix_seconds, Exposition};
 use stolon_engine::sentinel::{step, Memory, Observations};
 use stolon_engine::{Event, Level};
 use stolon_store::{ChangeWaiter, Expect, InfoKind, Store, StoreError, WatchScope};
@@ -28,11 +30,52 @@ pub struct SentinelConfig {
     pub uid: SentinelUid,
     /// Written as a new cluster when the store holds no cluster data.
     pub initial_spec: Option<ClusterSpec>,
+    /// Names the cluster in `/metrics`.
+    pub cluster_name: String,
+    /// Where to serve Prometheus `/metrics`, when asked for.
+    pub metrics: Option<SocketAddr>,
 }
 
-/// Counts leadership terms won; 0 means not leading now.
+/// Leadership as the election loop sees it, and what `/metrics` reports.
 #[derive(Default)]
-struct LeaderTerm(AtomicU64);
+struct LeaderTerm {
+    /// The number of the term being led; 0 means not leading now.
+    current: AtomicU64,
+    /// Terms won since the sentinel started.
+    won: AtomicU64,
+    /// When a cluster check last succeeded.
+    last_check_ok: Mutex<Option<SystemTime>>,
+}
+
+impl LeaderTerm {
+    fn current(&self) -> u64 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    fn check_succeeded(&self) {
+        *self.last_check_ok.lock().unwrap() = Some(SystemTime::now());
+    }
+
+    fn render_metrics(&self, cluster_name: &str) -> String {
+        let mut e = Exposition::new("sentinel", cluster_name);
+        e.gauge(
+            "stolon_sentinel_is_leader",
+            "1 while this sentinel leads.",
+            f64::from(u8::from(self.current() != 0)),
+        )
+        .counter(
+            "stolon_sentinel_leader_count",
+            "Leadership terms this sentinel has won.",
+            self.won.load(Ordering::SeqCst) as f64,
+        )
+        .gauge(
+            "stolon_sentinel_last_cluster_check_success_seconds",
+            "When a cluster check last succeeded (unix time).",
+            unix_seconds(*self.last_check_ok.lock().unwrap()),
+        );
+        e.finish()
+    }
+}
 
 /// Runs the sentinel until `shutdown`.
 pub async fn run(
@@ -41,6 +84,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let term = Arc::new(LeaderTerm::default());
+    if let Some(address) = config.metrics {
+        let (term, cluster_name) = (term.clone(), config.cluster_name.clone());
+        stolon_daemon::http::serve(
+            address,
+            stolon_daemon::http::metrics_only(move || term.render_metrics(&cluster_name)),
+            shutdown.clone(),
+        )
+        .await?;
+    }
     let election = tokio::spawn(election_loop(
         store.clone(),
         config.uid.clone(),
@@ -62,7 +114,10 @@ pub async fn run(
     let mut changes = ChangeWaiter::new(WatchScope::Everything);
     while !shutdown.is_cancelled() {
         match sentinel.check().await {
-            Ok(Some(interval)) => sleep_interval = interval,
+            Ok(Some(interval)) => {
+                sentinel.term.check_succeeded();
+                sleep_interval = interval;
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cluster check failed"),
         }
@@ -106,7 +161,6 @@ async fn election_loop(
     term: Arc<LeaderTerm>,
     shutdown: CancellationToken,
 ) {
-    let mut terms_won = 0;
     loop {
         tracing::info!("Trying to acquire sentinels leadership");
         let campaign = tokio::select! {
@@ -115,17 +169,17 @@ async fn election_loop(
         };
         match campaign {
             Ok(mut leadership) => {
-                terms_won += 1;
-                term.0.store(terms_won, Ordering::SeqCst);
+                let won = term.won.fetch_add(1, Ordering::SeqCst) + 1;
+                term.current.store(won, Ordering::SeqCst);
                 tracing::info!("sentinel leadership acquired");
                 tokio::select! {
                     _ = shutdown.cancelled() => {
-                        term.0.store(0, Ordering::SeqCst);
+                        term.current.store(0, Ordering::SeqCst);
                         return;
                     }
                     _ = leadership.lost() => {}
                 }
-                term.0.store(0, Ordering::SeqCst);
+                term.current.store(0, Ordering::SeqCst);
                 tracing::warn!("sentinel leadership lost");
             }
             Err(e) => {
@@ -177,7 +231,7 @@ impl Sentinel {
             .await?;
             self.info_published = Some(Instant::now());
         }
-        let current_term = self.term.0.load(Ordering::SeqCst);
+        let current_term = self.term.current();
         if current_term == 0 {
             return Ok(Some(interval));
         }
@@ -202,7 +256,7 @@ impl Sentinel {
         self.events.log(out.events);
         self.wake_at = out.wake_at;
         // Leadership may have been lost while we computed: a deposed leader must not write.
-        if out.data != read.data && self.term.0.load(Ordering::SeqCst) == current_term {
+        if out.data != read.data && self.term.current() == current_term {
             match store
                 .put_cluster_data(out.data.encode(), Expect::Revision(read.revision))
                 .await

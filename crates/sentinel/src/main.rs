@@ -14,6 +14,9 @@ struct Cli {
     /// A cluster spec (JSON file) written as a new cluster when the store has no cluster data.
     #[arg(long)]
     initial_cluster_spec: Option<PathBuf>,
+    /// Where to serve Prometheus `/metrics` (host:port); not served when not given.
+    #[arg(long)]
+    metrics_listen_address: Option<std::net::SocketAddr>,
 }
 
 fn main() {
@@ -40,5 +43,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(store) = stolon_daemon::connect_store_retrying(&cli.common, &shutdown).await? else {
         return Ok(());
     };
-    stolon_sentinel::run(SentinelConfig { uid, initial_spec }, store, shutdown).await
+    let config = SentinelConfig {
+        uid,
+        initial_spec,
+        cluster_name: cli.common.cluster_name.clone(),
+        metrics: cli.metrics_listen_address,
+    };
+    stolon_sentinel::run(config, store, shutdown).await
 }

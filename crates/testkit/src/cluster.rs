@@ -196,6 +196,8 @@ pub struct KeeperHandle {
     pub uid: KeeperUid,
     pub data_dir: PathBuf,
     pub pg_port: u16,
+    /// Where the keeper serves `/metrics`, `/health`, `/primary` and `/replica`.
+    pub http_port: u16,
     pub options: KeeperOptions,
     pub process: Option<Process>,
     starts: usize,
@@ -208,6 +210,7 @@ impl KeeperHandle {
             uid: KeeperUid::new(format!("keeper{i}")),
             data_dir: cluster.root().join(format!("keeper{i}")),
             pg_port: free_port(),
+            http_port: free_port(),
             options,
             process: None,
             starts: 0,
@@ -261,9 +264,16 @@ impl TestCluster {
     }
 
     pub fn add_sentinel(&mut self) {
+        self.add_sentinel_with(&[]);
+    }
+
+    /// A sentinel started with extra flags.
+    pub fn add_sentinel_with(&mut self, args: &[&str]) {
         let mut cmd = Command::new(self.bin.join("stolon-sentinel"));
         self.common_args(&mut cmd);
-        cmd.arg("--initial-cluster-spec").arg(&self.spec_path);
+        cmd.arg("--initial-cluster-spec")
+            .arg(&self.spec_path)
+            .args(args);
         let name = format!("sentinel{}", self.sentinels.len());
         self.sentinels
             .push(Process::spawn(&name, cmd, &self.log_dir));
@@ -343,7 +353,9 @@ impl TestCluster {
             .arg("--can-be-synchronous-replica")
             .arg(k.options.can_be_synchronous_replica.to_string())
             .arg("--priority")
-            .arg(k.options.priority.to_string());
+            .arg(k.options.priority.to_string())
+            .arg("--metrics-listen-address")
+            .arg(format!("127.0.0.1:{}", k.http_port));
         if let Some(port) = k.options.advertise_port {
             cmd.arg("--pg-advertise-port").arg(port.to_string());
         }

@@ -136,6 +136,37 @@ pub async fn wait_for_service(what: &str, port: u16, timeout: Duration) {
     .await
 }
 
+/// `GET path` on 127.0.0.1:`port`: the status line and the body, or None when nothing
+/// answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The value of the sample `name` (with its labels, if any) in a Prometheus text body.
+pub fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
 /// Whether a client error means the server side of the connection went away: closed by the
 /// proxy, reset, or a backend announcing its end because its postmaster died.
 pub fn is_connection_loss(err: &tokio_postgres::Error) -> bool {

@@ -1,0 +1,243 @@
+//! What the keeper tells the outside world over HTTP: Prometheus `/metrics`, and the
+//! `/health`, `/primary` and `/replica` checks of load balancers and Kubernetes probes, which
+//! [`stolon_engine::health`] decides.
+//!
+//! The checks ask PostgreSQL at request time, so that a crash or a promotion shows at once
+//! rather than at the keeper's next loop; answers are shared for [`PROBE_REUSE`] so that a
+//! burst of probes costs one connection.
+
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use stolon_cluster::{DbRole, KeeperUid};
+use stolon_daemon::http::{Answer, Handler, Request, Response};
+use stolon_daemon::metrics::{unix_seconds, Exposition};
+use stolon_engine::health::{answer, Check, Facts};
+use stolon_pg::probe::LocalConn;
+use stolon_store::ReadClusterData;
+use tokio::time::Instant;
+
+/// How long one answer of PostgreSQL serves later checks.
+const PROBE_REUSE: Duration = Duration::from_millis(250);
+/// Load balancers give a check a few seconds; PostgreSQL must answer well within them.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+const ROLES: [&str; 3] = ["undefined", "master", "standby"];
+
+pub(crate) struct Status {
+    cluster_name: String,
+    uid: KeeperUid,
+    conn: LocalConn,
+    known: Mutex<Known>,
+    /// PostgreSQL's last answer (in recovery or not; None: no answer) and when it came.
+    probe: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
+}
+
+/// What the keeper's loop has recorded.
+#[derive(Default)]
+struct Known {
+    view: Option<Arc<ReadClusterData>>,
+    view_read_at: Option<SystemTime>,
+    published_at: Option<Instant>,
+    sync_gate: bool,
+    /// From the loop's last observation: whether postgres runs and is in recovery.
+    running: bool,
+    in_recovery: Option<bool>,
+    needs_restart: bool,
+    converged_at: Option<SystemTime>,
+    actions: u64,
+    failed_actions: u64,
+}
+
+impl Status {
+    /// `conn` should time out after [`PROBE_TIMEOUT`].
+    pub fn new(cluster_name: String, uid: KeeperUid, conn: LocalConn) -> Status {
+        Status {
+            cluster_name,
+            uid,
+            conn,
+            known: Mutex::new(Known::default()),
+            probe: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn read_cluster_data(&self, read: &ReadClusterData) {
+        let mut known = self.known.lock().unwrap();
+        known.view = Some(Arc::new(read.clone()));
+        known.view_read_at = Some(SystemTime::now());
+    }
+
+    /// A publish sent at `sent` succeeded. The sentinel saw it no earlier than that: counting
+    /// from the sending keeps `/primary`'s margin whatever the store's latency.
+    pub fn published(&self, sent: Instant) {
+        self.known.lock().unwrap().published_at = Some(sent);
+    }
+
+    pub fn observed(
+        &self,
+        running: bool,
+        in_recovery: Option<bool>,
+        needs_restart: bool,
+        sync_gate: bool,
+    ) {
+        let mut known = self.known.lock().unwrap();
+        known.running = running;
+        known.in_recovery = in_recovery;
+        known.needs_restart = needs_restart;
+        known.sync_gate = sync_gate;
+    }
+
+    pub fn acted(&self, succeeded: bool) {
+        let mut known = self.known.lock().unwrap();
+        known.actions += 1;
+        if !succeeded {
+            known.failed_actions += 1;
+        }
+    }
+
+    pub fn converged(&self) {
+        self.known.lock().unwrap().converged_at = Some(SystemTime::now());
+    }
+
+    pub fn handler(self: Arc<Self>) -> Handler {
+        Arc::new(move |request: Request| {
+            let status = self.clone();
+            Box::pin(async move { status.answer(request).await }) as Answer
+        })
+    }
+
+    async fn answer(&self, request: Request) -> Response {
+        let check = match request.path.as_str() {
+            "/metrics" => return Response::metrics(self.render_metrics()),
+            "/health" => Check::Health,
+            "/primary" => Check::Primary,
+            "/replica" => match request.param("lag").map(str::parse::<u64>) {
+                None => Check::Replica { max_lag: None },
+                Some(Ok(lag)) => Check::Replica { max_lag: Some(lag) },
+                Some(Err(_)) => {
+                    return Response::text(400, "lag: a number of bytes, such as lag=1048576\n")
+                }
+            },
+            _ => {
+                return Response::text(
+                    404,
+                    "not found: try /health, /primary, /replica[?lag=BYTES] or /metrics\n",
+                )
+            }
+        };
+        let in_recovery = self.in_recovery().await;
+        let (view, since_published, sync_gate) = {
+            let known = self.known.lock().unwrap();
+            (
+                known.view.clone(),
+                known.published_at.map(|at| at.elapsed()),
+                known.sync_gate,
+            )
+        };
+        let verdict = answer(
+            check,
+            &Facts {
+                in_recovery,
+                view: view.as_deref().map(|read| (&read.data, &read.spec)),
+                since_published,
+                keeper: &self.uid,
+                sync_gate,
+            },
+        );
+        let role = match in_recovery {
+            None => "down",
+            Some(true) => "standby",
+            Some(false) => "primary",
+        };
+        Response::json(
+            if verdict.ok { 200 } else { 503 },
+            &json!({
+                "keeper": self.uid.as_str(),
+                "role": role,
+                "ok": verdict.ok,
+                "reason": verdict.reason,
+            }),
+        )
+    }
+
+    /// PostgreSQL's answer, fresh or at most [`PROBE_REUSE`] old.
+    async fn in_recovery(&self) -> Option<bool> {
+        let mut last = self.probe.lock().await;
+        if let Some((at, answer)) = *last {
+            if at.elapsed() < PROBE_REUSE {
+                return answer;
+            }
+        }
+        let answer = self.conn.in_recovery().await.ok();
+        *last = Some((Instant::now(), answer));
+        answer
+    }
+
+    fn render_metrics(&self) -> String {
+        let known = self.known.lock().unwrap();
+        let target_role = known
+            .view
+            .as_ref()
+            .and_then(|read| read.data.db_of_keeper(&self.uid))
+            .map_or("undefined", |db| match db.spec.role {
+                DbRole::Master => "master",
+                DbRole::Standby => "standby",
+            });
+        let local_role = match (known.running, known.in_recovery) {
+            (true, Some(false)) => "master",
+            (true, Some(true)) => "standby",
+            _ => "undefined",
+        };
+        let sleep_interval = known
+            .view
+            .as_ref()
+            .map_or(0.0, |read| read.spec.sleep_interval.as_secs_f64());
+        let mut e = Exposition::new("keeper", &self.cluster_name);
+        e.gauge(
+            "stolon_keeper_clusterdata_last_valid_update_seconds",
+            "When the keeper last read valid cluster data (unix time).",
+            unix_seconds(known.view_read_at),
+        )
+        .one_of(
+            "stolon_keeper_target_role",
+            "The role the cluster data gives this keeper's db.",
+            "role",
+            &ROLES,
+            target_role,
+        )
+        .one_of(
+            "stolon_keeper_local_role",
+            "The role the local instance runs in.",
+            "role",
+            &ROLES,
+            local_role,
+        )
+        .gauge(
+            "stolon_keeper_needs_restart",
+            "1 when changed parameters wait for a restart.",
+            f64::from(u8::from(known.needs_restart)),
+        )
+        .gauge(
+            "stolon_keeper_last_sync_success_seconds",
+            "When the instance last matched its db spec (unix time).",
+            unix_seconds(known.converged_at),
+        )
+        .gauge(
+            "stolon_keeper_sleep_interval",
+            "The spec's sleepInterval, in seconds.",
+            sleep_interval,
+        )
+        .counter(
+            "stolon_keeper_actions_total",
+            "Actions taken on the instance (start, promote, resync, reconfigure, ...).",
+            known.actions as f64,
+        )
+        .counter(
+            "stolon_keeper_failed_actions_total",
+            "Actions that failed.",
+            known.failed_actions as f64,
+        );
+        drop(known);
+        e.finish()
+    }
+}
