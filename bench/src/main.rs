@@ -7,6 +7,7 @@
 //!   target/release/stolon-bench all [RUNS]
 //!   target/release/stolon-bench soak [MINUTES] [FAIL_INTERVAL]
 //!   target/release/stolon-bench proxy [SECONDS] [ROUNDS]
+//!   target/release/stolon-bench idle [SECONDS]
 //! `all` measures failover at failInterval 10s and 3s in both modes, then switchover.
 //! `soak` runs pgbench through the proxy (default 10 minutes at failInterval 3s) and counts
 //! the failovers that happened although nothing failed: the figure must be 0.
@@ -15,6 +16,9 @@
 //! installed, through a minimal HAProxy of our own, in ROUNDS interleaved rounds (default
 //! 3), and prints TPS, mean and p99 latency, each ratio to the same round's direct run, the
 //! proxy process's CPU (share of one core) and the medians.
+//! `idle` leaves a settled cluster (3 keepers, 2 sentinels, 1 proxy) with the spec's default
+//! timings alone for SECONDS (default 60) and prints each daemon's CPU as a share of one
+//! core. The planner's own figures: `cargo bench -p stolon-engine --bench planner`.
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
 use std::time::Duration;
@@ -41,6 +45,7 @@ async fn main() {
             let rounds = arg(2).and_then(|a| a.parse().ok()).unwrap_or(3);
             proxy_overhead(seconds, rounds).await
         }
+        Some("idle") => idle(arg(1).and_then(|a| a.parse().ok()).unwrap_or(60)).await,
         Some("all") => {
             for fail_interval in ["10s", "3s"] {
                 for sync in [false, true] {
@@ -52,7 +57,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]"
+                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]"
             );
             std::process::exit(2);
         }
@@ -296,6 +301,64 @@ fn haproxy(target: u16, dir: &std::path::Path) -> Option<(u16, std::process::Chi
         std::thread::sleep(Duration::from_millis(50));
     }
     Some((port, child))
+}
+
+/// Each daemon's CPU while the cluster has nothing to do but watch itself.
+async fn idle(seconds: u64) {
+    println!(
+        "== idle CPU: 3 keepers, 2 sentinels, 1 proxy, the spec's default timings, {seconds}s"
+    );
+    // The builder's short test timings give way to the defaults.
+    let mut builder = ClusterBuilder::new().keepers(3).sentinels(2);
+    for field in [
+        "sleepInterval",
+        "failInterval",
+        "requestTimeout",
+        "proxyCheckInterval",
+        "proxyTimeout",
+    ] {
+        builder = builder.spec(field, serde_json::Value::Null);
+    }
+    let cluster = builder.start().await;
+    cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    // Let the last generations settle before measuring.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let mut daemons: Vec<(String, i32)> = Vec::new();
+    for (i, k) in cluster.keepers.iter().enumerate() {
+        daemons.extend(
+            k.process
+                .as_ref()
+                .and_then(|p| p.pid())
+                .map(|pid| (format!("keeper{i}"), pid)),
+        );
+    }
+    for (i, s) in cluster.sentinels.iter().enumerate() {
+        daemons.extend(s.pid().map(|pid| (format!("sentinel{i}"), pid)));
+    }
+    daemons.extend(
+        cluster.proxies[0]
+            .1
+            .pid()
+            .map(|pid| ("proxy".to_string(), pid)),
+    );
+    let before: Vec<f64> = daemons.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("{:<12} {:>14}", "daemon", "cpu % of a core");
+    let mut json = Vec::new();
+    for ((name, pid), before) in daemons.iter().zip(before) {
+        let percent = 100.0 * (cpu_seconds(*pid) - before) / elapsed;
+        println!("{name:<12} {percent:>14.2}");
+        json.push(format!(
+            "{{\"daemon\":\"{name}\",\"cpu_percent\":{percent:.3}}}"
+        ));
+    }
+    println!(
+        "{{\"bench\":\"idle cpu\",\"seconds\":{elapsed:.1},\"daemons\":[{}]}}",
+        json.join(",")
+    );
 }
 
 /// CPU time (user and system, all threads) a process has used so far, in seconds.

@@ -608,14 +608,25 @@ impl Planner<'_> {
         }
     }
 
+    /// The keepers that hold a db: one pass over the dbs, where asking each keeper in turn
+    /// would cost a pass per keeper.
+    fn db_owners(&self) -> BTreeSet<KeeperUid> {
+        self.cd
+            .dbs
+            .values()
+            .map(|db| db.spec.keeper_uid.clone())
+            .collect()
+    }
+
     /// Keepers without a db, silent for deadKeeperRemovalInterval, leave the cluster data.
     /// A keeper that owns a db stays: its data may still be needed.
     fn remove_dead_keepers(&mut self) {
+        let owners = self.db_owners();
         let dead: Vec<KeeperUid> = self
             .cd
             .keepers
             .keys()
-            .filter(|uid| self.cd.db_of_keeper(uid).is_none())
+            .filter(|uid| !owners.contains(uid))
             .filter(|uid| {
                 self.memory.keepers.get(*uid).is_some_and(|hb| {
                     self.now.saturating_sub(hb.changed_at) > self.spec.dead_keeper_removal_interval
@@ -1293,6 +1304,7 @@ impl Planner<'_> {
         } else {
             // Failed standbys stay while there is room: they may come back.
             let room = wanted.saturating_sub(good.len() + converging.len());
+            let owners = self.db_owners();
             let free: Vec<KeeperUid> = self
                 .cd
                 .keepers
@@ -1301,7 +1313,7 @@ impl Planner<'_> {
                 .filter(|k| {
                     k.status.healthy
                         && self.info_is_fresh(&k.uid, &self.infos)
-                        && self.cd.db_of_keeper(&k.uid).is_none()
+                        && !owners.contains(&k.uid)
                 })
                 .map(|k| k.uid.clone())
                 .take(room)
