@@ -262,9 +262,10 @@ fn rss_kib(pid: i32) -> u64 {
 
 /// Garbage bytes, half-open and never-finishing connections, a client that goes away in
 /// the middle of a result, and 10,000 idle connections: other clients are not affected,
-/// and once they are gone the proxy holds no more descriptors than before. Through the
-/// kernel splice (the tests run as root), then through the userspace relay the proxy uses
-/// where the kernel refuses: one after the other, as each opens 10,000 connections.
+/// and once they are gone the proxy holds no more descriptors and runs no more tasks than
+/// before (`stolon_proxy_tasks`). Through the kernel splice (the tests run as root), then
+/// through the userspace relay the proxy uses where the kernel refuses: one after the
+/// other, as each opens 10,000 connections.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_clients_do_not_affect_others_or_leak() {
     hostile_clients(&[]).await;
@@ -276,13 +277,22 @@ async fn hostile_clients(proxy_args: &[&str]) {
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     let mut cluster = ClusterBuilder::new().keepers(1).proxies(0).start().await;
-    cluster.add_proxy_with(proxy_args);
+    let metrics = stolon_testkit::free_port();
+    let metrics_flag = format!("127.0.0.1:{metrics}");
+    cluster.add_proxy_with(&[proxy_args, &["--metrics-listen-address", &metrics_flag]].concat());
     cluster.wait_for_master(BOOT).await;
     let port = cluster.proxy_port();
     wait_for_service("the proxy", port, BOOT).await;
     let pid = cluster.proxies[0].1.pid().unwrap();
     let witness = connect(port).await.unwrap();
     witness.simple_query("select 1").await.unwrap();
+    let tasks = || async {
+        let (_, body) = http_get(metrics, "/metrics")
+            .await
+            .expect("the proxy's metrics");
+        metric(&body, "stolon_proxy_tasks")
+    };
+    let tasks_before = tasks().await;
     let before = descriptors(pid);
     let fds_before = before.len();
     let rss_before = rss_kib(pid);
@@ -318,11 +328,16 @@ async fn hostile_clients(proxy_args: &[&str]) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = rss_kib(pid);
     let fds_idle = open_fds(pid);
+    let tasks_idle = tasks().await;
     eprintln!(
-        "10000 idle connections: proxy RSS {rss_before} KiB -> {rss_idle} KiB ({:.1} KiB per connection), fds {fds_before} -> {fds_idle}",
+        "10000 idle connections: proxy RSS {rss_before} KiB -> {rss_idle} KiB ({:.1} KiB per connection), fds {fds_before} -> {fds_idle}, tasks {tasks_before} -> {tasks_idle}",
         (rss_idle.saturating_sub(rss_before)) as f64 / 10_000.0
     );
     assert!(fds_idle >= fds_before + 10_000, "the proxy holds them all");
+    assert!(
+        tasks_idle >= tasks_before + 10_000.0,
+        "a task per connection"
+    );
     witness
         .simple_query("select 1")
         .await
@@ -350,6 +365,10 @@ async fn hostile_clients(proxy_args: &[&str]) {
         }
         panic!("the proxy still holds, besides what it held before: {left:#?}");
     }
+    wait_until("the proxy to end every connection's task", BOOT, || async {
+        (tasks().await <= tasks_before).then_some(())
+    })
+    .await;
     witness.simple_query("select 1").await.unwrap();
     cluster.assert_no_unexpected_errors(EXPECTED);
 }

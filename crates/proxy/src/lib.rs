@@ -318,6 +318,13 @@ impl Shared {
             "stolon_proxy_read_only_targets",
             "Standbys the read-only endpoint uses now.",
             readers as f64,
+        )
+        .gauge(
+            "stolon_proxy_tasks",
+            "Tasks alive in the proxy: a few of its own, one per client connection.",
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as f64,
         );
         e.finish()
     }
