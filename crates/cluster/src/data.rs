@@ -1,7 +1,7 @@
 use crate::duration::GoDuration;
 use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, TimelineId};
 use crate::info::TimelineSwitch;
-use crate::spec::{ClusterSpec, NewConfig, SuReplAccessMode, ValidSpec};
+use crate::spec::{ClusterSpec, NewConfig, PitrConfig, SuReplAccessMode, ValidSpec};
 use crate::DecodeError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -181,6 +181,8 @@ pub enum InitMode {
     Resync,
     /// Adopt the data the keeper already has.
     Existing,
+    /// Restore a backup (`pitrConfig.dataRestoreCommand`) and recover it from the archive.
+    Pitr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +237,9 @@ pub struct DbSpec {
     /// initdb options of a new cluster (initMode new).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_config: Option<NewConfig>,
+    /// How to restore and recover the data (initMode pitr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr_config: Option<PitrConfig>,
     /// Where the superuser and replication user may connect from.
     #[serde(rename = "defaultSUReplAccessMode", default)]
     pub default_su_repl_access_mode: SuReplAccessMode,

@@ -196,8 +196,8 @@ pub enum SpecError {
     },
     #[error("maxSynchronousStandbys ({max}) must be at least minSynchronousStandbys ({min})")]
     SyncBounds { min: u16, max: u16 },
-    #[error("initMode {mode} is not supported yet by this build (only \"new\")")]
-    UnsupportedInitMode { mode: &'static str },
+    #[error("pitrConfig.dataRestoreCommand is required with initMode pitr")]
+    MissingDataRestoreCommand,
     #[error("role standby (standby cluster) is not supported yet by this build")]
     UnsupportedRole,
     #[error("existingConfig.keeperUID is required with initMode existing")]
@@ -240,6 +240,8 @@ pub struct ValidSpec {
     pub merge_pg_parameters: bool,
     /// initMode existing: the keeper whose data becomes the primary.
     pub existing_keeper: Option<String>,
+    /// initMode pitr: how to restore the primary's data and recover it.
+    pub pitr_config: Option<PitrConfig>,
     /// How long a resyncing standby may take to converge; None: as long as it takes.
     pub sync_timeout: Option<Duration>,
     pub init_mode: ClusterSpecInitMode,
@@ -282,7 +284,14 @@ impl ClusterSpec {
                 }
             }
             ClusterSpecInitMode::Pitr => {
-                return Err(SpecError::UnsupportedInitMode { mode: "pitr" })
+                if self
+                    .pitr_config
+                    .as_ref()
+                    .and_then(|c| c.data_restore_command.as_ref())
+                    .is_none_or(|c| c.trim().is_empty())
+                {
+                    return Err(SpecError::MissingDataRestoreCommand);
+                }
             }
         }
         if self.role == Some(ClusterRole::Standby) {
@@ -323,6 +332,9 @@ impl ClusterSpec {
                 .existing_config
                 .as_ref()
                 .and_then(|c| c.keeper_uid.clone()),
+            pitr_config: (init_mode == ClusterSpecInitMode::Pitr)
+                .then(|| self.pitr_config.clone())
+                .flatten(),
             sync_timeout: self.sync_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),
@@ -519,6 +531,27 @@ mod tests {
         );
     }
 
+    /// initMode pitr carries its pitrConfig to the engine; other modes do not.
+    #[test]
+    fn pitr_config_reaches_the_engine_only_for_pitr() {
+        let pitr = r#"{"dataRestoreCommand":"cp -a /b/. %d",
+            "recoveryTargetSettings":{"recoveryTargetTime":"2026-11-25 00:00:00+00"}}"#;
+        let v = ClusterSpec::from_json(&format!(r#"{{"initMode":"pitr","pitrConfig":{pitr}}}"#))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let config = v.pitr_config.expect("pitrConfig");
+        assert_eq!(
+            config.data_restore_command.as_deref(),
+            Some("cp -a /b/. %d")
+        );
+        let v = ClusterSpec::from_json(&format!(r#"{{"initMode":"new","pitrConfig":{pitr}}}"#))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.pitr_config, None);
+    }
+
     #[test]
     fn updates_keep_init_mode_and_never_demote() {
         let old = ClusterSpec::from_json(r#"{"initMode":"new"}"#).unwrap();
@@ -576,6 +609,11 @@ mod tests {
             (
                 r#"{"initMode":"new","pgHBA":["host all all 0.0.0.0/0 md5\nlocal all all trust"]}"#,
                 "pgHBA",
+            ),
+            (r#"{"initMode":"pitr"}"#, "dataRestoreCommand is required"),
+            (
+                r#"{"initMode":"pitr","pitrConfig":{"dataRestoreCommand":" "}}"#,
+                "dataRestoreCommand is required",
             ),
         ] {
             let err = ClusterSpec::from_json(text)

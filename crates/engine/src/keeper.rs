@@ -59,6 +59,11 @@ pub enum Action {
     InitNew {
         db: DbUid,
     },
+    /// Wipe the data directory, restore a backup into it and recover it from the archive
+    /// (initMode pitr); it ends as a stopped primary.
+    Restore {
+        db: DbUid,
+    },
     /// Take the data directory as it is for the new db `db` (initMode existing).
     Adopt {
         db: DbUid,
@@ -177,6 +182,7 @@ pub fn next_action(
                  refusing to wipe it (move it away to let the keeper initialise a new one)",
             ),
             InitMode::New => Action::InitNew { db: db.uid.clone() },
+            InitMode::Pitr => Action::Restore { db: db.uid.clone() },
             InitMode::Resync => match followed {
                 Some(from) => Action::Resync {
                     db: db.uid.clone(),

@@ -412,9 +412,14 @@ impl Planner<'_> {
                 new_config: (init_mode == InitMode::New)
                     .then(|| self.spec.new_config.clone())
                     .flatten(),
+                pitr_config: (init_mode == InitMode::Pitr)
+                    .then(|| self.spec.pitr_config.clone())
+                    .flatten(),
                 default_su_repl_access_mode: self.spec.default_su_repl_access_mode,
-                include_previous_config: matches!(init_mode, InitMode::New | InitMode::Existing)
-                    && self.spec.merge_pg_parameters,
+                include_previous_config: matches!(
+                    init_mode,
+                    InitMode::New | InitMode::Existing | InitMode::Pitr
+                ) && self.spec.merge_pg_parameters,
             },
             // A new db gets the same grace period as any db without a report yet, so
             // that the next step computes the same status.
@@ -462,9 +467,13 @@ impl Planner<'_> {
             let master = self.cd.dbs.get_mut(&master_uid).expect("present");
             master.spec.init_mode = InitMode::None;
             master.spec.include_previous_config = false;
+            master.spec.pitr_config = None;
             self.cd.cluster.status.phase = ClusterPhase::Normal;
             self.emit(Event::info("db initialized").with("db", &master_uid));
-        } else if self.convergence_expired(&db, self.spec.init_timeout) {
+        } else if db.spec.init_mode != InitMode::Pitr
+            // A restore takes as long as the backup and the archive need: no timeout.
+            && self.convergence_expired(&db, self.spec.init_timeout)
+        {
             self.emit(
                 Event::warn("db failed to initialize")
                     .with("db", &master_uid)
@@ -534,16 +543,20 @@ impl Planner<'_> {
             self.emit(Event::warn(why));
             return;
         };
-        let db = self.new_db(&keeper, DbRole::Master, InitMode::New);
+        let (mode, message) = if self.spec.pitr_config.is_some() {
+            (
+                InitMode::Pitr,
+                "initializing cluster using point in time recovery",
+            )
+        } else {
+            (InitMode::New, "initializing cluster")
+        };
+        let db = self.new_db(&keeper, DbRole::Master, mode);
         self.cd.cluster.status.master = Some(db.clone());
         self.cd.cluster.status.master_choice = format!(
             "initial master: keeper {keeper} is the first healthy keeper that can be master"
         );
-        self.emit(
-            Event::info("initializing cluster")
-                .with("db", db)
-                .with("keeper", keeper),
-        );
+        self.emit(Event::info(message).with("db", db).with("keeper", keeper));
     }
 
     /// initMode existing: the named keeper's data becomes the primary, as it is.

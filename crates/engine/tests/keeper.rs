@@ -240,6 +240,29 @@ fn next_action_table() {
             }),
         },
         Case {
+            name: "new db with init mode pitr: restored and recovered",
+            cd: Some(cluster(DbRole::Master, InitMode::Pitr)),
+            boot: BOOT,
+            local: LocalDb::default(),
+            pg: empty_dir(),
+            want: Expect::Is(Action::Restore {
+                db: DbUid::new("db-1"),
+            }),
+        },
+        Case {
+            name: "a restore that stopped midway is redone",
+            cd: Some(cluster(DbRole::Master, InitMode::Pitr)),
+            boot: BOOT,
+            local: LocalDb {
+                initializing: true,
+                ..local("db-1", Generation::NONE)
+            },
+            pg: stopped_primary(),
+            want: Expect::Is(Action::Restore {
+                db: DbUid::new("db-1"),
+            }),
+        },
+        Case {
             name: "half-made init of the same db is redone",
             cd: Some(cluster(DbRole::Master, InitMode::New)),
             boot: BOOT,
@@ -416,7 +439,10 @@ fn slot_names_carry_the_stolon_prefix() {
 }
 
 fn destructive(action: &Action) -> bool {
-    matches!(action, Action::InitNew { .. } | Action::Resync { .. })
+    matches!(
+        action,
+        Action::InitNew { .. } | Action::Resync { .. } | Action::Restore { .. }
+    )
 }
 
 fn all_instances() -> Vec<Instance> {
@@ -513,7 +539,7 @@ fn a_running_primary_that_does_not_answer_is_not_taken_for_a_standby() {
 #[test]
 fn an_initialised_data_directory_without_our_record_is_never_wiped() {
     for role in [DbRole::Master, DbRole::Standby] {
-        for init_mode in [InitMode::New, InitMode::Resync] {
+        for init_mode in [InitMode::New, InitMode::Resync, InitMode::Pitr] {
             let cd = cluster(role, init_mode);
             for running in [false, true] {
                 let pg = Instance {

@@ -1905,6 +1905,44 @@ fn existing_init_mode_adopts_the_named_keeper() {
     assert!(w.cd.cluster.status.master_choice.contains("existingConfig"));
 }
 
+/// initMode pitr: the first keeper that can be master gets the master db in Pitr mode with
+/// the spec's pitrConfig; a restore may take any time, so initTimeout does not apply; once
+/// the db reports itself converged the cluster is normal and the db spec forgets the
+/// restore.
+#[test]
+fn pitr_init_mode_restores_on_one_keeper_without_a_timeout() {
+    let mut w = World::with_spec(
+        r#"{"initMode":"pitr","pitrConfig":{"dataRestoreCommand":"cp -a /backup/. %d",
+            "archiveRecoverySettings":{"restoreCommand":"cp /archive/%f %p"}}}"#,
+        &["k0", "k1"],
+    )
+    .cannot_be_master("k0");
+    w.step();
+    assert!(has(
+        &w.log,
+        "initializing cluster using point in time recovery"
+    ));
+    let db = w.master_uid();
+    assert_eq!(w.keeper_of(&db), "k1");
+    let spec = &w.cd.dbs[&db].spec;
+    assert_eq!(spec.init_mode, InitMode::Pitr);
+    assert_eq!(
+        spec.pitr_config
+            .as_ref()
+            .and_then(|p| p.data_restore_command.as_deref()),
+        Some("cp -a /backup/. %d")
+    );
+    let long_after = w.now + w.spec.init_timeout * 10;
+    let out = w.step_at(long_after);
+    assert!(!has(&out.events, "db failed to initialize"));
+    assert_eq!(out.data.cluster.status.master.as_ref(), Some(&db));
+    w.report("k1");
+    let out = w.step_after(secs(1));
+    assert_eq!(out.data.cluster.status.phase, ClusterPhase::Normal);
+    assert_eq!(out.data.dbs[&db].spec.init_mode, InitMode::None);
+    assert_eq!(out.data.dbs[&db].spec.pitr_config, None);
+}
+
 /// A free keeper that has gone quiet (not yet failed) gets no new standby db: it would hold
 /// it hostage.
 #[test]

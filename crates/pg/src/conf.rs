@@ -144,6 +144,35 @@ pub fn render_postgresql_conf(input: &ConfInput<'_>) -> String {
     out
 }
 
+/// Archive recovery of a restored backup (initMode pitr), for the time of the recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRecovery<'a> {
+    pub restore_command: &'a str,
+    /// The recovery targets asked for, as (parameter, value): `recovery_target_time`, ...
+    pub targets: Vec<(&'static str, &'a str)>,
+    /// `recovery_target_timeline`, when not the default `latest`.
+    pub timeline: Option<&'a str>,
+}
+
+/// Lines to append to a generated `postgresql.conf` (the last setting of a parameter
+/// wins): recovery stops at the first target reached and the instance is promoted.
+pub fn render_archive_recovery(recovery: &ArchiveRecovery<'_>) -> String {
+    let mut lines = vec![
+        "# Archive recovery (initMode pitr): removed once it is over.".to_string(),
+        format!("restore_command = {}", quote(recovery.restore_command)),
+    ];
+    for (parameter, value) in &recovery.targets {
+        lines.push(format!("{parameter} = {}", quote(value)));
+    }
+    if !recovery.targets.is_empty() {
+        lines.push("recovery_target_action = 'promote'".into());
+    }
+    if let Some(timeline) = recovery.timeline {
+        lines.push(format!("recovery_target_timeline = {}", quote(timeline)));
+    }
+    lines.join("\n") + "\n"
+}
+
 /// The whole `pg_hba.conf`. The superuser and the replication user may connect from
 /// anywhere with a password; `user_rules` are the operator's `pgHBA` (absent means
 /// password access for every user from anywhere).
@@ -403,6 +432,41 @@ mod tests {
         let conf = render_postgresql_conf(&i);
         assert!(conf.contains("primary_slot_name = 'stolon_abc'"), "{conf}");
         assert_eq!(parse_upstream(&conf), Some(("127.0.0.1".to_string(), 5432)));
+    }
+
+    #[test]
+    fn archive_recovery_stops_at_its_target_and_promotes() {
+        let to_a_time = render_archive_recovery(&ArchiveRecovery {
+            restore_command: "cp /archive/%f '%p'",
+            targets: vec![("recovery_target_time", "2026-11-25 00:00:00+00")],
+            timeline: None,
+        });
+        assert_eq!(
+            to_a_time,
+            "# Archive recovery (initMode pitr): removed once it is over.\n\
+             restore_command = 'cp /archive/%f ''%p'''\n\
+             recovery_target_time = '2026-11-25 00:00:00+00'\n\
+             recovery_target_action = 'promote'\n"
+        );
+        // Without a target, recovery replays the whole archive on the timeline asked for.
+        let to_the_end = render_archive_recovery(&ArchiveRecovery {
+            restore_command: "true",
+            targets: Vec::new(),
+            timeline: Some("2"),
+        });
+        assert!(
+            !to_the_end.contains("recovery_target_action"),
+            "{to_the_end}"
+        );
+        assert!(
+            to_the_end.ends_with("recovery_target_timeline = '2'\n"),
+            "{to_the_end}"
+        );
+        let parsed = parse_parameters(&to_the_end);
+        assert_eq!(
+            parsed.get("restore_command").map(String::as_str),
+            Some("true")
+        );
     }
 
     #[test]

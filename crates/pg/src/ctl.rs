@@ -64,7 +64,12 @@ impl PgCtl {
     }
 
     fn command(&self, name: &str) -> Command {
-        let mut cmd = Command::new(self.program(name));
+        self.command_for(self.program(name))
+    }
+
+    /// `program` run as PostgreSQL's OS user, with a clean libpq environment.
+    fn command_for(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -143,6 +148,11 @@ impl PgCtl {
         }
         std::fs::create_dir_all(&self.pgdata)
             .map_err(PgError::io(format!("creating {}", self.pgdata.display())))?;
+        self.secure_pgdata()
+    }
+
+    /// Gives the data directory the mode and owner PostgreSQL insists on.
+    pub fn secure_pgdata(&self) -> Result<(), PgError> {
         std::fs::set_permissions(&self.pgdata, std::fs::Permissions::from_mode(0o700))
             .map_err(PgError::io("chmod pgdata"))?;
         self.chown(&self.pgdata)
@@ -409,6 +419,26 @@ impl PgCtl {
                 _ => return,
             }
         }
+    }
+
+    /// Runs an operator's shell command (a `dataRestoreCommand`, say) as PostgreSQL's OS
+    /// user, waiting up to `timeout` (None: as long as it takes).
+    pub async fn run_shell(
+        &self,
+        script: &str,
+        what: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(), PgError> {
+        let mut cmd = self.command_for("/bin/sh");
+        cmd.arg("-c").arg(script);
+        self.run(cmd, what, timeout.unwrap_or(Duration::MAX))
+            .await
+            .map(drop)
+    }
+
+    /// Whether PostgreSQL still has archive recovery to do (`recovery.signal`).
+    pub fn has_recovery_signal(&self) -> bool {
+        self.pgdata.join("recovery.signal").exists()
     }
 
     /// Writes a file PostgreSQL reads, owned by its OS user.

@@ -9,8 +9,8 @@ mod cluster;
 mod process;
 
 pub use cluster::{
-    failing_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster, SU_PASSWORD,
-    SU_USER,
+    failing_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster, REPL_PASSWORD,
+    REPL_USER, SU_PASSWORD, SU_USER,
 };
 pub use process::{EtcdServer, Process};
 

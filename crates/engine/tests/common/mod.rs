@@ -631,6 +631,7 @@ impl CdBuilder {
                     additional_replication_slots: Vec::new(),
                     automatic_pg_restart: false,
                     new_config: None,
+                    pitr_config: None,
                     default_su_repl_access_mode: Default::default(),
                     include_previous_config: false,
                 },
