@@ -8,7 +8,9 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation};
+use std::time::Duration;
+use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation, KeeperUid};
+use stolon_engine::health::{answer, Check, Facts};
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
 
 const KEEPERS: [&str; 3] = ["k0", "k1", "k2"];
@@ -148,6 +150,29 @@ impl Watch {
             let role = cd.dbs.get(target).map(|db| db.spec.role);
             prop_assert_eq!(role, Some(DbRole::Master), "proxies target {}", target);
             prop_assert_eq!(cd.cluster.status.master.as_ref(), Some(target));
+        }
+
+        // The keepers' `/primary`: even if every instance were writable, at most one says
+        // yes, the one the proxies route to.
+        let spec = valid("{}");
+        let yes: Vec<&KeeperUid> = cd
+            .keepers
+            .keys()
+            .filter(|keeper| {
+                let facts = Facts {
+                    in_recovery: Some(false),
+                    view: Some((cd, &spec)),
+                    since_published: Some(Duration::ZERO),
+                    keeper,
+                    sync_gate: false,
+                };
+                answer(Check::Primary, &facts).ok
+            })
+            .collect();
+        prop_assert!(yes.len() <= 1, "several keepers answer /primary: {yes:?}");
+        if let Some(keeper) = yes.first() {
+            let db = cd.db_of_keeper(keeper).map(|db| &db.uid);
+            prop_assert_eq!(db, cd.proxy.spec.master_db_uid.as_ref());
         }
 
         let mut owners = BTreeMap::new();
