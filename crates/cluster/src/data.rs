@@ -353,6 +353,15 @@ impl ClusterData {
         self.dbs.values().find(|db| &db.spec.keeper_uid == keeper)
     }
 
+    /// The db the proxies route to, if any.
+    pub fn proxied_db(&self) -> Option<&Db> {
+        self.proxy
+            .spec
+            .master_db_uid
+            .as_ref()
+            .and_then(|uid| self.dbs.get(uid))
+    }
+
     pub fn master_db(&self) -> Option<&Db> {
         self.cluster
             .status

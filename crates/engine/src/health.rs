@@ -112,13 +112,7 @@ fn placement<'a>(facts: &Facts<'a>) -> Result<(&'a Db, &'a Db, &'a ValidSpec), A
     let Some(db) = cd.db_of_keeper(facts.keeper) else {
         return Err(Answer::no("no db is assigned to this keeper"));
     };
-    let Some(master) = cd
-        .proxy
-        .spec
-        .master_db_uid
-        .as_ref()
-        .and_then(|uid| cd.dbs.get(uid))
-    else {
+    let Some(master) = cd.proxied_db() else {
         return Err(Answer::no("the proxies route to no primary now"));
     };
     Ok((db, master, spec))

@@ -73,13 +73,7 @@ pub fn read_only_targets(
     let Route::To { db, address, port } = route(cd, me) else {
         return Vec::new();
     };
-    let Some(master) = cd
-        .proxy
-        .spec
-        .master_db_uid
-        .as_ref()
-        .and_then(|uid| cd.dbs.get(uid))
-    else {
+    let Some(master) = cd.proxied_db() else {
         return Vec::new();
     };
     let standbys: Vec<ReadTarget> = cd

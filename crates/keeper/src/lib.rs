@@ -606,6 +606,22 @@ impl Keeper {
         Ok(())
     }
 
+    /// Records the parameters of the `postgresql.conf` a db's data directory came with,
+    /// before our file replaces it: mergePgParameters merges them into the spec.
+    fn record_initial_parameters(&self, db: &DbUid) -> anyhow::Result<()> {
+        let init_pg_parameters = stolon_pg::conf::parse_parameters(
+            &self.pg.read_file("postgresql.conf").unwrap_or_default(),
+        );
+        self.data.save_db_state(&DbState {
+            uid: db.to_string(),
+            generation: 0,
+            initializing: true,
+            system_id: String::new(),
+            init_pg_parameters,
+        })?;
+        Ok(())
+    }
+
     /// Records the finished db with the system identifier its data directory now has.
     fn finish_new_db(&self, db: &DbUid) -> anyhow::Result<()> {
         let previous = self.data.db_state()?;
@@ -656,17 +672,8 @@ impl Keeper {
         }
         // Copying a backup directory copies its mode too, and PostgreSQL insists on 0700.
         self.pg.secure_pgdata()?;
-        // The backup's own parameters, merged into the spec when mergePgParameters asks.
-        let init_parameters = stolon_pg::conf::parse_parameters(
-            &self.pg.read_file("postgresql.conf").unwrap_or_default(),
-        );
-        self.data.save_db_state(&DbState {
-            uid: db.to_string(),
-            generation: 0,
-            initializing: true,
-            system_id: String::new(),
-            init_pg_parameters: init_parameters,
-        })?;
+        // The backup's own parameters.
+        self.record_initial_parameters(db)?;
         // A backup of a standby carries its signal: this instance recovers to be a primary.
         self.pg.remove_file("standby.signal")?;
         self.pg.remove_file("recovery.signal")?;
@@ -780,17 +787,8 @@ impl Keeper {
                         self.db_wait_ready_timeout,
                     )
                     .await?;
-                // initdb's own choices for this machine, before our file replaces them.
-                let init_parameters = stolon_pg::conf::parse_parameters(
-                    &self.pg.read_file("postgresql.conf").unwrap_or_default(),
-                );
-                self.data.save_db_state(&DbState {
-                    uid: db.to_string(),
-                    generation: 0,
-                    initializing: true,
-                    system_id: String::new(),
-                    init_pg_parameters: init_parameters,
-                })?;
+                // initdb's own choices for this machine.
+                self.record_initial_parameters(db)?;
                 self.write_files(cd)?;
                 tracing::info!("starting database");
                 self.pg.start(self.db_wait_ready_timeout).await?;

@@ -549,7 +549,7 @@ impl TestCluster {
         let old_uid = self.keepers[old].uid.clone();
         let uid = wait_until("the proxies to route to a new primary", timeout, || async {
             let cd = self.cluster_data().await?;
-            let db = cd.dbs.get(cd.proxy.spec.master_db_uid.as_ref()?)?;
+            let db = cd.proxied_db()?;
             (db.spec.role == DbRole::Master && db.spec.keeper_uid != old_uid)
                 .then(|| db.spec.keeper_uid.clone())
         })
