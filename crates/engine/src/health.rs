@@ -2,14 +2,13 @@
 //! balancers and Kubernetes probes.
 //!
 //! `/primary` is the dangerous one: a load balancer that trusts it sends writes there. So it
-//! answers yes only when the instance is writable *and* the cluster data names its db as the
-//! one the proxies route to *and* the keeper's view is recent. A keeper that has not
-//! published to the store for half of failInterval says no: the sentinel cannot have
-//! declared it failed and elected another primary before a full failInterval after that
-//! publish, which leaves the load balancer the other half to notice.
+//! answers yes only when the instance is writable *and* the cluster data, read from the store
+//! for this check, names its db as the one the proxies route to. A view kept from earlier
+//! will not do: the sentinel may have elected another primary since (a failed db, a
+//! `failkeeper`) while this instance came back writable. Without the store there is no
+//! answer but no, as the proxies fence themselves without it.
 
 use crate::proxy::unreadable;
-use std::time::Duration;
 use stolon_cluster::{ClusterData, Db, KeeperUid, ValidSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +28,9 @@ pub struct Facts<'a> {
     /// What the instance said just now: whether it is in recovery; None when it does not
     /// accept connections.
     pub in_recovery: Option<bool>,
-    /// The cluster data last read, with its spec.
+    /// The cluster data read from the store for this check, with its spec; None when the
+    /// store could not be read (or holds none).
     pub view: Option<(&'a ClusterData, &'a ValidSpec)>,
-    /// How long ago the keeper last published its state to the store; None: not yet.
-    pub since_published: Option<Duration>,
     pub keeper: &'a KeeperUid,
     /// Only internal roles may connect: a synchronous primary waiting for its standbys.
     pub sync_gate: bool,
@@ -94,21 +92,13 @@ pub fn answer(check: Check, facts: &Facts) -> Answer {
     }
 }
 
-/// This keeper's db and the primary's, from a recent enough view.
+/// This keeper's db and the primary's, from the cluster data just read.
 fn placement<'a>(facts: &Facts<'a>) -> Result<(&'a Db, &'a Db, &'a ValidSpec), Answer> {
     let Some((cd, spec)) = facts.view else {
-        return Err(Answer::no("no cluster data read yet"));
+        return Err(Answer::no(
+            "cannot read the cluster data from the store: the cluster may have moved on",
+        ));
     };
-    match facts.since_published {
-        Some(age) if age <= spec.fail_interval / 2 => {}
-        Some(age) => {
-            return Err(Answer::no(format!(
-                "last reached the store {:.1}s ago, over half of failInterval: the cluster may have moved on",
-                age.as_secs_f64()
-            )))
-        }
-        None => return Err(Answer::no("not reached the store yet")),
-    }
     let Some(db) = cd.db_of_keeper(facts.keeper) else {
         return Err(Answer::no("no db is assigned to this keeper"));
     };

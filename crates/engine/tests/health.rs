@@ -1,10 +1,10 @@
 //! The keeper's health endpoints: `/primary` only for the writable instance of the db the
-//! proxies route to, from a recent view; `/replica` only for a standby the read-only
-//! endpoint would use; `/health` for any instance that accepts connections.
+//! proxies route to, by the cluster data just read; `/replica` only for a standby the
+//! read-only endpoint would use; `/health` for any instance that accepts connections.
 
 mod common;
 
-use common::{ms, secs, valid, CdBuilder};
+use common::{valid, CdBuilder};
 use stolon_cluster::{ClusterData, DbRole, Generation, KeeperUid, ValidSpec};
 use stolon_engine::health::{answer, Check, Facts};
 
@@ -28,8 +28,8 @@ struct Case {
     keeper: &'static str,
     /// The instance's answer: in recovery or not; None: no answer.
     in_recovery: Option<bool>,
+    /// The cluster data the store returned; None: unreadable.
     cd: Option<ClusterData>,
-    since_published: Option<std::time::Duration>,
     sync_gate: bool,
     /// Whether the answer is yes, and a piece of its reason.
     want: (bool, &'static str),
@@ -42,7 +42,6 @@ fn case(name: &'static str, check: Check, keeper: &'static str, in_recovery: boo
         keeper,
         in_recovery: Some(in_recovery),
         cd: Some(cluster().build()),
-        since_published: Some(secs(1)),
         sync_gate: false,
         want: (true, ""),
     }
@@ -57,7 +56,6 @@ fn check(cases: Vec<Case>) {
             &Facts {
                 in_recovery: c.in_recovery,
                 view: c.cd.as_ref().map(|cd| (cd, &spec)),
-                since_published: c.since_published,
                 keeper: &keeper,
                 sync_gate: c.sync_gate,
             },
@@ -80,7 +78,6 @@ fn health_is_whether_postgres_answers() {
         Case {
             // Neither the store nor the role matters to a liveness probe.
             cd: None,
-            since_published: None,
             want: (true, "accepts connections"),
             ..case(
                 "a standby that never reached the store",
@@ -146,37 +143,22 @@ fn primary_only_for_the_routed_writable_instance() {
                 false,
             )
         },
-        Case {
-            cd: None,
-            want: (false, "no cluster data"),
-            ..case("no cluster data", PRIMARY, "k1", false)
-        },
     ]);
 }
 
-/// Half of failInterval (5s) without publishing: the sentinel may elect another primary
-/// from a full failInterval after the last publish on.
+/// Without the cluster data of this moment there is no telling whether the cluster has
+/// moved on: no.
 #[test]
 fn primary_and_replica_fence_themselves_without_the_store() {
     check(vec![
         Case {
-            since_published: Some(ms(2500)),
-            want: (true, "primary"),
-            ..case("published 2.5s ago", PRIMARY, "k1", false)
+            cd: None,
+            want: (false, "cannot read the cluster data"),
+            ..case("a primary cut off from the store", PRIMARY, "k1", false)
         },
         Case {
-            since_published: Some(ms(2501)),
-            want: (false, "half of failInterval"),
-            ..case("published just over 2.5s ago", PRIMARY, "k1", false)
-        },
-        Case {
-            since_published: None,
-            want: (false, "not reached the store"),
-            ..case("never published", PRIMARY, "k1", false)
-        },
-        Case {
-            since_published: Some(secs(60)),
-            want: (false, "half of failInterval"),
+            cd: None,
+            want: (false, "cannot read the cluster data"),
             ..case("a standby cut off from the store", REPLICA, "k2", true)
         },
     ]);

@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation, KeeperUid};
 use stolon_engine::health::{answer, Check, Facts};
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
@@ -162,7 +161,6 @@ impl Watch {
                 let facts = Facts {
                     in_recovery: Some(false),
                     view: Some((cd, &spec)),
-                    since_published: Some(Duration::ZERO),
                     keeper,
                     sync_gate: false,
                 };

@@ -113,6 +113,7 @@ pub async fn run(
         config.cluster_name.clone(),
         uid.clone(),
         local_conn(&config, status::PROBE_TIMEOUT),
+        store.clone(),
     ));
     if let Some(address) = config.http {
         stolon_daemon::http::serve(address, status.clone().handler(), shutdown.clone()).await?;
@@ -197,7 +198,6 @@ impl Keeper {
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
         let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
-        let mut publish_every = DEFAULT_SLEEP_INTERVAL;
         let mut last_published: Option<(Instant, Option<PgState>)> = None;
         loop {
             let cd = match stolon_store::read_cluster_data(self.store.as_ref()).await {
@@ -214,9 +214,6 @@ impl Keeper {
             if let Some(cd) = &cd {
                 self.status.read_cluster_data(cd);
                 sleep_interval = cd.spec.sleep_interval;
-                // `/primary` counts on a publish at least every quarter of failInterval
-                // (see stolon_engine::health).
-                publish_every = sleep_interval.min(cd.spec.fail_interval / 4);
                 self.request_timeout = cd.spec.request_timeout;
                 self.db_wait_ready_timeout = cd.spec.db_wait_ready_timeout;
                 self.sync_timeout = cd.spec.sync_timeout;
@@ -235,25 +232,21 @@ impl Keeper {
                 // During a switchover the target's position is what the sentinel waits for.
                 let switching = cd.cluster.status.switchover.is_some();
                 let due = last_published.as_ref().is_none_or(|(at, prev)| {
-                    at.elapsed() >= publish_every
+                    at.elapsed() >= sleep_interval
                         || !same_but_position(prev.as_ref(), state.as_ref())
                         || (switching && prev != &state)
                 });
                 if due {
-                    let sent = Instant::now();
                     match self.publish(cd, state.clone(), sleep_interval).await {
-                        Ok(()) => {
-                            self.status.published(sent);
-                            last_published = Some((Instant::now(), state));
-                        }
+                        Ok(()) => last_published = Some((Instant::now(), state)),
                         Err(e) => tracing::warn!(error = %e, "cannot publish keeper info"),
                     }
                 }
             }
             let next_publish = last_published
                 .as_ref()
-                .map(|(at, _)| publish_every.saturating_sub(at.elapsed()))
-                .unwrap_or(publish_every);
+                .map(|(at, _)| sleep_interval.saturating_sub(at.elapsed()))
+                .unwrap_or(sleep_interval);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = changes.wait(self.store.as_ref(), next_publish.max(Duration::from_millis(50))) => {}

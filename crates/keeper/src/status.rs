@@ -2,9 +2,10 @@
 //! `/health`, `/primary` and `/replica` checks of load balancers and Kubernetes probes, which
 //! [`stolon_engine::health`] decides.
 //!
-//! The checks ask PostgreSQL at request time, so that a crash or a promotion shows at once
-//! rather than at the keeper's next loop; answers are shared for [`PROBE_REUSE`] so that a
-//! burst of probes costs one connection.
+//! The checks ask PostgreSQL, and `/primary` and `/replica` read the cluster data from the
+//! store, at request time: a crash, a promotion or a new primary shows at once rather than
+//! at the keeper's next loop. Answers are shared for [`PROBE_REUSE`] so that a burst of
+//! checks costs one connection and one store read.
 
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -14,12 +15,13 @@ use stolon_daemon::http::{Answer, Handler, Request, Response};
 use stolon_daemon::metrics::{unix_seconds, Exposition};
 use stolon_engine::health::{answer, Check, Facts};
 use stolon_pg::probe::LocalConn;
-use stolon_store::ReadClusterData;
+use stolon_store::{ReadClusterData, Store};
 use tokio::time::Instant;
 
-/// How long one answer of PostgreSQL serves later checks.
+/// How long one answer of PostgreSQL, or one read of the store, serves later checks.
 const PROBE_REUSE: Duration = Duration::from_millis(250);
-/// Load balancers give a check a few seconds; PostgreSQL must answer well within them.
+/// Load balancers give a check a few seconds; PostgreSQL and the store must answer well
+/// within them.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const ROLES: [&str; 3] = ["undefined", "master", "standby"];
@@ -28,9 +30,12 @@ pub(crate) struct Status {
     cluster_name: String,
     uid: KeeperUid,
     conn: LocalConn,
+    store: Arc<dyn Store>,
     known: Mutex<Known>,
     /// PostgreSQL's last answer (in recovery or not; None: no answer) and when it came.
     probe: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
+    /// The store's last answer (None: unreadable, or no cluster data) and when it came.
+    read: tokio::sync::Mutex<Option<(Instant, Option<Arc<ReadClusterData>>)>>,
 }
 
 /// What the keeper's loop has recorded.
@@ -38,7 +43,6 @@ pub(crate) struct Status {
 struct Known {
     view: Option<Arc<ReadClusterData>>,
     view_read_at: Option<SystemTime>,
-    published_at: Option<Instant>,
     sync_gate: bool,
     /// From the loop's last observation: whether postgres runs and is in recovery.
     running: bool,
@@ -51,13 +55,20 @@ struct Known {
 
 impl Status {
     /// `conn` should time out after [`PROBE_TIMEOUT`].
-    pub fn new(cluster_name: String, uid: KeeperUid, conn: LocalConn) -> Status {
+    pub fn new(
+        cluster_name: String,
+        uid: KeeperUid,
+        conn: LocalConn,
+        store: Arc<dyn Store>,
+    ) -> Status {
         Status {
             cluster_name,
             uid,
             conn,
+            store,
             known: Mutex::new(Known::default()),
             probe: tokio::sync::Mutex::new(None),
+            read: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -65,12 +76,6 @@ impl Status {
         let mut known = self.known.lock().unwrap();
         known.view = Some(Arc::new(read.clone()));
         known.view_read_at = Some(SystemTime::now());
-    }
-
-    /// A publish sent at `sent` succeeded. The sentinel saw it no earlier than that: counting
-    /// from the sending keeps `/primary`'s margin whatever the store's latency.
-    pub fn published(&self, sent: Instant) {
-        self.known.lock().unwrap().published_at = Some(sent);
     }
 
     pub fn observed(
@@ -125,21 +130,18 @@ impl Status {
                 )
             }
         };
-        let in_recovery = self.in_recovery().await;
-        let (view, since_published, sync_gate) = {
-            let known = self.known.lock().unwrap();
-            (
-                known.view.clone(),
-                known.published_at.map(|at| at.elapsed()),
-                known.sync_gate,
-            )
+        let (in_recovery, view) = match check {
+            Check::Health => (self.in_recovery().await, None),
+            Check::Primary | Check::Replica { .. } => {
+                tokio::join!(self.in_recovery(), self.cluster_data())
+            }
         };
+        let sync_gate = self.known.lock().unwrap().sync_gate;
         let verdict = answer(
             check,
             &Facts {
                 in_recovery,
                 view: view.as_deref().map(|read| (&read.data, &read.spec)),
-                since_published,
                 keeper: &self.uid,
                 sync_gate,
             },
@@ -171,6 +173,27 @@ impl Status {
         let answer = self.conn.in_recovery().await.ok();
         *last = Some((Instant::now(), answer));
         answer
+    }
+
+    /// The cluster data as the store has it, read at most [`PROBE_REUSE`] ago.
+    async fn cluster_data(&self) -> Option<Arc<ReadClusterData>> {
+        let mut last = self.read.lock().await;
+        if let Some((at, read)) = last.as_ref() {
+            if at.elapsed() < PROBE_REUSE {
+                return read.clone();
+            }
+        }
+        let read = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            stolon_store::read_cluster_data(self.store.as_ref()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .map(Arc::new);
+        *last = Some((Instant::now(), read.clone()));
+        read
     }
 
     fn render_metrics(&self) -> String {
