@@ -12,7 +12,8 @@
 //! `soak` runs pgbench through the proxy (default 10 minutes at failInterval 3s) and counts
 //! the failovers that happened although nothing failed: the figure must be 0.
 //! `proxy` runs pgbench (scale 10, 8 clients, -j 2, `-S` and the default script, SECONDS
-//! per run, default 10) straight to the primary, through stolon-proxy and, when `haproxy` is
+//! per run, default 10) straight to the primary, through stolon-proxy (its default
+//! userspace relay, and a second one with `--kernel-splice true`) and, when `haproxy` is
 //! installed, through a minimal HAProxy of our own, in ROUNDS interleaved rounds (default
 //! 3), and prints TPS, mean and p99 latency, each ratio to the same round's direct run, the
 //! proxy process's CPU (share of one core) and the medians.
@@ -22,7 +23,9 @@
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
 use std::time::Duration;
-use stolon_testkit::{connect, lost_writes, ClusterBuilder, ConnectionProbe, TestCluster, Writer};
+use stolon_testkit::{
+    connect, lost_writes, wait_for_service, ClusterBuilder, ConnectionProbe, TestCluster, Writer,
+};
 use tokio::time::Instant;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -384,7 +387,10 @@ fn cpu_seconds(pid: i32) -> f64 {
 /// figure alone moves by 20 % from run to run here) weighs on all paths alike.
 async fn proxy_overhead(seconds: u64, rounds: usize) {
     println!("== proxy overhead: pgbench scale 10, 8 clients, -j 2, {seconds}s per run, {rounds} interleaved rounds");
-    let (cluster, master, _) = cluster("10s", false).await;
+    let (mut cluster, master, _) = cluster("10s", false).await;
+    cluster.add_proxy_with(&["--kernel-splice", "true"]);
+    let spliced = cluster.proxies[1].0;
+    wait_for_service("the splicing proxy", spliced, BOOT).await;
     let direct = cluster.keepers[master].pg_port;
     let logs = cluster.root().join("pgbench");
     tokio::task::block_in_place(|| {
@@ -399,6 +405,7 @@ async fn proxy_overhead(seconds: u64, rounds: usize) {
                 cluster.proxies[0].1.pid(),
                 None,
             ),
+            ("st-proxy splice", spliced, cluster.proxies[1].1.pid(), None),
         ];
         match haproxy(direct, cluster.root()) {
             Some((port, child)) => {

@@ -50,8 +50,9 @@ struct Cli {
     metrics_listen_address: Option<SocketAddr>,
     /// Let the kernel move each session's bytes (a BPF sockmap: needs root, or CAP_BPF and
     /// CAP_NET_ADMIN) instead of relaying them in the proxy; falls back to the relay where
-    /// the kernel refuses.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// the kernel refuses. Off by default: a session held back for a slow reader has been
+    /// seen to stall (docs/operations.md).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     kernel_splice: bool,
     /// Seconds between keepalive probes (0: the OS default).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..))]
