@@ -51,7 +51,7 @@ struct Cli {
     /// Let the kernel move each session's bytes (a BPF sockmap: needs root, or CAP_BPF and
     /// CAP_NET_ADMIN) instead of relaying them in the proxy; falls back to the relay where
     /// the kernel refuses. Off by default: a session held back for a slow reader has been
-    /// seen to stall (docs/operations.md).
+    /// seen to receive bytes twice (docs/operations.md).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     kernel_splice: bool,
     /// Seconds between keepalive probes (0: the OS default).
