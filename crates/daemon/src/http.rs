@@ -67,10 +67,6 @@ impl Response {
             body,
         }
     }
-
-    pub fn not_found() -> Response {
-        Response::text(404, "not found\n")
-    }
 }
 
 pub type Answer = Pin<Box<dyn Future<Output = Response> + Send>>;
