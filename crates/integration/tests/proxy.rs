@@ -198,6 +198,7 @@ async fn bad_proxy_flags_are_refused() {
         ("--tcp-keepalive-idle", "-5", "-5"),
         ("--tcp-keepalive-count", "-2", "-2"),
         ("--uid", "Proxy-1", "invalid uid"),
+        ("--relay-threads", "-1", "-1"),
     ] {
         let out = std::process::Command::new(stolon_testkit::bin_dir().join("stolon-proxy"))
             .args(["--cluster-name", "x", "--store-backend", "etcdv3"])
@@ -208,6 +209,51 @@ async fn bad_proxy_flags_are_refused() {
         assert!(!out.status.success(), "{flag} {value} accepted");
         assert!(stderr.contains(says), "{flag} {value}: {stderr}");
     }
+}
+
+/// The names of a process's threads that carry sessions.
+fn relay_threads(pid: i32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("relay-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `--relay-threads`: that many threads carry the sessions (by default one per CPU), and
+/// sessions spread over them all keep working.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_threads_carry_the_sessions() {
+    let mut cluster = ClusterBuilder::new().keepers(1).proxies(1).start().await;
+    cluster.add_proxy_with(&["--relay-threads", "3"]);
+    cluster.wait_for_master(BOOT).await;
+    // Listening: each proxy has started its threads.
+    let port = cluster.proxies[1].0;
+    wait_for_service("the proxy", cluster.proxies[0].0, BOOT).await;
+    wait_for_service("the proxy with 3 threads", port, BOOT).await;
+    let per_cpu = std::thread::available_parallelism().unwrap().get();
+    let default = cluster.proxies[0].1.pid().unwrap();
+    let three = cluster.proxies[1].1.pid().unwrap();
+    let expected: Vec<String> = (0..per_cpu).map(|i| format!("relay-{i}")).collect();
+    assert_eq!(relay_threads(default), expected);
+    assert_eq!(relay_threads(three), ["relay-0", "relay-1", "relay-2"]);
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(connect(port).await.unwrap());
+    }
+    for (i, s) in sessions.iter().enumerate() {
+        let rows = s.simple_query(&format!("select {i}")).await.unwrap();
+        let got = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(got, Some(i.to_string()));
+    }
+    cluster.assert_no_unexpected_errors(EXPECTED);
 }
 
 /// What each of a process's descriptors is: a TCP socket's addresses and state (from

@@ -50,6 +50,8 @@ pub struct ProxyConfig {
     pub metrics: Option<SocketAddr>,
     /// Let the kernel move the bytes of each session (BPF sockmap) where it can.
     pub kernel_splice: bool,
+    /// Threads that carry the sessions; 0: one per CPU.
+    pub relay_threads: usize,
 }
 
 /// The read-only endpoint: new connections balanced across the standbys that serve reads.
@@ -129,6 +131,80 @@ struct Shared {
     counters: Counters,
     /// Present when sessions are spliced in the kernel.
     splicer: Option<splice::Splicer>,
+    relays: Relays,
+}
+
+/// The threads that carry the sessions, each with an event loop of its own. A session lives
+/// on one thread from its first byte to its last, so relaying a message hands nothing from
+/// thread to thread: a work-stealing pool spends a good share of a small machine waking
+/// its idle workers to look for work, for each message.
+struct Relays {
+    loops: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+    /// Ends the threads' loops, and with them whatever sessions remain.
+    stop: CancellationToken,
+}
+
+impl Relays {
+    fn start(threads: usize) -> std::io::Result<Relays> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let stop = CancellationToken::new();
+        let mut loops = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            loops.push(runtime.handle().clone());
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("relay-{i}"))
+                .spawn(move || runtime.block_on(stop.cancelled()))?;
+        }
+        Ok(Relays {
+            loops,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// Runs `session` on the next thread, with `client` moved to that thread's loop.
+    fn spawn<S, F>(&self, client: TcpStream, session: S)
+    where
+        S: FnOnce(TcpStream) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let client = match client.into_std() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand a client connection over");
+                return;
+            }
+        };
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
+        self.loops[i].spawn(async move {
+            match TcpStream::from_std(client) {
+                Ok(client) => session(client).await,
+                Err(e) => tracing::debug!(error = %e, "cannot take a client connection over"),
+            }
+        });
+    }
+
+    /// Tasks alive on the relay threads.
+    fn tasks(&self) -> usize {
+        self.loops
+            .iter()
+            .map(|l| l.metrics().num_alive_tasks())
+            .sum()
+    }
+}
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// What `/metrics` reports.
@@ -322,9 +398,10 @@ impl Shared {
         .gauge(
             "stolon_proxy_tasks",
             "Tasks alive in the proxy: a few of its own, one per client connection.",
-            tokio::runtime::Handle::current()
+            (tokio::runtime::Handle::current()
                 .metrics()
-                .num_alive_tasks() as f64,
+                .num_alive_tasks()
+                + self.relays.tasks()) as f64,
         );
         e.finish()
     }
@@ -366,6 +443,7 @@ pub async fn run(
         next_reader: AtomicUsize::new(0),
         counters: Counters::default(),
         splicer: kernel_splicer(&config),
+        relays: Relays::start(config.relay_threads)?,
         config,
     });
     if let Some(address) = shared.config.metrics {
@@ -413,6 +491,7 @@ pub async fn run(
     shared.set_gate(Gate::Closed, Duration::ZERO);
     shared.set_readers(&[]);
     shared.stop_listening();
+    shared.relays.stop.cancel();
     Ok(())
 }
 
@@ -550,11 +629,17 @@ async fn accept_loop(
                 shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
                 match endpoint {
                     Endpoint::Primary => {
-                        tokio::spawn(serve(client, shared.clone()));
+                        let session = shared.clone();
+                        shared
+                            .relays
+                            .spawn(client, move |client| serve(client, session));
                     }
                     Endpoint::ReadOnly => match shared.pick_reader() {
                         Some((target, connections)) => {
-                            tokio::spawn(relay(client, target, connections, shared.clone()));
+                            let session = shared.clone();
+                            shared.relays.spawn(client, move |client| {
+                                relay(client, target, connections, session)
+                            });
                         }
                         // No standby to read from: dropping the client closes it at once.
                         None => {

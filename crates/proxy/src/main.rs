@@ -54,6 +54,9 @@ struct Cli {
     /// seen to receive bytes twice (docs/operations.md).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     kernel_splice: bool,
+    /// Threads that carry client sessions, each with its own event loop (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    relay_threads: usize,
     /// Seconds between keepalive probes (0: the OS default).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..))]
     tcp_keepalive_interval: u64,
@@ -105,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         metrics: cli.metrics_listen_address,
         kernel_splice: cli.kernel_splice,
+        relay_threads: cli.relay_threads,
     };
     stolon_proxy::run(config, store, shutdown).await
 }
