@@ -50,8 +50,8 @@ struct Cli {
     metrics_listen_address: Option<SocketAddr>,
     /// Let the kernel move each session's bytes (a BPF sockmap: needs root, or CAP_BPF and
     /// CAP_NET_ADMIN) instead of relaying them in the proxy; falls back to the relay where
-    /// the kernel refuses. Off by default: a session held back for a slow reader has been
-    /// seen to receive bytes twice (docs/operations.md).
+    /// the kernel refuses. Off by default: a session whose reader falls 64 MiB behind its
+    /// writer is closed, where the relay would wait for it (docs/operations.md).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     kernel_splice: bool,
     /// Threads that carry client sessions, each with its own event loop (0: one per CPU).

@@ -106,15 +106,6 @@ impl Map {
         )
     }
 
-    /// A set of cookies.
-    pub fn flags(capacity: u32) -> io::Result<Map> {
-        Map::create(BPF_MAP_TYPE_HASH, 4, capacity)
-    }
-
-    pub fn insert_flag(&self, key: u64) -> io::Result<()> {
-        self.update(key, &1u32)
-    }
-
     pub fn insert_socket(&self, key: u64, socket: &impl AsFd) -> io::Result<()> {
         let value = socket.as_fd().as_raw_fd() as u32;
         self.update(key, &value)
@@ -187,14 +178,12 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 /// Loads the stream-verdict program and attaches it to the sockets of `peers`. For each
 /// segment such a socket receives it adds the bytes to the socket's counter, reports the
 /// socket's cookie on `reports` every `report_every` bytes, and redirects the segment to
-/// the socket `peers` holds under the cookie. Segments of a socket in `held` stay on
-/// that socket's own queue, in order, for the proxy to read. Without a target (the peer is gone) the
+/// the socket `peers` holds under the cookie. Without a target (the peer is gone) the
 /// segment stays on the receiving socket, where nothing reads it: the session is ending.
 /// Empty segments are dropped.
 pub fn load_verdict(
     peers: &Map,
     counters: &Map,
-    held: &Map,
     reports: &RingBuffer,
     report_every: u32,
 ) -> io::Result<OwnedFd> {
@@ -242,16 +231,6 @@ pub fn load_verdict(
         insn(CALL, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE),
         insn(STX_DW, FP, R0, -8, 0),
     ];
-    // if held[key]: pass
-    program.extend(map(held.0.as_raw_fd(), R1));
-    program.extend([
-        insn(MOV64_REG, R2, FP, 0, 0),
-        insn(ADD64_IMM, R2, 0, 0, -8),
-        insn(CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
-        insn(JEQ_IMM, R0, 0, 2, 0),
-        insn(MOV64_IMM, R0, 0, 0, SK_PASS),
-        insn(EXIT, 0, 0, 0, 0),
-    ]);
     // r7 = counters[key]
     program.extend(map(counters.0.as_raw_fd(), R1));
     program.extend([
