@@ -266,7 +266,6 @@ impl Splicer {
                 };
                 if in_flight > CUT_ABOVE {
                     tracing::warn!(
-                        reader = direction.reader,
                         behind_mib = in_flight >> 20,
                         "closing a spliced session: its {} reads too slowly to keep up",
                         direction.reader
