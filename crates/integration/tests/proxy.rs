@@ -326,7 +326,7 @@ async fn slow_readers_wait_in_the_relay_and_are_cut_off_when_spliced() {
     );
     let cut = slow_read(spliced, 300_000, 8_000_000).await;
     assert!(cut.is_err(), "a spliced slow reader got the whole result");
-    let log = std::fs::read_to_string(cluster.root().join("logs/proxy1.log")).unwrap();
+    let log = cluster.proxies[1].1.log_text();
     assert!(
         log.contains("closing a spliced session: its client reads too slowly to keep up"),
         "{log}"
