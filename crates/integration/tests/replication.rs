@@ -1165,7 +1165,17 @@ async fn switchover_under_load(sync: bool) {
     } else {
         ClusterBuilder::new().keepers(3)
     };
-    let cluster = builder.spec("usePgrewind", true.into()).start().await;
+    // The probe opens a connection every 20 ms and the proxies hold them for the whole
+    // switchover (about 2 s here): they all reach the new primary at once, more than the
+    // default 100 connections.
+    let cluster = builder
+        .spec("usePgrewind", true.into())
+        .spec(
+            "pgParameters",
+            serde_json::json!({"max_connections": "500"}),
+        )
+        .start()
+        .await;
     let master = cluster.wait_for_master(BOOT).await;
     cluster.wait_for_standbys(2, BOOT).await;
     let sync_set = if sync {
