@@ -397,6 +397,30 @@ impl ClusterSpec {
     }
 }
 
+/// Heartbeats per failInterval (keepers) or proxyTimeout (proxies): a component may miss two
+/// in a row (a slow store write, a long probe of its postgres) before it is judged. Patroni
+/// keeps the same ratio between its loop_wait and its ttl.
+const HEARTBEATS_PER_TIMEOUT: u32 = 3;
+
+impl ValidSpec {
+    /// How often a keeper publishes its info: every sleepInterval, and at least
+    /// [`HEARTBEATS_PER_TIMEOUT`] times per failInterval, so that a failInterval shorter than
+    /// sleepInterval never fails a live keeper between two of its heartbeats.
+    pub fn keeper_heartbeat(&self) -> Duration {
+        self.sleep_interval
+            .min(self.fail_interval / HEARTBEATS_PER_TIMEOUT)
+    }
+
+    /// How often a proxy checks the store (and so publishes its info): every
+    /// proxyCheckInterval, and at least [`HEARTBEATS_PER_TIMEOUT`] times per proxyTimeout, so
+    /// that one slow check does not fence a proxy whose check interval is close to its
+    /// timeout.
+    pub fn proxy_check_cadence(&self) -> Duration {
+        self.proxy_check_interval
+            .min(self.proxy_timeout / HEARTBEATS_PER_TIMEOUT)
+    }
+}
+
 impl ClusterSpec {
     /// Checks that replacing `self` by `new` is allowed: the init mode is fixed for the
     /// cluster's life, and a primary cluster never becomes a standby cluster.
@@ -475,6 +499,35 @@ mod tests {
         assert_eq!(v.db_restart_timeout, Duration::from_secs(5));
         assert_eq!(v.proxy_timeout, Duration::from_secs(15));
         assert_eq!(v.max_standbys_per_sender, 3);
+    }
+
+    #[test]
+    fn heartbeats_come_at_least_three_times_per_timeout() {
+        let cadence = |json: &str| {
+            let v = ClusterSpec::from_json(json).unwrap().validate().unwrap();
+            (v.keeper_heartbeat(), v.proxy_check_cadence())
+        };
+        let ms = Duration::from_millis;
+        // failInterval 3s under the default sleepInterval of 5s: a heartbeat every second.
+        assert_eq!(
+            cadence(r#"{"initMode":"new","failInterval":"3s"}"#).0,
+            ms(1000)
+        );
+        // A short sleepInterval stays as it is.
+        assert_eq!(
+            cadence(r#"{"initMode":"new","sleepInterval":"1s","failInterval":"20s"}"#).0,
+            ms(1000)
+        );
+        // The defaults: failInterval 10s, proxyTimeout 15s, proxyCheckInterval 5s.
+        assert_eq!(
+            cadence(r#"{"initMode":"new"}"#),
+            (Duration::from_secs(10) / 3, ms(5000))
+        );
+        // A check interval just under the timeout is shortened.
+        assert_eq!(
+            cadence(r#"{"initMode":"new","proxyCheckInterval":"2900ms","proxyTimeout":"3s"}"#).1,
+            ms(1000)
+        );
     }
 
     #[test]

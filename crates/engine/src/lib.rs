@@ -6,6 +6,7 @@
 //! injected seed: the daemons observe, call these, and act, and the tests drive them with
 //! plain values.
 
+pub mod fence;
 pub mod health;
 pub mod keeper;
 pub mod proxy;

@@ -20,6 +20,12 @@ use stolon_cluster::{
     SwitchoverOutcome, SwitchoverPhase, ValidSpec, FAKE_STANDBY_NAME,
 };
 
+/// How long after a proxy's proxyTimeout the sentinel takes it as fenced. The proxy counts
+/// its timeout from the start of the check whose info the sentinel saw after, so the margin
+/// only covers the proxy's fence timer (it looks every 100 ms) and closing its connections.
+/// It does not depend on sleepInterval: the sentinel wakes when the wait runs out.
+pub const PROXY_FENCE_MARGIN: Duration = Duration::from_secs(1);
+
 /// What the sentinel read from the store besides the cluster data.
 #[derive(Debug, Clone, Copy)]
 pub struct Observations<'a> {
@@ -212,12 +218,12 @@ impl Planner<'_> {
         self.infos = infos;
     }
 
-    /// An info is fresh when it is in the store and changed within two sleep intervals: a
-    /// live keeper publishes once per interval.
+    /// An info is fresh when it is in the store and changed within two heartbeats: a live
+    /// keeper publishes once per [`ValidSpec::keeper_heartbeat`].
     fn info_is_fresh(&self, uid: &KeeperUid, infos: &BTreeMap<KeeperUid, KeeperInfo>) -> bool {
         infos.contains_key(uid)
             && self.memory.keepers.get(uid).is_some_and(|hb| {
-                self.now.saturating_sub(hb.changed_at) <= 2 * self.spec.sleep_interval
+                self.now.saturating_sub(hb.changed_at) <= 2 * self.spec.keeper_heartbeat()
             })
     }
 
@@ -351,9 +357,9 @@ impl Planner<'_> {
         }
     }
 
-    /// Proxies that may still be routing: silent for less than their proxyTimeout (plus a
-    /// sleep interval of margin for our own polling). A proxy silent for longer cannot have
-    /// read the store successfully, so it has closed its connections by itself.
+    /// Proxies that may still be routing: silent for less than their proxyTimeout plus
+    /// [`PROXY_FENCE_MARGIN`]. A proxy silent for longer cannot have read the store
+    /// successfully, so it has closed its connections by itself.
     fn live_proxies<'p>(&self, proxies: &'p [ProxyInfo]) -> Vec<&'p ProxyInfo> {
         proxies
             .iter()
@@ -362,8 +368,7 @@ impl Planner<'_> {
                     .proxies
                     .get(&p.uid)
                     .is_some_and(|(hb, timeout)| {
-                        self.now.saturating_sub(hb.changed_at)
-                            <= *timeout + self.spec.sleep_interval
+                        self.now.saturating_sub(hb.changed_at) <= *timeout + PROXY_FENCE_MARGIN
                     })
             })
             .collect()
@@ -1190,13 +1195,13 @@ impl Planner<'_> {
         let keepers = m.keepers.values().flat_map(|hb| {
             [
                 hb.changed_at + spec.fail_interval,
-                hb.changed_at + 2 * spec.sleep_interval,
+                hb.changed_at + 2 * spec.keeper_heartbeat(),
             ]
         });
         let proxies = m
             .proxies
             .values()
-            .map(|(hb, timeout)| hb.changed_at + *timeout + spec.sleep_interval);
+            .map(|(hb, timeout)| hb.changed_at + *timeout + PROXY_FENCE_MARGIN);
         let errors = m
             .db_errors
             .values()

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation, KeeperUid};
 use stolon_engine::health::{answer, Check, Facts};
-use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
+use stolon_engine::sentinel::{self, Memory, Observations, StepOutput, PROXY_FENCE_MARGIN};
 
 const KEEPERS: [&str; 3] = ["k0", "k1", "k2"];
 const PROXIES: [&str; 2] = ["p0", "p1"];
@@ -188,7 +188,7 @@ impl Watch {
 
 /// The fencing rule of the failover handshake: a db gets the master role only while the
 /// proxies are told to route nowhere and every proxy that published within its proxyTimeout
-/// plus a sleep interval has acknowledged that; and a db has the master role only as
+/// plus the fence margin has acknowledged that; and a db has the master role only as
 /// `cluster.status.master`.
 fn check_fencing(
     w: &World,
@@ -210,7 +210,7 @@ fn check_fencing(
             .values()
             .filter(|p| p.present && !p.info_uid.is_empty())
         {
-            if w.now.saturating_sub(p.published_at) <= p.timeout + w.spec.sleep_interval {
+            if w.now.saturating_sub(p.published_at) <= p.timeout + PROXY_FENCE_MARGIN {
                 prop_assert_eq!(
                     p.generation,
                     output.proxy.generation,

@@ -9,7 +9,9 @@ use stolon_cluster::{
     ClusterPhase, DbRole, DbUid, Generation, InitMode, KeeperUid, Lsn, ProxyUid, TimelineId,
 };
 use stolon_engine::keeper;
-use stolon_engine::sentinel::{self, choose_new_master, ElectionRules, Observations, Rejection};
+use stolon_engine::sentinel::{
+    self, choose_new_master, ElectionRules, Observations, Rejection, PROXY_FENCE_MARGIN,
+};
 
 // ---------------------------------------------------------------------------------------
 // 1. Initial primary
@@ -692,7 +694,7 @@ fn a_live_proxy_on_the_old_generation_blocks_promotion_until_it_acks() {
 }
 
 #[test]
-fn a_silent_proxy_stops_blocking_after_its_timeout_plus_a_sleep_interval() {
+fn a_silent_proxy_stops_blocking_after_its_timeout_plus_the_fence_margin() {
     let mut w = World::normal(&["k0", "k1", "k2"], &["p1", "p2"]);
     // p2 publishes a long timeout, then goes silent together with the primary's keeper.
     w.proxy("p2").timeout = secs(10);
@@ -708,7 +710,7 @@ fn a_silent_proxy_stops_blocking_after_its_timeout_plus_a_sleep_interval() {
     assert!(has(&out.events, "electing db as the new master"));
     let candidate = w.master_uid();
 
-    let deadline = last_change + secs(10) + w.spec.sleep_interval;
+    let deadline = last_change + secs(10) + PROXY_FENCE_MARGIN;
     let mut t = fail_at;
     while t + secs(1) <= deadline {
         t += secs(1);

@@ -11,7 +11,9 @@ use stolon_cluster::{
     Switchover, SwitchoverPhase, TimelineId,
 };
 use stolon_engine::proxy::{route, Route};
-use stolon_engine::sentinel::{election_rules, switchover_candidate, StepOutput};
+use stolon_engine::sentinel::{
+    election_rules, switchover_candidate, StepOutput, PROXY_FENCE_MARGIN,
+};
 
 const ID: &str = "so-1";
 const PROXIES: [&str; 2] = ["p1", "p2"];
@@ -1006,9 +1008,9 @@ fn a_proxy_dying_while_holding_blocks_the_halt_only_until_its_timeout() {
     r.request(None, secs(30), secs(1));
     r.step();
     let t0 = r.w.now;
-    // p2 published at t0, then never again: live until t0 + proxyTimeout + sleepInterval.
+    // p2 published at t0, then never again: live until t0 + proxyTimeout + the fence margin.
     r.w.proxy("p2").alive = false;
-    let live_until = t0 + r.w.spec.proxy_timeout + r.w.spec.sleep_interval;
+    let live_until = t0 + r.w.spec.proxy_timeout + PROXY_FENCE_MARGIN;
     assert_eq!(live_until, t0 + secs(4));
     for s in 1..=4 {
         let out = r.step();

@@ -197,7 +197,7 @@ struct Seen {
 impl Keeper {
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
-        let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
+        let mut heartbeat = DEFAULT_SLEEP_INTERVAL;
         let mut last_published: Option<(Instant, Option<PgState>)> = None;
         loop {
             let cd = match stolon_store::read_cluster_data(self.store.as_ref()).await {
@@ -207,13 +207,13 @@ impl Keeper {
                     tracing::warn!(error = %e, "cannot read cluster data; leaving postgres as it is");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(sleep_interval.min(STORE_RETRY)) => continue,
+                        _ = tokio::time::sleep(heartbeat.min(STORE_RETRY)) => continue,
                     }
                 }
             };
             if let Some(cd) = &cd {
                 self.status.read_cluster_data(cd);
-                sleep_interval = cd.spec.sleep_interval;
+                heartbeat = cd.spec.keeper_heartbeat();
                 self.request_timeout = cd.spec.request_timeout;
                 self.db_wait_ready_timeout = cd.spec.db_wait_ready_timeout;
                 self.sync_timeout = cd.spec.sync_timeout;
@@ -232,12 +232,12 @@ impl Keeper {
                 // During a switchover the target's position is what the sentinel waits for.
                 let switching = cd.cluster.status.switchover.is_some();
                 let due = last_published.as_ref().is_none_or(|(at, prev)| {
-                    at.elapsed() >= sleep_interval
+                    at.elapsed() >= heartbeat
                         || !same_but_position(prev.as_ref(), state.as_ref())
                         || (switching && prev != &state)
                 });
                 if due {
-                    match self.publish(cd, state.clone(), sleep_interval).await {
+                    match self.publish(cd, state.clone(), heartbeat).await {
                         Ok(()) => last_published = Some((Instant::now(), state)),
                         Err(e) => tracing::warn!(error = %e, "cannot publish keeper info"),
                     }
@@ -245,8 +245,8 @@ impl Keeper {
             }
             let next_publish = last_published
                 .as_ref()
-                .map(|(at, _)| sleep_interval.saturating_sub(at.elapsed()))
-                .unwrap_or(sleep_interval);
+                .map(|(at, _)| heartbeat.saturating_sub(at.elapsed()))
+                .unwrap_or(heartbeat);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = changes.wait(self.store.as_ref(), next_publish.max(Duration::from_millis(50))) => {}
@@ -462,7 +462,7 @@ impl Keeper {
         &self,
         cd: &ClusterData,
         state: Option<PgState>,
-        sleep_interval: Duration,
+        heartbeat: Duration,
     ) -> anyhow::Result<()> {
         let info = KeeperInfo {
             info_uid: stolon_daemon::random_uid(),
@@ -474,7 +474,7 @@ impl Keeper {
             priority: self.config.priority,
             postgres_state: state,
         };
-        let ttl = (3 * sleep_interval).max(Duration::from_secs(3));
+        let ttl = (3 * heartbeat).max(Duration::from_secs(3));
         stolon_store::publish_info(
             self.store.as_ref(),
             InfoKind::Keeper,

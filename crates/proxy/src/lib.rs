@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
 use stolon_daemon::metrics::Exposition;
+use stolon_engine::fence::ProxyFence;
 use stolon_engine::proxy::{read_only_targets, route, Route};
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio::io::{copy_bidirectional_with_sizes, AsyncReadExt, AsyncWriteExt};
@@ -30,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 const RELAY_BUFFER: usize = 64 * 1024;
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest a new connection waits during a switchover; the sentinel ends every hold
 /// long before (the switchover's timeout), this only bounds a proxy cut from it.
 const MAX_HOLD: Duration = Duration::from_secs(60);
@@ -122,8 +122,10 @@ struct Shared {
     /// its changes.
     routing: watch::Sender<Routing>,
     listeners: Mutex<Vec<(Endpoint, CancellationToken, JoinHandle<()>)>>,
-    /// When this proxy must fence itself unless a check succeeds before.
-    deadline: Mutex<Option<Instant>>,
+    /// When this proxy must fence itself unless a check succeeds before, on the `origin`
+    /// clock.
+    fence: Mutex<ProxyFence>,
+    origin: Instant,
     /// The read-only endpoint's standbys, each with the token that ends its connections.
     readers: Mutex<Vec<(SocketAddr, CancellationToken)>>,
     /// Round robin over `readers`.
@@ -406,13 +408,14 @@ impl Shared {
         e.finish()
     }
 
+    /// The proxy's monotonic clock, as the engine's fence reads it.
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
     /// Fences the proxy when its deadline has passed.
     fn enforce_deadline(&self) {
-        let expired = self
-            .deadline
-            .lock()
-            .unwrap()
-            .is_some_and(|d| Instant::now() >= d);
+        let expired = self.fence.lock().unwrap().expired(self.now());
         if expired {
             if self.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::warn!("check timeout timer fired: closing connections to master");
@@ -438,7 +441,8 @@ pub async fn run(
             connections: CancellationToken::new(),
         }),
         listeners: Mutex::new(Vec::new()),
-        deadline: Mutex::new(None),
+        fence: Mutex::new(ProxyFence::default()),
+        origin: Instant::now(),
         readers: Mutex::new(Vec::new()),
         next_reader: AtomicUsize::new(0),
         counters: Counters::default(),
@@ -466,15 +470,12 @@ pub async fn run(
         })
     };
     let mut check_interval = DEFAULT_CHECK_INTERVAL;
-    let mut proxy_timeout = DEFAULT_PROXY_TIMEOUT;
     let mut last_route: Option<Route> = None;
     let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
     while !shutdown.is_cancelled() {
-        let started = Instant::now();
-        match check(&shared, store.as_ref(), &mut proxy_timeout, &mut last_route).await {
+        match check(&shared, store.as_ref(), &mut last_route).await {
             Ok(interval) => {
                 check_interval = interval.unwrap_or(check_interval);
-                *shared.deadline.lock().unwrap() = Some(started + proxy_timeout);
                 if let Err(e) = shared.start_listening().await {
                     tracing::error!(error = %e, address = %shared.config.listen, "cannot listen");
                 }
@@ -515,13 +516,13 @@ fn kernel_splicer(config: &ProxyConfig) -> Option<splice::Splicer> {
 }
 
 /// Reads the cluster data, applies its route and acknowledges the proxy generation.
-/// Returns the check interval of the cluster spec.
+/// Returns how often to check, from the cluster spec.
 async fn check(
     shared: &Shared,
     store: &dyn Store,
-    proxy_timeout: &mut Duration,
     last_route: &mut Option<Route>,
 ) -> Result<Option<Duration>, StoreError> {
+    let started = shared.now();
     let read = match stolon_store::read_cluster_data(store).await {
         Ok(Some(read)) => read,
         Ok(None) => {
@@ -529,6 +530,7 @@ async fn check(
             if shared.set_gate(Gate::Closed, Duration::ZERO) {
                 tracing::info!("no clusterdata available, closing connections to master");
             }
+            shared.fence.lock().unwrap().renewed(started);
             return Ok(None);
         }
         Err(StoreError::Corrupt(e)) => {
@@ -540,8 +542,11 @@ async fn check(
         }
         Err(e) => return Err(e),
     };
-    // Never shorten the timeout we announced: a sentinel may already count on it.
-    *proxy_timeout = (*proxy_timeout).max(read.spec.proxy_timeout);
+    let proxy_timeout = shared
+        .fence
+        .lock()
+        .unwrap()
+        .read_spec(started, read.spec.proxy_timeout);
     let decision = route(&read.data, &shared.config.uid);
     let (gate, grace) = match &decision {
         Route::To { address, port, .. } => (
@@ -589,18 +594,22 @@ async fn check(
         info_uid: stolon_daemon::random_uid(),
         uid: shared.config.uid.clone(),
         generation: read.data.proxy.generation,
-        proxy_timeout: *proxy_timeout,
+        proxy_timeout,
     };
-    let ttl = (2 * *proxy_timeout).max(Duration::from_secs(3));
-    stolon_store::publish_info(
+    let ttl = (2 * proxy_timeout).max(Duration::from_secs(3));
+    let published = stolon_store::publish_info(
         store,
         InfoKind::Proxy,
         shared.config.uid.as_str(),
         &info,
         ttl,
     )
-    .await?;
-    Ok(Some(read.spec.proxy_check_interval))
+    .await;
+    let mut fence = shared.fence.lock().unwrap();
+    fence.announced(proxy_timeout, shared.now() + ttl);
+    published?;
+    fence.renewed(started);
+    Ok(Some(read.spec.proxy_check_cadence()))
 }
 
 async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
