@@ -55,6 +55,10 @@ pub struct Memory {
     wal_progress: BTreeMap<DbUid, (Lsn, Duration)>,
     /// Per db, since when its live keeper has reported its postgres down.
     db_down: BTreeMap<DbUid, Duration>,
+    /// Orders against a keeper's data (give its db up, give it a db to resync), per keeper
+    /// and reason: when the keeper's report that first called for the order was seen. The
+    /// order waits until the primary has reported after it.
+    pending_orders: BTreeMap<(KeeperUid, &'static str), Duration>,
     switchover: Option<SwitchoverClock>,
 }
 
@@ -99,6 +103,7 @@ pub fn step(
         failed_master: None,
         infos: BTreeMap::new(),
         merged_parameters: None,
+        orders_called_for: BTreeSet::new(),
     };
     planner.infos = obs
         .keepers
@@ -114,6 +119,11 @@ pub fn step(
         ClusterPhase::Initializing => planner.initialize(),
         ClusterPhase::Normal => planner.run_normal(),
     }
+    let called_for = std::mem::take(&mut planner.orders_called_for);
+    planner
+        .memory
+        .pending_orders
+        .retain(|key, _| called_for.contains(key));
     planner.copy_cluster_spec_into_dbs();
     planner.bump_changed_generations(cd);
     planner.track_convergence();
@@ -144,6 +154,8 @@ struct Planner<'m> {
     infos: BTreeMap<KeeperUid, KeeperInfo>,
     /// The cluster's parameters if this step merged initdb's into them.
     merged_parameters: Option<BTreeMap<String, String>>,
+    /// The pending orders this step still found called for.
+    orders_called_for: BTreeSet<(KeeperUid, &'static str)>,
 }
 
 /// A standby the planner would not promote, and why.
@@ -1337,9 +1349,14 @@ impl Planner<'_> {
                 .take(room)
                 .collect();
             for keeper in free {
+                // The primary is the resync's source: it must have reported after the
+                // keeper, or it may be dead already.
+                if !self.master_reported_since(master, &keeper, NEW_STANDBY) {
+                    continue;
+                }
                 let db = self.new_db(&keeper, DbRole::Standby, InitMode::Resync);
                 self.emit(
-                    Event::info("added new standby db")
+                    Event::info(NEW_STANDBY)
                         .with("db", db)
                         .with("keeper", keeper),
                 );
@@ -1389,7 +1406,7 @@ impl Planner<'_> {
             return;
         };
         let stuck_for = STUCK_STANDBY_SLEEP_INTERVALS * self.spec.sleep_interval;
-        let hopeless: Vec<DbUid> = self
+        let hopeless: Vec<Db> = self
             .cd
             .dbs
             .values()
@@ -1404,15 +1421,14 @@ impl Planner<'_> {
                     })
             })
             .filter(|db| wal_segment(db.status.x_log_pos).as_str() < oldest)
-            .map(|db| db.uid.clone())
+            .cloned()
             .collect();
-        for uid in hopeless {
-            self.emit(
-                Event::warn(
-                    "removing db that won't be able to sync due to missing wals on current master",
-                )
-                .with("db", &uid),
-            );
+        for db in hopeless {
+            if !self.master_reported_since(master, &db.spec.keeper_uid, MISSING_WAL) {
+                continue;
+            }
+            let uid = db.uid;
+            self.emit(Event::warn(MISSING_WAL).with("db", &uid));
             self.cd.dbs.remove(&uid);
         }
     }
@@ -1420,7 +1436,7 @@ impl Planner<'_> {
     /// A standby whose data comes from another cluster (system identifier) or that went
     /// past the primary's timeline cannot stream from it: its keeper gets a fresh db.
     fn remove_invalid_standbys(&mut self, master: &Db) {
-        let invalid: Vec<(DbUid, &'static str)> = self
+        let invalid: Vec<(Db, &'static str)> = self
             .cd
             .dbs
             .values()
@@ -1431,14 +1447,14 @@ impl Planner<'_> {
                     && db.status.system_id != master.status.system_id
                 {
                     Some((
-                        db.uid.clone(),
+                        db.clone(),
                         "its system identifier differs from the master's",
                     ))
                 } else if db.status.timeline_id > master.status.timeline_id {
-                    Some((db.uid.clone(), "it is on a later timeline than the master"))
+                    Some((db.clone(), "it is on a later timeline than the master"))
                 } else if diverged(db, master) {
                     Some((
-                        db.uid.clone(),
+                        db.clone(),
                         "it went past the point where the master's timeline forked from its own",
                     ))
                 } else {
@@ -1446,14 +1462,46 @@ impl Planner<'_> {
                 }
             })
             .collect();
-        for (uid, reason) in invalid {
+        for (db, reason) in invalid {
+            if !self.master_reported_since(master, &db.spec.keeper_uid, reason) {
+                continue;
+            }
             self.emit(
                 Event::warn("removing invalid db")
-                    .with("db", &uid)
+                    .with("db", &db.uid)
                     .with("reason", reason),
             );
-            self.cd.dbs.remove(&uid);
+            self.cd.dbs.remove(&db.uid);
         }
+    }
+
+    /// Whether the primary has reported since the report of `keeper` that first called for
+    /// an order against its data, given for `reason`. A dead primary's last report is older
+    /// than the reports its standbys make after it died, so it never confirms anything: an
+    /// order is only taken on a primary that was alive after the report calling for it.
+    fn master_reported_since(
+        &mut self,
+        master: &Db,
+        keeper: &KeeperUid,
+        reason: &'static str,
+    ) -> bool {
+        let key = (keeper.clone(), reason);
+        self.orders_called_for.insert(key.clone());
+        let changed_at = |k: &KeeperUid| self.memory.keepers.get(k).map(|hb| hb.changed_at);
+        let Some(reported) = changed_at(keeper) else {
+            return false;
+        };
+        let since = *self.memory.pending_orders.entry(key).or_insert(reported);
+        let confirmed = self.info_is_fresh(&master.spec.keeper_uid, &self.infos)
+            && changed_at(&master.spec.keeper_uid).is_some_and(|at| at > since);
+        if !confirmed {
+            self.emit(
+                Event::info("waiting for the master to report again before acting")
+                    .with("keeper", keeper)
+                    .with("reason", reason),
+            );
+        }
+        confirmed
     }
 
     /// Splits the standbys into good (healthy and converged), converging (still applying
@@ -1703,6 +1751,10 @@ fn diverged(db: &Db, master: &Db) -> bool {
             .find(|switch| switch.timeline_id == db.status.timeline_id)
             .is_some_and(|switch| db.status.x_log_pos > switch.switch_point)
 }
+
+const NEW_STANDBY: &str = "added new standby db";
+const MISSING_WAL: &str =
+    "removing db that won't be able to sync due to missing wals on current master";
 
 /// How many sleep intervals a standby's position may stay still before a missing WAL
 /// segment on the primary is taken as the reason.

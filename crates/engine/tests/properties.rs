@@ -1,14 +1,19 @@
 //! Properties of the sentinel's planner over random histories of a 3-keeper, 2-proxy cluster:
 //! keepers publishing or going silent, their positions moving, proxies acknowledging or not,
 //! synchronous replication turned on and off, primaries reporting random sets of standbys in
-//! sync, time advancing by random amounts. Checked after every step.
+//! sync, primaries moving to new timelines and standbys following them or reporting a
+//! timeline behind their position, reports delivered late and out of order, time advancing
+//! by random amounts. Checked after every step.
 
 mod common;
 
 use common::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use stolon_cluster::{ClusterData, ClusterPhase, DbRole, DbUid, Generation, KeeperUid};
+use stolon_cluster::{
+    ClusterData, ClusterPhase, DbRole, DbUid, Generation, KeeperUid, Lsn, TimelineId,
+    TimelineSwitch,
+};
 use stolon_engine::health::{answer, Check, Facts};
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput, PROXY_FENCE_MARGIN};
 
@@ -45,6 +50,16 @@ enum Op {
     ReportSync(usize, u8),
     /// ...or, again, the synchronous standbys of its spec whose keepers are alive.
     AutoSync(usize),
+    /// The keeper's reports reach the sentinel one publish late (true), or on time again.
+    Lag(usize, bool),
+    /// The keeper moves to a new timeline that forks from its current one at its position,
+    /// as a promoted primary does...
+    NewTimeline(usize),
+    /// ...and another takes that timeline (a standby that follows it, or was rewound)...
+    Follow(usize, usize),
+    /// ...or reports one timeline less than it is on (a standby's checkpoint lagging
+    /// behind a timeline switch).
+    TimelineBehind(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,6 +81,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::SyncMode),
         2 => (k.clone(), 0u8..8).prop_map(|(k, m)| Op::ReportSync(k, m)),
         1 => k.clone().prop_map(Op::AutoSync),
+        1 => (k.clone(), any::<bool>()).prop_map(|(k, on)| Op::Lag(k, on)),
+        1 => k.clone().prop_map(Op::NewTimeline),
+        1 => (k.clone(), k.clone()).prop_map(|(k, to)| Op::Follow(k, to)),
+        1 => k.clone().prop_map(Op::TimelineBehind),
     ]
 }
 
@@ -102,6 +121,28 @@ fn apply(w: &mut World, op: &Op) {
             w.keeper(KEEPERS[k]).in_sync = Some(dbs);
         }
         Op::AutoSync(k) => w.keeper(KEEPERS[k]).in_sync = None,
+        Op::Lag(k, on) => w.keeper(KEEPERS[k]).lag = on,
+        Op::NewTimeline(k) => {
+            let sim = w.keeper(KEEPERS[k]);
+            sim.history.push(TimelineSwitch {
+                timeline_id: TimelineId(sim.timeline),
+                switch_point: Lsn(sim.xlog),
+            });
+            sim.timeline += 1;
+        }
+        Op::Follow(k, to) => {
+            let (timeline, history) = {
+                let leader = w.keeper(KEEPERS[to]);
+                (leader.timeline, leader.history.clone())
+            };
+            let sim = w.keeper(KEEPERS[k]);
+            sim.timeline = timeline;
+            sim.history = history;
+        }
+        Op::TimelineBehind(k) => {
+            let sim = w.keeper(KEEPERS[k]);
+            sim.timeline = sim.timeline.saturating_sub(1).max(1);
+        }
     }
 }
 
@@ -249,8 +290,12 @@ fn continues(out: &StepOutput, again: &StepOutput) -> bool {
 
 /// Synchronous replication: a failover elects only a db the failed primary listed in its
 /// spec *and* knew in sync; and a db the primary waits for (listed in its spec) is never
-/// removed by the step that reads it there: it must leave the spec first.
-fn check_sync(input: &ClusterData, output: &ClusterData) -> Result<(), TestCaseError> {
+/// removed by the step that reads it there: it must leave the spec first. Unless it is
+/// invalid (it cannot stream from the primary: another system, a later timeline, past the
+/// fork point), which makes it no failover candidate either: [`check_evidence`] checks that
+/// judgment was made on a report the primary made after it.
+fn check_sync(input: &ClusterData, out: &StepOutput) -> Result<(), TestCaseError> {
+    let output = &out.data;
     let (Some(old), Some(new)) = (
         input.cluster.status.master.as_ref(),
         output.cluster.status.master.as_ref(),
@@ -273,22 +318,23 @@ fn check_sync(input: &ClusterData, output: &ClusterData) -> Result<(), TestCaseE
         );
     }
     // Whatever the mode, the elected db is never behind a healthy known synchronous standby
-    // of the failed primary that was also eligible (same timeline, can be master).
+    // of the failed primary that was also eligible (same timeline, can be master), as the
+    // step read their reports.
     if new != old
         && input
             .dbs
             .get(new)
             .is_some_and(|db| db.spec.role == DbRole::Standby)
     {
-        let elected = &input.dbs[new];
+        let elected = &output.dbs[new];
         for uid in &primary.status.synchronous_standbys {
-            let Some(sync) = input.dbs.get(uid) else {
+            let Some(sync) = output.dbs.get(uid) else {
                 continue;
             };
-            let eligible = output.dbs.get(uid).is_some_and(|db| db.status.healthy)
+            let eligible = sync.status.healthy
                 && sync.status.timeline_id == elected.status.timeline_id
                 && primary.spec.synchronous_standbys.contains(uid)
-                && input
+                && output
                     .keepers
                     .get(&sync.spec.keeper_uid)
                     .is_some_and(|k| k.status.can_be_master);
@@ -302,13 +348,65 @@ fn check_sync(input: &ClusterData, output: &ClusterData) -> Result<(), TestCaseE
             );
         }
     }
+    let invalid: Vec<&str> = out
+        .events
+        .iter()
+        .filter(|e| e.message == "removing invalid db")
+        .flat_map(|e| fields(e, "db"))
+        .collect();
     for uid in &primary.spec.synchronous_standbys {
-        if input.dbs.contains_key(uid) {
+        if input.dbs.contains_key(uid) && !invalid.contains(&uid.as_str()) {
             prop_assert!(
                 output.dbs.contains_key(uid),
                 "synchronous standby {} of {} removed while listed in the spec",
                 uid,
                 old
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a step orders that destroys a standby's data or starts a base backup, each only on
+/// evidence a dead primary cannot give: a standby is given up (invalid, or missing WAL) only
+/// in a step where the primary's keeper published a new info, so its report is the newest;
+/// a free keeper gets a db to resync only if the primary's keeper published no earlier
+/// than it. Once a primary's info stops changing, neither happens again.
+fn check_evidence(
+    w: &World,
+    step: u64,
+    input: &ClusterData,
+    out: &StepOutput,
+) -> Result<(), TestCaseError> {
+    let Some(master) = input.master_db() else {
+        return Ok(());
+    };
+    let published = |k: &KeeperUid| w.keepers.get(k).and_then(|sim| sim.published_step);
+    let master_published = published(&master.spec.keeper_uid);
+    for event in &out.events {
+        let removal = event.message == "removing invalid db"
+            || event.message
+                == "removing db that won't be able to sync due to missing wals on current master";
+        if removal {
+            prop_assert_eq!(
+                master_published,
+                Some(step),
+                "{} while the primary {} last published at step {:?} (now {})",
+                event,
+                master.uid,
+                master_published,
+                step
+            );
+        }
+        if event.message == "added new standby db" {
+            let keeper = KeeperUid::new(fields(event, "keeper")[0]);
+            prop_assert!(
+                master_published >= published(&keeper),
+                "{} while the primary {} last published at step {:?}, before the keeper at {:?}",
+                event,
+                master.uid,
+                master_published,
+                published(&keeper)
             );
         }
     }
@@ -331,7 +429,8 @@ fn step_checked(w: &mut World, watch: &mut Watch) -> Result<StepOutput, TestCase
     let first = sentinel::step(w.now, &input, &w.spec, obs, &mut w.memory, seed);
     watch.check(&first.data)?;
     check_fencing(w, &input, &first.data)?;
-    check_sync(&input, &first.data)?;
+    check_sync(&input, &first)?;
+    check_evidence(w, w.steps, &input, &first)?;
     w.cd = first.data.clone();
 
     let mut memory = w.memory.clone();
@@ -353,7 +452,9 @@ fn step_checked(w: &mut World, watch: &mut Watch) -> Result<StepOutput, TestCase
         );
         watch.check(&again.data)?;
         check_fencing(w, &out.data, &again.data)?;
-        check_sync(&out.data, &again.data)?;
+        check_sync(&out.data, &again)?;
+        // The same observations as the first step's: what was new there is new here.
+        check_evidence(w, w.steps, &out.data, &again)?;
         out = again;
     }
     Err(TestCaseError::fail("no fixpoint at the same time"))
@@ -428,7 +529,7 @@ fn run(setup: &Setup, start_normal: bool, ops: &[Op]) -> Result<(), TestCaseErro
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 64,
+        cases: 128,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -817,6 +817,17 @@ fn free_healthy_keepers_get_standbys_up_to_max_standbys_per_sender() {
 
     w.report("k0");
     let out = w.step_after(secs(1));
+    assert_eq!(
+        out.data.dbs.len(),
+        1,
+        "the free keepers reported with the master"
+    );
+    assert_eq!(
+        fields(find(&out.events, WAITING_FOR_MASTER), "reason"),
+        ["added new standby db"]
+    );
+    // The master reports again, after them: it is alive to be their resync's source.
+    let out = w.step_after(secs(1));
     let cd = &out.data;
     assert_eq!(cd.dbs.len(), 3);
     let mut standbys: Vec<DbUid> = Vec::new();
@@ -1205,16 +1216,30 @@ fn check_invalid_standby(case: &InvalidCase) {
     let other = w.db_of("k2").uid.clone();
     w.report_with("k0", case.master);
     w.report_with("k1", case.standby);
+    // Both reports arrive in the same step: the primary's is not known to be the newer.
+    let first = w.step_after(secs(1));
+    assert!(w.cd.dbs.contains_key(&old), "{}", case.name);
+    // The primary reports again, alive after the standby's report.
     let out = w.step_after(secs(1));
     assert_eq!(w.master_uid(), master, "{}", case.name);
     assert!(w.cd.dbs.contains_key(&other), "{}", case.name);
     match case.removed {
         Some(reason) => {
+            let ev = find(&first.events, WAITING_FOR_MASTER);
+            assert_eq!(fields(ev, "reason"), [reason], "{}", case.name);
             let ev = find(&out.events, "removing invalid db");
             assert_eq!(fields(ev, "db"), [old.as_str()], "{}", case.name);
             assert_eq!(fields(ev, "reason"), [reason], "{}", case.name);
             assert!(!out.data.dbs.contains_key(&old), "{}", case.name);
-            // The keeper is free again and gets a fresh db to resync, in the same step.
+            // The keeper is free again and gets a fresh db to resync once the primary has
+            // reported after it.
+            assert!(
+                w.cd.db_of_keeper(&KeeperUid::new("k1")).is_none(),
+                "{}",
+                case.name
+            );
+            w.report_with("k0", case.master);
+            w.step_after(secs(1));
             let new = w.db_of("k1").clone();
             assert_ne!(new.uid, old, "{}", case.name);
             assert_eq!(new.spec.role, DbRole::Standby, "{}", case.name);
@@ -1231,10 +1256,13 @@ fn check_invalid_standby(case: &InvalidCase) {
         }
         None => {
             assert!(!has(&out.events, "removing invalid db"), "{}", case.name);
+            assert!(!has(&first.events, WAITING_FOR_MASTER), "{}", case.name);
             assert!(out.data.dbs.contains_key(&old), "{}", case.name);
         }
     }
 }
+
+const WAITING_FOR_MASTER: &str = "waiting for the master to report again before acting";
 
 #[test]
 fn invalid_standby_removal() {
@@ -1453,6 +1481,13 @@ fn check_resync_timeout(case: &ResyncCase) {
         }
         match case.fails_after {
             Some(t) if w.now - since > t => {
+                // k2 reported with the master: the master must report once more before it
+                // is the source of k2's resync.
+                assert!(!k2_has_db(&w), "{}", case.name);
+                let ev = find(&out.events, WAITING_FOR_MASTER);
+                assert_eq!(fields(ev, "keeper"), ["k2"], "{}", case.name);
+                w.report("k0");
+                let out = w.step_after(secs(1));
                 assert!(k2_has_db(&w), "{}: at +{:?}", case.name, w.now - since);
                 let ev = find(&out.events, "added new standby db");
                 assert_eq!(fields(ev, "keeper"), ["k2"], "{}", case.name);
@@ -1642,9 +1677,11 @@ fn a_removed_db_uid_is_never_handed_out_again() {
     assert_eq!(w.cd.dbs[&new].spec.role, DbRole::Master);
     w.report(&k);
     // The old primary comes back: its keeper publishes again, its postgres is stopped.
+    // The new primary reports after it, and so is the source of a resync.
     w.keeper("k0").alive = true;
     for _ in 0..5 {
         w.step_after(secs(1));
+        w.report(&k);
     }
     let given = w.db_of("k0").clone();
     assert_eq!(given.spec.role, DbRole::Standby);
@@ -1759,7 +1796,7 @@ fn a_standby_stuck_behind_the_primarys_oldest_wal_gets_a_fresh_db() {
     w.keeper(&master_keeper).xlog = 0x600_0000;
     let oldest = "000000010000000000000005";
     let sleep = w.spec.sleep_interval;
-    for step in 0..12 {
+    for step in 0..13 {
         for k in [stuck, fine] {
             w.report(k);
         }
@@ -1780,10 +1817,13 @@ fn a_standby_stuck_behind_the_primarys_oldest_wal_gets_a_fresh_db() {
         w.cd.dbs.contains_key(&fine_db),
         "a standby whose WAL is still there stays"
     );
-    assert!(has(
+    assert_in_order(
         &w.log,
-        "removing db that won't be able to sync due to missing wals on current master"
-    ));
+        &[
+            WAITING_FOR_MASTER,
+            "removing db that won't be able to sync due to missing wals on current master",
+        ],
+    );
     // Its keeper is free again and gets a new standby db.
     w.settle();
     let new_db = w.db_of(stuck).uid.clone();
@@ -1816,6 +1856,11 @@ fn a_standby_past_the_primarys_fork_point_is_replaced() {
     w.report_with(behind, |s| s.x_log_pos = Lsn(0x300_0000));
     w.report_with(past, |s| s.x_log_pos = Lsn(0x400_0100));
     let sleep = w.spec.sleep_interval;
+    w.step_after(sleep);
+    assert!(
+        w.cd.dbs.contains_key(&past_db),
+        "kept until the primary reports after the standby"
+    );
     w.step_after(sleep);
     assert!(
         w.cd.dbs.contains_key(&behind_db),
@@ -2023,4 +2068,81 @@ fn an_unreplaceable_failed_primary_still_receives_spec_changes() {
         w.cd.dbs[&standby.uid].spec, standby.spec,
         "standbys stay frozen"
     );
+}
+
+/// Issue 13's third report: synchronous mode, the primary on timeline 2 (forked from 1 at
+/// 0/4000000) dies; its standbys, streaming from it on timeline 2 until then, report the
+/// timeline of their last checkpoint (1) with their position on 2, as the keeper's probe
+/// once did. Judged against the dead primary's last report they look past the fork point;
+/// that report is older than theirs, so nothing is removed and nothing resynced from it,
+/// and once they report their real timeline the synchronous standby is elected.
+#[test]
+fn standbys_are_not_invalidated_on_a_dead_primarys_last_report() {
+    let mut w = World::normal_with(
+        r#"{"synchronousReplication": true, "minSynchronousStandbys": 1, "maxSynchronousStandbys": 1, "usePgrewind": true}"#,
+        &["k0", "k1", "k2"],
+        &["p0"],
+    );
+    let master = w.master_uid();
+    let master_keeper = w.keeper_of(&master);
+    let standbys: Vec<String> = ["k0", "k1", "k2"]
+        .iter()
+        .filter(|k| **k != master_keeper)
+        .map(|k| k.to_string())
+        .collect();
+    let fork = stolon_cluster::TimelineSwitch {
+        timeline_id: TimelineId(1),
+        switch_point: Lsn(0x400_0000),
+    };
+    for k in ["k0", "k1", "k2"] {
+        let sim = w.keeper(k);
+        sim.timeline = 2;
+        sim.xlog = 0x500_0000;
+        sim.history = vec![fork.clone()];
+    }
+    w.settle();
+    let dbs_before: Vec<DbUid> = w.dbs_of(&standbys.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let sync_before = w.sync_status();
+    assert_eq!(sync_before.len(), 1);
+
+    w.keeper(&master_keeper).alive = false;
+    for k in &standbys {
+        w.keeper(k).timeline = 1;
+        w.report(k);
+    }
+    let start = w.now;
+    while w.now < start + w.spec.fail_interval - ms(100) {
+        let out = w.step_after(ms(200));
+        for event in [
+            "removing invalid db",
+            "added new standby db",
+            "removing failed synchronous standby",
+        ] {
+            assert!(!has(&out.events, event), "{event} at +{:?}", w.now - start);
+        }
+        assert_eq!(
+            w.dbs_of(&standbys.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+            dbs_before
+        );
+    }
+    assert!(has(
+        &w.log,
+        "waiting for the master to report again before acting"
+    ));
+
+    // Their reports show timeline 2 again: the known synchronous standby is elected.
+    for k in &standbys {
+        w.keeper(k).timeline = 2;
+        w.report(k);
+    }
+    let mut elected = None;
+    for _ in 0..20 {
+        let out = w.step_after(ms(200));
+        if has(&out.events, "electing db as the new master") {
+            elected = Some(w.master_uid());
+            break;
+        }
+    }
+    let elected = elected.expect("a standby elected");
+    assert_eq!(vec![w.keeper_of(&elected)], sync_before);
 }

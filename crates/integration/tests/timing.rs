@@ -1,5 +1,6 @@
 //! Timings the docs allow, run as users would: a failInterval shorter than sleepInterval, a
-//! short proxyTimeout, and its changes at run time.
+//! short proxyTimeout and its changes at run time, and the reports a dying primary leaves
+//! behind, older than its standbys'.
 
 use nix::sys::signal::Signal;
 use std::time::Duration;
@@ -194,5 +195,84 @@ async fn a_short_proxy_timeout_is_enforced_and_followed_by_the_sentinel() {
 
     let cd = cluster.cluster_data().await.unwrap();
     assert_eq!(cd.master_db().map(|db| db.spec.role), Some(DbRole::Master));
+    cluster.assert_no_unexpected_errors(EXPECTED);
+}
+
+/// The timeline keeper `i` reports for its db.
+async fn reported_timeline(cluster: &TestCluster, i: usize) -> Option<u32> {
+    let cd = cluster.cluster_data().await?;
+    let db = cd.db_of_keeper(&cluster.keepers[i].uid)?;
+    Some(db.status.timeline_id.0)
+}
+
+/// Two failovers in a row, the second before the remaining standby's control file could
+/// know of the first one's timeline on its own: once its walreceiver stops with the second
+/// primary, it still reports the timeline it streamed, keeps its db (nothing is resynced
+/// from the dead primary) and is elected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_keeps_its_timeline_when_its_primary_dies() {
+    let mut cluster = ClusterBuilder::new()
+        .keepers(3)
+        .sentinels(2)
+        .spec("usePgrewind", true.into())
+        .start()
+        .await;
+    let first = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(2, BOOT).await;
+    cluster.kill_keeper_and_postgres(first);
+    let second = cluster.wait_for_new_master(first, BOOT).await;
+    let last = (0..3).find(|i| *i != first && *i != second).unwrap();
+    wait_until(
+        "the remaining standby to stream timeline 2",
+        BOOT,
+        || async {
+            let cd = cluster.cluster_data().await?;
+            let db = cd.db_of_keeper(&cluster.keepers[last].uid)?;
+            let master = cd.master_db()?;
+            (db.status.timeline_id.0 == 2
+                && db.status.healthy
+                && db.spec.follow_config.as_ref().map(|f| &f.db_uid) == Some(&master.uid)
+                && db.status.current_generation == db.generation)
+                .then_some(())
+        },
+    )
+    .await;
+    let db_before = cluster.cluster_data().await.and_then(|cd| {
+        cd.db_of_keeper(&cluster.keepers[last].uid)
+            .map(|db| db.uid.clone())
+    });
+    let logs_before: Vec<usize> = cluster
+        .sentinels
+        .iter()
+        .map(|s| s.log_text().len())
+        .collect();
+
+    cluster.kill_keeper_and_postgres(second);
+    let third = cluster.wait_for_new_master(second, BOOT).await;
+    assert_eq!(third, last, "the only standby left takes over");
+    let cd = cluster.cluster_data().await.unwrap();
+    let db = cd.db_of_keeper(&cluster.keepers[last].uid).unwrap();
+    assert_eq!(
+        Some(&db.uid),
+        db_before.as_ref(),
+        "it kept its db: no resync"
+    );
+    assert!(
+        reported_timeline(&cluster, last).await.unwrap() >= 3,
+        "promoted anew"
+    );
+    for (s, from) in cluster.sentinels.iter().zip(logs_before) {
+        let log = &s.log_text()[from..];
+        assert!(!log.contains("removing invalid db"), "{log}");
+        assert!(
+            !log.contains("its db is on another timeline than the master"),
+            "{log}"
+        );
+    }
+    let keeper_log = cluster.keeper_log(last);
+    assert!(
+        keeper_log.contains("creating a restartpoint"),
+        "the standby asked for a restartpoint on the new timeline:\n{keeper_log}"
+    );
     cluster.assert_no_unexpected_errors(EXPECTED);
 }

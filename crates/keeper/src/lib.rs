@@ -7,6 +7,7 @@
 
 mod state;
 mod status;
+mod timeline;
 
 use anyhow::Context;
 use state::{DataDir, DbState};
@@ -31,6 +32,7 @@ use stolon_pg::ctl::{InitOptions, OsUser, PgCtl, Upstream};
 use stolon_pg::probe::{LocalConn, Observed};
 use stolon_pg::PgError;
 use stolon_store::{ChangeWaiter, InfoKind, Store, WatchScope};
+use timeline::StandbyTimeline;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -137,6 +139,8 @@ pub async fn run(
         sync_gate: false,
         failed_starts: (None, 0),
         last_pending_restart: Vec::new(),
+        standby_timeline: StandbyTimeline::default(),
+        restartpoint: None,
     };
     // A postgres left running by a previous keeper acts on decisions we did not see: stop
     // it, and start it again only once the sentinel has seen this boot.
@@ -184,6 +188,9 @@ struct Keeper {
     failed_starts: (Option<(DbUid, Generation)>, u32),
     /// The parameters last reported as waiting for a restart, to log them once.
     last_pending_restart: Vec<String>,
+    standby_timeline: StandbyTimeline,
+    /// A restartpoint asked for in the background, so that a slow one delays no heartbeat.
+    restartpoint: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What one observation of the instance gave.
@@ -346,7 +353,11 @@ impl Keeper {
         };
         let probe = if running {
             match self.local_conn().observe(SLOT_PREFIX).await {
-                Ok(p) => Some(p),
+                Ok(mut p) => {
+                    p.timeline_id = self.standby_timeline.observe(&p);
+                    self.restartpoint_if_due(&p);
+                    Some(p)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "postgres is running but does not answer");
                     None
@@ -420,6 +431,30 @@ impl Keeper {
             },
             probe,
         }
+    }
+
+    /// After a timeline switch a standby's control file names the old timeline until its
+    /// next restartpoint: ask for one, so that its timeline is right after a restart too.
+    fn restartpoint_if_due(&mut self, probe: &Observed) {
+        if self.restartpoint.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let Some(first) = self.standby_timeline.restartpoint_due(probe) else {
+            return;
+        };
+        if first {
+            tracing::info!(
+                control_file = probe.checkpoint_timeline,
+                streaming = probe.timeline_id,
+                "creating a restartpoint: the control file names an older timeline than the one streamed"
+            );
+        }
+        let conn = self.local_conn();
+        self.restartpoint = Some(tokio::spawn(async move {
+            if let Err(e) = conn.checkpoint().await {
+                tracing::warn!(error = %e, "restartpoint failed");
+            }
+        }));
     }
 
     fn local_conn(&self) -> LocalConn {

@@ -19,7 +19,16 @@ pub struct LocalConn {
 pub struct Observed {
     pub in_recovery: bool,
     pub system_id: String,
+    /// A primary's current timeline; a standby's is `receiving` or, when its walreceiver
+    /// does not run, `checkpoint_timeline`.
     pub timeline_id: u32,
+    /// A standby's walreceiver: the timeline of the last WAL it received, if it runs.
+    pub receiving: Option<u32>,
+    /// The timeline of the last checkpoint (a standby's last restartpoint): it lags behind
+    /// a timeline switch until the next one.
+    pub checkpoint_timeline: u32,
+    /// When the postmaster started: a standby's timeline never goes back while it runs.
+    pub postmaster_started: String,
     pub lsn: String,
     pub slots: Vec<String>,
     /// Application names of the standbys in sync now (`pg_stat_replication`).
@@ -74,22 +83,24 @@ impl LocalConn {
 
     pub async fn observe(&self, slot_prefix: &str) -> Result<Observed, PgError> {
         let client = self.connect().await?;
-        // A standby's checkpoint timeline lags behind a timeline switch; the walreceiver's
-        // is current while it streams. A primary's comes from its current WAL file name.
+        // A primary's timeline comes from its current WAL file name. A standby's is the
+        // walreceiver's while it streams; its checkpoint's lags behind a timeline switch.
         let row = self
             .bounded(client.query_one(
                 "select pg_is_in_recovery(),
                         (select system_identifier::text from pg_control_system()),
                         case when pg_is_in_recovery()
-                             then coalesce((select received_tli from pg_stat_wal_receiver),
-                                           (select timeline_id from pg_control_checkpoint()))
+                             then (select timeline_id from pg_control_checkpoint())
                              else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
                         end,
                         case when pg_is_in_recovery()
                              then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text
                              else pg_current_wal_lsn()::text
                         end,
-                        (select min(name) from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$')",
+                        (select min(name) from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$'),
+                        (select received_tli from pg_stat_wal_receiver where received_tli > 0),
+                        (select timeline_id from pg_control_checkpoint()),
+                        pg_postmaster_start_time()::text",
                 &[],
             ))
             .await?;
@@ -122,12 +133,21 @@ impl LocalConn {
             .iter()
             .map(|r| r.get::<_, String>(0))
             .collect();
-        let timeline: i32 = row.get(2);
+        let timeline = |value: i32| {
+            u32::try_from(value).map_err(|_| PgError::Unexpected(format!("timeline {value}")))
+        };
+        let receiving = row.get::<_, Option<i32>>(5).map(timeline).transpose()?;
+        let in_recovery: bool = row.get(0);
         Ok(Observed {
-            in_recovery: row.get(0),
+            in_recovery,
             system_id: row.get(1),
-            timeline_id: u32::try_from(timeline)
-                .map_err(|_| PgError::Unexpected(format!("timeline {timeline}")))?,
+            timeline_id: match receiving {
+                Some(tli) if in_recovery => tli,
+                _ => timeline(row.get(2))?,
+            },
+            receiving: receiving.filter(|_| in_recovery),
+            checkpoint_timeline: timeline(row.get(6))?,
+            postmaster_started: row.get(7),
             lsn: row
                 .get::<_, Option<String>>(3)
                 .unwrap_or_else(|| "0/0".into()),

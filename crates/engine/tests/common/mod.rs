@@ -9,7 +9,7 @@ use std::time::Duration;
 use stolon_cluster::{
     ClusterData, ClusterPhase, ClusterSpec, ClusterUid, Db, DbRole, DbSpec, DbStatus, DbUid,
     FollowConfig, Generation, InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, PgState,
-    ProxyInfo, ProxyUid, ShutdownCheckpoint, TimelineId, ValidSpec,
+    ProxyInfo, ProxyUid, ShutdownCheckpoint, TimelineId, TimelineSwitch, ValidSpec,
 };
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
 use stolon_engine::Event;
@@ -74,6 +74,18 @@ pub struct KeeperSim {
     /// when set; otherwise every db of its `spec.synchronous_standbys` whose keeper is alive,
     /// as a real primary's `pg_stat_replication` would.
     pub in_sync: Option<Vec<DbUid>>,
+    /// The timeline the next report gives, and, for a primary, the history that led to it.
+    pub timeline: u32,
+    pub history: Vec<TimelineSwitch>,
+    /// Its reports reach the sentinel one publish late (after those of the others): each
+    /// publish carries the report of the publish before.
+    pub lag: bool,
+    /// What its info in the store holds: the report its last publish carried, and the one
+    /// before (what a lagging delivery shows).
+    on_time: Option<PgState>,
+    late: Option<PgState>,
+    /// The step at which it last published.
+    pub published_step: Option<u64>,
 }
 
 /// A proxy as the sentinel sees it through its published info.
@@ -150,6 +162,12 @@ impl World {
                 pg: None,
                 xlog: 0,
                 in_sync: None,
+                timeline: 1,
+                history: Vec::new(),
+                lag: false,
+                on_time: None,
+                late: None,
+                published_step: None,
             },
         );
     }
@@ -197,6 +215,8 @@ impl World {
                 self.publishes += 1;
                 k.present = true;
                 k.info_uid = format!("{}-{}", k.uid, self.publishes);
+                k.late = std::mem::replace(&mut k.on_time, k.pg.clone());
+                k.published_step = Some(self.steps + 1);
             }
         }
         for p in self.proxies.values_mut() {
@@ -226,7 +246,11 @@ impl World {
                 can_be_master: k.can_be_master,
                 can_be_synchronous_replica: k.can_be_synchronous_replica,
                 priority: k.priority,
-                postgres_state: k.pg.clone(),
+                postgres_state: if k.lag {
+                    k.late.clone()
+                } else {
+                    k.on_time.clone()
+                },
             })
             .collect();
         let proxies = self
@@ -328,13 +352,17 @@ impl World {
             down: false,
             in_recovery: db.spec.role == DbRole::Standby,
             system_id: "7000000000000000001".into(),
-            timeline_id: TimelineId(1),
+            timeline_id: TimelineId(sim.timeline),
             x_log_pos: Lsn(sim.xlog),
             listen_address: format!("10.0.0.{}", sim.index + 1),
             port: 5432,
             synchronous_standbys,
             older_wal_file: String::new(),
-            timelines_history: Vec::new(),
+            timelines_history: if db.spec.role == DbRole::Master {
+                sim.history.clone()
+            } else {
+                Vec::new()
+            },
             init_pg_parameters: Default::default(),
             shutdown_checkpoint: None,
         };
@@ -343,7 +371,7 @@ impl World {
             state.healthy = false;
             state.down = true;
             state.shutdown_checkpoint = Some(ShutdownCheckpoint {
-                timeline_id: TimelineId(1),
+                timeline_id: TimelineId(sim.timeline),
                 location: Lsn(sim.xlog),
             });
         }
