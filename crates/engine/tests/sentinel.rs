@@ -2098,7 +2098,7 @@ fn standbys_are_not_invalidated_on_a_dead_primarys_last_report() {
         let sim = w.keeper(k);
         sim.timeline = 2;
         sim.xlog = 0x500_0000;
-        sim.history = vec![fork.clone()];
+        sim.history = vec![fork];
     }
     w.settle();
     let dbs_before: Vec<DbUid> = w.dbs_of(&standbys.iter().map(|s| s.as_str()).collect::<Vec<_>>());
