@@ -2,13 +2,16 @@
 //! stolon-rs processes on 127.0.0.1. Nothing here asserts a time.
 //!
 //! Usage (after `cargo build --release --bins`):
-//!   target/release/stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]
+//!   target/release/stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]
 //!   target/release/stolon-bench switchover [RUNS] [async|sync]
 //!   target/release/stolon-bench all [RUNS]
-//!   target/release/stolon-bench soak [MINUTES] [FAIL_INTERVAL]
+//!   target/release/stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]
 //!   target/release/stolon-bench proxy [SECONDS] [ROUNDS]
 //!   target/release/stolon-bench idle [SECONDS]
-//! `all` measures failover at failInterval 10s and 3s in both modes, then switchover.
+//! `failover` runs at sleepInterval 1s unless SLEEP_INTERVAL says otherwise. `all` measures
+//! failover at failInterval 10s and 3s in both modes, then at failInterval 3s under the
+//! default sleepInterval of 5s (keepers heartbeat three times per failInterval), then
+//! switchover.
 //! `soak` runs pgbench through the proxy (default 10 minutes at failInterval 3s) and counts
 //! the failovers that happened although nothing failed: the figure must be 0.
 //! `proxy` runs pgbench (scale 10, 8 clients, -j 2, `-S` and the default script, SECONDS
@@ -37,11 +40,21 @@ async fn main() {
     let runs = |i: usize| arg(i).and_then(|a| a.parse().ok()).unwrap_or(10);
     let sync = |i: usize| arg(i) == Some("sync");
     match arg(0) {
-        Some("failover") => failover(runs(1), arg(2).unwrap_or("10s"), sync(3)).await,
+        Some("failover") => {
+            let timing = Timing {
+                fail_interval: arg(2).unwrap_or("10s"),
+                sleep_interval: arg(4).unwrap_or("1s"),
+            };
+            failover(runs(1), timing, sync(3)).await
+        }
         Some("switchover") => switchover(runs(1), sync(2)).await,
         Some("soak") => {
             let minutes = arg(1).and_then(|a| a.parse().ok()).unwrap_or(10);
-            soak(minutes, arg(2).unwrap_or("3s")).await
+            let timing = Timing {
+                fail_interval: arg(2).unwrap_or("3s"),
+                sleep_interval: arg(3).unwrap_or("1s"),
+            };
+            soak(minutes, timing).await
         }
         Some("proxy") => {
             let seconds = arg(1).and_then(|a| a.parse().ok()).unwrap_or(10);
@@ -50,9 +63,13 @@ async fn main() {
         }
         Some("idle") => idle(arg(1).and_then(|a| a.parse().ok()).unwrap_or(60)).await,
         Some("all") => {
-            for fail_interval in ["10s", "3s"] {
+            for (fail_interval, sleep_interval) in [("10s", "1s"), ("3s", "1s"), ("3s", "5s")] {
+                let timing = Timing {
+                    fail_interval,
+                    sleep_interval,
+                };
                 for sync in [false, true] {
-                    failover(runs(1), fail_interval, sync).await;
+                    failover(runs(1), timing, sync).await;
                 }
             }
             switchover(runs(1), false).await;
@@ -60,7 +77,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]"
+                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]"
             );
             std::process::exit(2);
         }
@@ -75,13 +92,28 @@ fn mode(sync: bool) -> &'static str {
     }
 }
 
+/// The spec's failInterval and sleepInterval for a run.
+#[derive(Debug, Clone, Copy)]
+struct Timing<'a> {
+    fail_interval: &'a str,
+    sleep_interval: &'a str,
+}
+
+impl Timing<'_> {
+    const DEFAULT: Timing<'static> = Timing {
+        fail_interval: "10s",
+        sleep_interval: "1s",
+    };
+}
+
 /// A cluster of 3 keepers, 2 sentinels and a proxy, serving, with an empty `bench` table.
-async fn cluster(fail_interval: &str, sync: bool) -> (TestCluster, usize, Duration) {
+async fn cluster(timing: Timing<'_>, sync: bool) -> (TestCluster, usize, Duration) {
     let started = Instant::now();
     let mut builder = ClusterBuilder::new()
         .keepers(3)
         .sentinels(2)
-        .spec("failInterval", fail_interval.into())
+        .spec("failInterval", timing.fail_interval.into())
+        .spec("sleepInterval", timing.sleep_interval.into())
         .spec("usePgrewind", true.into());
     if sync {
         builder = builder.spec("synchronousReplication", true.into());
@@ -102,12 +134,17 @@ async fn cluster(fail_interval: &str, sync: bool) -> (TestCluster, usize, Durati
 
 /// SIGKILL of the primary's keeper and postgres under a writer: time to the first write
 /// sent after the kill and acknowledged through the proxy, and acknowledged writes lost.
-async fn failover(runs: usize, fail_interval: &str, sync: bool) {
-    let title = format!("failover, failInterval {fail_interval}, {}", mode(sync));
+async fn failover(runs: usize, timing: Timing<'_>, sync: bool) {
+    let title = format!(
+        "failover, failInterval {}, sleepInterval {}, {}",
+        timing.fail_interval,
+        timing.sleep_interval,
+        mode(sync)
+    );
     println!("== {title}: {runs} runs, 3 keepers, 2 sentinels, 1 proxy");
     let (mut bootstrap, mut unavailable, mut lost) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
-        let (mut cluster, master, boot) = cluster(fail_interval, sync).await;
+        let (mut cluster, master, boot) = cluster(timing, sync).await;
         let writer = Writer::start(cluster.proxy_port(), "bench");
         tokio::time::sleep(Duration::from_secs(2)).await;
         // From the last signal: a write acknowledged by the old primary while its
@@ -149,7 +186,7 @@ async fn switchover(runs: usize, sync: bool) {
     let (mut pauses, mut errors, mut lost, mut command) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
-        let (cluster, _, _) = cluster("10s", sync).await;
+        let (cluster, _, _) = cluster(Timing::DEFAULT, sync).await;
         let writer = Writer::start(cluster.proxy_port(), "bench");
         let probe = ConnectionProbe::start(cluster.proxy_port());
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -203,9 +240,13 @@ async fn switchover(runs: usize, sync: bool) {
 }
 
 /// pgbench through the proxy for `minutes` on a healthy cluster: any failover is a false one.
-async fn soak(minutes: u64, fail_interval: &str) {
-    println!("== soak: pgbench (scale 10, 8 clients, -j 2) through the proxy for {minutes} min at failInterval {fail_interval}");
-    let (cluster, master, _) = cluster(fail_interval, false).await;
+async fn soak(minutes: u64, timing: Timing<'_>) {
+    let fail_interval = timing.fail_interval;
+    println!(
+        "== soak: pgbench (scale 10, 8 clients, -j 2) through the proxy for {minutes} min at failInterval {fail_interval}, sleepInterval {}",
+        timing.sleep_interval
+    );
+    let (cluster, master, _) = cluster(timing, false).await;
     let port = cluster.proxy_port();
     tokio::task::block_in_place(|| {
         run_pgbench(port, &["-i", "-q", "-s", "10"]);
@@ -387,7 +428,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 /// figure alone moves by 20 % from run to run here) weighs on all paths alike.
 async fn proxy_overhead(seconds: u64, rounds: usize) {
     println!("== proxy overhead: pgbench scale 10, 8 clients, -j 2, {seconds}s per run, {rounds} interleaved rounds");
-    let (mut cluster, master, _) = cluster("10s", false).await;
+    let (mut cluster, master, _) = cluster(Timing::DEFAULT, false).await;
     cluster.add_proxy_with(&["--kernel-splice", "true"]);
     let spliced = cluster.proxies[1].0;
     wait_for_service("the splicing proxy", spliced, BOOT).await;
