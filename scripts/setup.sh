@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Installs what stolon-rs needs to build, test and run its demo on Debian 12.
+# Installs what stolon-rs needs to build, test and run its demo on Debian 12, then builds
+# the Kubernetes API server and fetches helm once (scripts/kube-tools.sh).
 # Idempotent: when everything is present it returns at once without touching apt.
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev procps; do
+for pkg in postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev procps openssl unzip golang-go rsync jq; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is not on PATH; install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
+kube_tools() { bash "$(dirname "$0")/kube-tools.sh" >/dev/null; }
 if [ ${#need[@]} -eq 0 ]; then
+  kube_tools
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -36,3 +39,4 @@ apt_retry() {
 }
 apt_retry apt-get update -q
 apt_retry apt-get install -y -q --no-install-recommends "${need[@]}"
+kube_tools

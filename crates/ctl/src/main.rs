@@ -9,7 +9,7 @@ use stolon_cluster::{
     ClusterData, ClusterRole, ClusterSpec, ClusterUid, DbRole, GoDuration, KeeperInfo, KeeperUid,
     ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
 };
-use stolon_daemon::CommonArgs;
+use stolon_daemon::{CommonArgs, KubeClientArgs};
 use stolon_engine::sentinel::{choose_new_master, election_rules, switchover_plan};
 use stolon_store::{Expect, InfoKind, ReadClusterData, Store, StoreError};
 
@@ -18,6 +18,8 @@ use stolon_store::{Expect, InfoKind, ReadClusterData, Store, StoreError};
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    kube: KubeClientArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -135,8 +137,9 @@ fn main() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
     stolon_daemon::check_backend(&cli.common)?;
+    cli.common.kube_client = cli.kube.clone();
     match cli.command {
         Cmd::Init { spec, file, yes } => {
             let text = read_input(spec, file)?.unwrap_or_else(|| r#"{"initMode":"new"}"#.into());

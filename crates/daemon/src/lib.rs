@@ -14,6 +14,7 @@ use std::time::Duration;
 use stolon_cluster::GoDuration;
 use stolon_store::Store;
 use stolon_store_etcd::EtcdStore;
+use stolon_store_k8s::{KubeOptions, KubeStore};
 use tokio_util::sync::CancellationToken;
 
 /// Flags every binary takes.
@@ -22,9 +23,14 @@ pub struct CommonArgs {
     /// Name of the cluster; several clusters can share a store.
     #[arg(long)]
     pub cluster_name: String,
-    /// Store backend: etcdv3 (etcd, etcdv2, consul and kubernetes are not supported yet).
+    /// Store backend: etcdv3, or kubernetes (the API server of the cluster the program
+    /// runs in, or of its kubeconfig; etcd v2 and consul are not supported).
     #[arg(long)]
     pub store_backend: String,
+    /// With --store-backend kubernetes: the kind of object holding the cluster data (only
+    /// configmap).
+    #[arg(long)]
+    pub kube_resource_kind: Option<String>,
     /// Comma separated store endpoints.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub store_endpoints: Vec<String>,
@@ -37,6 +43,26 @@ pub struct CommonArgs {
     /// debug, info, warn or error.
     #[arg(long, default_value = "info")]
     pub log_level: LogLevel,
+    /// How to reach the Kubernetes API server: stolonctl's own flags; the daemons find it as
+    /// kubectl does ($KUBECONFIG, ~/.kube/config, or their pod's service account).
+    #[arg(skip)]
+    pub kube_client: KubeClientArgs,
+}
+
+/// stolonctl's flags for the Kubernetes API server (Stolon's names).
+#[derive(Debug, Clone, Default, Args)]
+pub struct KubeClientArgs {
+    /// Path of the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the
+    /// pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long)]
+    pub kube_context: Option<String>,
+    /// The namespace of the cluster's objects (default: the context's, or $POD_NAMESPACE
+    /// in a pod).
+    #[arg(long)]
+    pub kube_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -128,33 +154,66 @@ pub fn init_tracing(level: LogLevel) {
         .init();
 }
 
-/// Checks the backend flag; only etcd v3 is implemented so far.
-pub fn check_backend(args: &CommonArgs) -> anyhow::Result<()> {
-    match args.store_backend.as_str() {
-        "etcdv3" => Ok(()),
-        "etcd" | "etcdv2" | "consul" | "kubernetes" => bail!(
-            "store backend {:?} is not supported by this build of stolon-rs: use --store-backend etcdv3",
+/// The store backends this build has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    EtcdV3,
+    Kubernetes,
+}
+
+/// Checks the backend flags, as Stolon does: kubernetes needs --kube-resource-kind
+/// configmap.
+pub fn check_backend(args: &CommonArgs) -> anyhow::Result<Backend> {
+    let backend = match args.store_backend.as_str() {
+        "etcdv3" => Backend::EtcdV3,
+        "kubernetes" => Backend::Kubernetes,
+        "etcd" | "etcdv2" | "consul" => bail!(
+            "store backend {:?} is not supported by this build of stolon-rs: use --store-backend etcdv3 or kubernetes",
             args.store_backend
         ),
-        other => bail!("unknown store backend {other:?}: use --store-backend etcdv3"),
+        other => bail!("unknown store backend {other:?}: use --store-backend etcdv3 or kubernetes"),
+    };
+    match (backend, args.kube_resource_kind.as_deref()) {
+        (Backend::Kubernetes, Some("configmap")) | (Backend::EtcdV3, _) => Ok(backend),
+        (Backend::Kubernetes, None | Some("")) => {
+            bail!("--kube-resource-kind is required with --store-backend kubernetes (configmap)")
+        }
+        (Backend::Kubernetes, Some(other)) => {
+            bail!("unknown kube resource kind {other:?}: only configmap is supported")
+        }
     }
 }
 
 /// Connects once.
 pub async fn connect_store(args: &CommonArgs) -> anyhow::Result<Arc<dyn Store>> {
-    check_backend(args)?;
+    let backend = check_backend(args)?;
     if args.cluster_name.is_empty() {
         bail!("--cluster-name must not be empty");
     }
-    let store = EtcdStore::connect(
-        &args.store_endpoints,
-        &args.store_prefix,
-        &args.cluster_name,
-        args.store_timeout,
-    )
-    .await
-    .with_context(|| format!("connecting to etcd at {}", args.store_endpoints.join(",")))?;
-    Ok(Arc::new(store))
+    Ok(match backend {
+        Backend::EtcdV3 => Arc::new(
+            EtcdStore::connect(
+                &args.store_endpoints,
+                &args.store_prefix,
+                &args.cluster_name,
+                args.store_timeout,
+            )
+            .await
+            .with_context(|| format!("connecting to etcd at {}", args.store_endpoints.join(",")))?,
+        ),
+        Backend::Kubernetes => {
+            let kube = &args.kube_client;
+            let mut options = KubeOptions::from_env(args.store_timeout);
+            options.kubeconfig = kube.kubeconfig.clone();
+            options.context = kube.kube_context.clone();
+            options.namespace = kube.kube_namespace.clone().or(options.namespace);
+            Arc::new(
+                KubeStore::connect(&args.cluster_name, &options)
+                    .await
+                    .context("connecting to the Kubernetes API server")?,
+            )
+        }
+    })
 }
 
 /// Connects, retrying until the store answers or shutdown is asked: a daemon started
@@ -272,22 +331,45 @@ mod tests {
         );
     }
 
+    fn args(backend: &str, kind: Option<&str>) -> CommonArgs {
+        CommonArgs {
+            cluster_name: "c".into(),
+            store_backend: backend.into(),
+            kube_resource_kind: kind.map(String::from),
+            store_endpoints: vec![],
+            store_prefix: "p".into(),
+            store_timeout: Duration::from_secs(1),
+            log_level: LogLevel::Info,
+            kube_client: KubeClientArgs::default(),
+        }
+    }
+
     #[test]
     fn unsupported_backends_are_refused_by_name() {
-        for backend in ["etcd", "etcdv2", "consul"] {
-            let args = CommonArgs {
-                cluster_name: "c".into(),
-                store_backend: backend.into(),
-                store_endpoints: vec![],
-                store_prefix: "p".into(),
-                store_timeout: Duration::from_secs(1),
-                log_level: LogLevel::Info,
-            };
-            let err = check_backend(&args).unwrap_err().to_string();
-            assert!(
-                err.contains("not supported") && err.contains(backend),
-                "{err}"
-            );
+        for backend in ["etcd", "etcdv2", "consul", "zookeeper"] {
+            let err = check_backend(&args(backend, None)).unwrap_err().to_string();
+            assert!(err.contains(backend), "{err}");
+            assert!(err.contains("etcdv3 or kubernetes"), "{err}");
         }
+    }
+
+    #[test]
+    fn kubernetes_needs_the_configmap_resource_kind() {
+        assert_eq!(
+            check_backend(&args("kubernetes", Some("configmap"))).unwrap(),
+            Backend::Kubernetes
+        );
+        let err = check_backend(&args("kubernetes", None))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--kube-resource-kind is required"), "{err}");
+        let err = check_backend(&args("kubernetes", Some("secret")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only configmap"), "{err}");
+        assert_eq!(
+            check_backend(&args("etcdv3", None)).unwrap(),
+            Backend::EtcdV3
+        );
     }
 }

@@ -11,10 +11,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("stolon-engine", &["stolon-cluster"]),
     ("stolon-store", &["stolon-cluster"]),
     ("stolon-store-etcd", &["stolon-store"]),
+    ("stolon-store-k8s", &["stolon-store"]),
     ("stolon-pg", &[]),
     (
         "stolon-daemon",
-        &["stolon-cluster", "stolon-store", "stolon-store-etcd"],
+        &[
+            "stolon-cluster",
+            "stolon-store",
+            "stolon-store-etcd",
+            "stolon-store-k8s",
+        ],
     ),
     (
         "stolon-keeper",
@@ -55,7 +61,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "stolon-testkit",
-        &["stolon-cluster", "stolon-store", "stolon-store-etcd"],
+        &[
+            "stolon-cluster",
+            "stolon-store",
+            "stolon-store-etcd",
+            "stolon-store-k8s",
+        ],
     ),
     ("stolon-integration", &[]),
     ("stolon-bench", &["stolon-testkit"]),

@@ -96,7 +96,7 @@ impl Store for EtcdStore {
         Ok(resp
             .kvs()
             .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+            .map(|kv| (kv.value().to_vec(), Revision(kv.mod_revision().to_string()))))
     }
 
     async fn put_cluster_data(
@@ -109,6 +109,9 @@ impl Store for EtcdStore {
         let txn = match expect {
             Expect::Absent => Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]),
             Expect::Revision(rev) => {
+                let rev: i64 = rev.0.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("{:?} is not an etcd revision", rev.0))
+                })?;
                 Txn::new().when([Compare::mod_revision(key, CompareOp::Equal, rev)])
             }
             Expect::Anything => Txn::new(),
@@ -120,7 +123,7 @@ impl Store for EtcdStore {
             return Err(StoreError::Conflict);
         }
         resp.header()
-            .map(|h| h.revision())
+            .map(|h| Revision(h.revision().to_string()))
             .ok_or_else(|| StoreError::Corrupt("etcd answered without a header".into()))
     }
 

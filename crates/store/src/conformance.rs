@@ -30,12 +30,13 @@ pub async fn cluster_data_compare_and_swap(a: &dyn Store, b: &dyn Store) {
         "create-if-absent must fail when data exists"
     );
     let (bytes, rev) = b.get_cluster_data().await.unwrap().unwrap();
-    assert_eq!((bytes.as_slice(), rev), (b"one".as_slice(), rev1));
+    assert_eq!((bytes.as_slice(), &rev), (b"one".as_slice(), &rev1));
     let rev2 = b
-        .put_cluster_data(b"two".to_vec(), Expect::Revision(rev1))
+        .put_cluster_data(b"two".to_vec(), Expect::Revision(rev1.clone()))
         .await
         .unwrap();
-    assert!(rev2 > rev1, "revisions must grow");
+    assert_ne!(rev2, rev1, "a write must change the revision");
+    assert_eq!(b.get_cluster_data().await.unwrap().unwrap().1, rev2);
     assert!(
         matches!(
             a.put_cluster_data(b"stale".to_vec(), Expect::Revision(rev1))

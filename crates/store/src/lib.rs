@@ -17,8 +17,10 @@ use std::time::Duration;
 use stolon_cluster::{ClusterData, DecodeError, ValidSpec};
 use tokio::sync::{mpsc, watch};
 
-/// A store's version of the cluster data document; compare-and-swap compares it.
-pub type Revision = i64;
+/// A store's version of the cluster data document, opaque (etcd's mod revision, Kubernetes'
+/// resourceVersion): compare-and-swap compares it for equality, nothing else does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision(pub String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,10 +33,14 @@ pub enum StoreError {
     /// The store answered with a value we refuse to act on.
     #[error("corrupt store value: {0}")]
     Corrupt(String),
+    /// The store refused the request (permissions, a value too large for it): asking again
+    /// will not help until that is fixed. The message says what to fix.
+    #[error("store refused the request: {0}")]
+    Refused(String),
 }
 
 /// What a cluster data write expects to find.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// Only write if there is no cluster data yet.
     Absent,

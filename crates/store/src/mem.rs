@@ -22,7 +22,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     cluster_data: Option<(Vec<u8>, Revision)>,
-    revision: Revision,
+    /// Counts every change: the revisions this store hands out.
+    changes: u64,
     infos: BTreeMap<(&'static str, String), (Vec<u8>, Instant)>,
     leader: Option<(String, u64, watch::Sender<bool>)>,
     terms: u64,
@@ -63,7 +64,7 @@ impl MemStore {
 
 impl State {
     fn changed(&mut self, what: WatchScope) {
-        self.revision += 1;
+        self.changes += 1;
         self.watchers.retain(|(scope, w)| {
             if what == WatchScope::Everything && *scope == WatchScope::ClusterData {
                 return !w.is_closed();
@@ -88,18 +89,18 @@ impl Store for MemStore {
         expect: Expect,
     ) -> Result<Revision, StoreError> {
         let mut state = self.state()?;
-        let current = state.cluster_data.as_ref().map(|(_, rev)| *rev);
+        let current = state.cluster_data.as_ref().map(|(_, rev)| rev);
         let ok = match expect {
             Expect::Absent => current.is_none(),
-            Expect::Revision(rev) => current == Some(rev),
+            Expect::Revision(rev) => current == Some(&rev),
             Expect::Anything => true,
         };
         if !ok {
             return Err(StoreError::Conflict);
         }
         state.changed(WatchScope::ClusterData);
-        let rev = state.revision;
-        state.cluster_data = Some((bytes, rev));
+        let rev = Revision(state.changes.to_string());
+        state.cluster_data = Some((bytes, rev.clone()));
         Ok(rev)
     }
 
