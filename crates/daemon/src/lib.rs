@@ -144,9 +144,14 @@ pub fn init_tracing(level: LogLevel) {
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
     };
-    // Our own crates log at the chosen level; dependencies only at warn and above.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STOLON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,stolon={level}")));
+    // Our own crates log at the chosen level; dependencies only at warn and above. The
+    // Kubernetes client logs every failed request as an error of its own: the store turns
+    // each into an error its caller logs once, with what it meant to do.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STOLON_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,kube_client::client::builder=off,stolon={level}"
+        ))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use stolon_cluster::DbRole;
 use stolon_testkit::{
     connect, http_get, is_connection_loss, metric, wait_for_service, wait_until, ClusterBuilder,
-    TestCluster,
+    StoreBackend, TestCluster,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -43,22 +43,37 @@ async fn wait_for_primary(cluster: &TestCluster) {
 /// back with the store.
 #[tokio::test(flavor = "multi_thread")]
 async fn s_proxy_01_the_proxy_listens_only_while_it_can_read_the_store() {
-    let mut cluster = ClusterBuilder::new().keepers(1).proxies(0).start().await;
+    proxy_follows_the_store(StoreBackend::Etcd).await;
+}
+
+/// S-PROXY-01 on the Kubernetes store: the API server refuses (killed) or hangs (SIGSTOP).
+#[tokio::test(flavor = "multi_thread")]
+async fn s_proxy_01_the_proxy_listens_only_while_it_can_read_the_store_k8s() {
+    proxy_follows_the_store(StoreBackend::Kubernetes).await;
+}
+
+async fn proxy_follows_the_store(backend: StoreBackend) {
+    let mut cluster = ClusterBuilder::new()
+        .store_backend(backend)
+        .keepers(1)
+        .proxies(0)
+        .start()
+        .await;
     wait_for_primary(&cluster).await;
 
-    cluster.etcd.kill();
+    cluster.kill_store();
     cluster.add_proxy();
     let port = cluster.proxy_port();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!listening(port).await, "no store read yet: not listening");
-    cluster.etcd.restart();
+    cluster.restart_store();
     wait_for_service("the proxy once the store is up", port, BOOT).await;
 
     // proxyTimeout is 5s: a 1s blip is below a third of it.
     let session = connect(port).await.unwrap();
-    cluster.etcd.process.signal(Signal::SIGSTOP);
+    cluster.store_process().signal(Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.etcd.process.signal(Signal::SIGCONT);
+    cluster.store_process().signal(Signal::SIGCONT);
     tokio::time::sleep(Duration::from_secs(2)).await;
     session
         .simple_query("select 1")
@@ -73,9 +88,9 @@ async fn s_proxy_01_the_proxy_listens_only_while_it_can_read_the_store() {
     ] {
         let session = connect(port).await.unwrap();
         if down == Signal::SIGKILL {
-            cluster.etcd.kill();
+            cluster.kill_store();
         } else {
-            cluster.etcd.process.signal(down);
+            cluster.store_process().signal(down);
         }
         let err = wait_until(
             &format!("the proxy to cut the session when the store {what}"),
@@ -91,8 +106,8 @@ async fn s_proxy_01_the_proxy_listens_only_while_it_can_read_the_store() {
         )
         .await;
         match up {
-            Some(signal) => cluster.etcd.process.signal(signal),
-            None => cluster.etcd.restart(),
+            Some(signal) => cluster.store_process().signal(signal),
+            None => cluster.restart_store(),
         }
         wait_for_service(&format!("the proxy after the store {what}"), port, BOOT).await;
     }

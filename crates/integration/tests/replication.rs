@@ -5,7 +5,8 @@ use std::time::Duration;
 use stolon_cluster::{DbRole, DbUid};
 use stolon_testkit::{
     connect, failing_pg_bin_dir, lost_writes, wait_for_service, wait_until, Ack, Attempt,
-    ClusterBuilder, ConnectionProbe, KeeperHandle, KeeperOptions, TestCluster, Writer,
+    ClusterBuilder, ConnectionProbe, KeeperHandle, KeeperOptions, StoreBackend, TestCluster,
+    Writer,
 };
 use tokio::time::Instant;
 
@@ -131,22 +132,67 @@ async fn s_ha_01_sync_replication_standby_is_in_the_reported_set() {
 /// promoted and no acknowledged write is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn s_ha_02_sync_failover_loses_no_acknowledged_write() {
-    let mut cluster = sync_cluster(3).start().await;
+    failover_under_load(StoreBackend::Etcd, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_02_sync_failover_loses_no_acknowledged_write_k8s() {
+    failover_under_load(StoreBackend::Kubernetes, true).await;
+}
+
+/// Asynchronous failover on the Kubernetes store: a standby takes over, what was written
+/// before the standbys caught up is there, and writes resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_ha_02_async_failover_k8s() {
+    failover_under_load(StoreBackend::Kubernetes, false).await;
+}
+
+/// Kills the primary under a steady write load. Synchronous: the known synchronous standby
+/// is promoted and no acknowledged write is lost. Asynchronous: the rows every standby had
+/// before the load began are there.
+async fn failover_under_load(backend: StoreBackend, sync: bool) {
+    let builder = if sync {
+        sync_cluster(3)
+    } else {
+        ClusterBuilder::new().keepers(3)
+    };
+    let mut cluster = builder.store_backend(backend).start().await;
     let master = cluster.wait_for_master(BOOT).await;
     cluster.wait_for_standbys(2, BOOT).await;
-    let sync = wait_for_sync_standbys(&cluster, 1).await;
+    let sync_set = if sync {
+        wait_for_sync_standbys(&cluster, 1).await
+    } else {
+        Vec::new()
+    };
     create_table(&cluster, "w").await;
+    execute(
+        cluster.proxy_port(),
+        "insert into w select generate_series(-100, -1)",
+    )
+    .await
+    .expect("the first rows");
+    for i in (0..3).filter(|i| *i != master) {
+        let port = cluster.keepers[i].pg_port;
+        wait_until(
+            &format!("keeper{i} to replay the first rows"),
+            BOOT,
+            || async move { (count(port, "w").await? == 100).then_some(()) },
+        )
+        .await;
+    }
     let writer = Writer::start(cluster.proxy_port(), "w");
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let killed = Instant::now();
     cluster.kill_keeper_and_postgres(master);
     let new_master = cluster.wait_for_new_master(master, FAILOVER).await;
-    assert_eq!(
-        db_of(&cluster, new_master).await.as_ref(),
-        Some(&sync[0]),
-        "the synchronous standby is promoted"
-    );
+    if sync {
+        assert_eq!(
+            db_of(&cluster, new_master).await.as_ref(),
+            Some(&sync_set[0]),
+            "the synchronous standby is promoted"
+        );
+    }
     wait_until("writes through the proxy again", FAILOVER, || async {
         writer.first_acked_sent_after(killed)
     })
@@ -158,7 +204,19 @@ async fn s_ha_02_sync_failover_loses_no_acknowledged_write() {
         "the writer made progress: {}",
         acked.len()
     );
-    assert_none_lost(&cluster, "w", &acked).await;
+    let first_rows = wait_until("reading back through the proxy", FAILOVER, || async {
+        let client = connect(cluster.proxy_port()).await.ok()?;
+        let row = client
+            .query_one("select count(*) from w where id < 0", &[])
+            .await
+            .ok()?;
+        Some(row.get::<_, i64>(0))
+    })
+    .await;
+    assert_eq!(first_rows, 100, "the rows every standby had");
+    if sync {
+        assert_none_lost(&cluster, "w", &acked).await;
+    }
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
 
@@ -1159,12 +1217,13 @@ async fn failed_attempts(probe: ConnectionProbe, since: Instant) -> Vec<Attempt>
 /// S-SW-01: a planned switchover under a steady write load and a stream of new
 /// connections: none of those fails (they wait), no acknowledged write is lost, and the old
 /// primary rejoins as a standby.
-async fn switchover_under_load(sync: bool) {
+async fn switchover_under_load(backend: StoreBackend, sync: bool) {
     let builder = if sync {
         sync_cluster(3)
     } else {
         ClusterBuilder::new().keepers(3)
-    };
+    }
+    .store_backend(backend);
     // The probe opens a connection every 20 ms and the proxies hold them for the whole
     // switchover (about 2 s here): they all reach the new primary at once, more than the
     // default 100 connections.
@@ -1222,12 +1281,17 @@ async fn switchover_under_load(sync: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s_sw_01_switchover_async() {
-    switchover_under_load(false).await;
+    switchover_under_load(StoreBackend::Etcd, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s_sw_01_switchover_sync() {
-    switchover_under_load(true).await;
+    switchover_under_load(StoreBackend::Etcd, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s_sw_01_switchover_async_k8s() {
+    switchover_under_load(StoreBackend::Kubernetes, false).await;
 }
 
 /// A target that cannot catch up (its WAL receiver frozen) makes the switchover give up:

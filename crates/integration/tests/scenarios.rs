@@ -4,7 +4,7 @@ use std::time::Duration;
 use stolon_cluster::DbRole;
 use stolon_testkit::{
     connect, is_connection_loss, wait_for_service, wait_until, ClusterBuilder, KeeperOptions,
-    TestCluster,
+    StoreBackend, TestCluster,
 };
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -69,7 +69,22 @@ fn last_before(log: &str, needle: &str, before: usize) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s_seed_walkthrough() {
-    let mut cluster = ClusterBuilder::new().keepers(3).sentinels(2).start().await;
+    seed_walkthrough(StoreBackend::Etcd).await;
+}
+
+/// The seed's walkthrough with the Kubernetes API server as the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_seed_walkthrough_k8s() {
+    seed_walkthrough(StoreBackend::Kubernetes).await;
+}
+
+async fn seed_walkthrough(backend: StoreBackend) {
+    let mut cluster = ClusterBuilder::new()
+        .store_backend(backend)
+        .keepers(3)
+        .sentinels(2)
+        .start()
+        .await;
     let master = cluster.wait_for_master(BOOT).await;
     cluster.wait_for_standbys(2, BOOT).await;
     create_test_table(&cluster).await;

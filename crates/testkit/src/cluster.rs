@@ -1,3 +1,4 @@
+use crate::kube::{KubeApiServer, ADMIN_USER};
 use crate::process::{EtcdServer, Process};
 use crate::{bin_dir, free_port, pg_bin_dir, wait_until};
 use nix::sys::signal::Signal;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use stolon_cluster::{ClusterData, DbRole, KeeperUid, ProxyUid};
 use stolon_store::Store;
 use stolon_store_etcd::EtcdStore;
+use stolon_store_k8s::{KubeOptions, KubeStore};
 
 pub const SU_USER: &str = "stolon";
 pub const SU_PASSWORD: &str = "su-secret";
@@ -42,7 +44,20 @@ impl Default for KeeperOptions {
     }
 }
 
+/// Where a test cluster keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Etcd,
+    /// A real kube-apiserver on the test's etcd; each component runs with the `POD_NAME`
+    /// and `POD_NAMESPACE` of a Pod object the test creates for it (nothing runs it).
+    Kubernetes,
+}
+
+/// The namespace of a Kubernetes test cluster's objects.
+pub const KUBE_NAMESPACE: &str = "default";
+
 pub struct ClusterBuilder {
+    backend: StoreBackend,
     auth_method: String,
     repl_user: String,
     repl_password: String,
@@ -62,6 +77,7 @@ impl ClusterBuilder {
     /// Short timings, as the scenarios ask: sleepInterval 1s, failInterval 5s.
     pub fn new() -> ClusterBuilder {
         ClusterBuilder {
+            backend: StoreBackend::Etcd,
             auth_method: "md5".to_string(),
             repl_user: REPL_USER.to_string(),
             repl_password: REPL_PASSWORD.to_string(),
@@ -77,6 +93,11 @@ impl ClusterBuilder {
                 "proxyTimeout": "5s",
             }),
         }
+    }
+
+    pub fn store_backend(mut self, backend: StoreBackend) -> Self {
+        self.backend = backend;
+        self
     }
 
     pub fn keepers(mut self, n: usize) -> Self {
@@ -134,16 +155,32 @@ impl ClusterBuilder {
         let log_dir = dir.path().join("logs");
         std::fs::create_dir_all(&log_dir).unwrap();
         let etcd = EtcdServer::start(dir.path(), &log_dir);
-        let store: Arc<dyn Store> = Arc::new(
-            EtcdStore::connect(
-                std::slice::from_ref(&etcd.endpoint),
-                "stolon/cluster",
-                CLUSTER_NAME,
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("connecting to the test etcd"),
-        );
+        let kube = (self.backend == StoreBackend::Kubernetes)
+            .then(|| KubeApiServer::start(&etcd, dir.path(), &log_dir));
+        let store: Arc<dyn Store> = match &kube {
+            None => Arc::new(
+                EtcdStore::connect(
+                    std::slice::from_ref(&etcd.endpoint),
+                    "stolon/cluster",
+                    CLUSTER_NAME,
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("connecting to the test etcd"),
+            ),
+            Some(api) => Arc::new(
+                KubeStore::connect(
+                    CLUSTER_NAME,
+                    &KubeOptions {
+                        kubeconfig: Some(api.kubeconfig(ADMIN_USER, KUBE_NAMESPACE)),
+                        timeout: Duration::from_secs(5),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("connecting to the test kube-apiserver"),
+            ),
+        };
         let spec_path = dir.path().join("cluster-spec.json");
         std::fs::write(&spec_path, self.spec.to_string()).unwrap();
         for (name, content) in [
@@ -165,6 +202,7 @@ impl ClusterBuilder {
             keepers: Vec::new(),
             sentinels: Vec::new(),
             etcd,
+            kube,
             store,
             bin: bin_dir(),
             log_dir,
@@ -227,7 +265,7 @@ impl KeeperHandle {
 }
 
 /// A running cluster. Fields drop in order: proxies, keepers (stopping PostgreSQL),
-/// sentinels, etcd; leftover postmasters of killed keepers are killed last.
+/// sentinels, the API server, etcd; leftover postmasters of killed keepers are killed last.
 pub struct TestCluster {
     pub auth_method: String,
     pub repl_user: String,
@@ -236,6 +274,8 @@ pub struct TestCluster {
     proxy_args: Vec<Vec<String>>,
     pub keepers: Vec<KeeperHandle>,
     pub sentinels: Vec<Process>,
+    /// The API server holding the cluster's state, with [`StoreBackend::Kubernetes`].
+    pub kube: Option<KubeApiServer>,
     pub etcd: EtcdServer,
     pub store: Arc<dyn Store>,
     bin: PathBuf,
@@ -249,13 +289,57 @@ impl TestCluster {
         self.dir.as_ref().unwrap().path()
     }
 
-    fn common_args(&self, cmd: &mut Command) {
-        cmd.arg("--cluster-name")
-            .arg(CLUSTER_NAME)
-            .arg("--store-backend")
-            .arg("etcdv3")
-            .arg("--store-endpoints")
-            .arg(&self.etcd.endpoint);
+    /// The store flags of every program; a daemon also gets `pod`, the name of the Pod
+    /// object it runs as on the Kubernetes store.
+    fn common_args(&self, cmd: &mut Command, pod: Option<&str>) {
+        cmd.arg("--cluster-name").arg(CLUSTER_NAME);
+        let Some(api) = &self.kube else {
+            cmd.arg("--store-backend")
+                .arg("etcdv3")
+                .arg("--store-endpoints")
+                .arg(&self.etcd.endpoint);
+            return;
+        };
+        cmd.arg("--store-backend")
+            .arg("kubernetes")
+            .arg("--kube-resource-kind")
+            .arg("configmap")
+            .env("KUBECONFIG", api.kubeconfig(ADMIN_USER, KUBE_NAMESPACE))
+            .env("POD_NAMESPACE", KUBE_NAMESPACE);
+        if let Some(pod) = pod {
+            let pod = pod.replace('_', "-");
+            let manifest = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  containers:\n  - name: stolon\n    image: stolon-rs\n"
+            );
+            // A component started while the API server is down (on purpose) runs without
+            // its Pod object: its infos then have no owner, and still expire.
+            if let Err(refusal) = api.try_apply(KUBE_NAMESPACE, &manifest) {
+                eprintln!("no Pod object for {pod}: {refusal}");
+            }
+            cmd.env("POD_NAME", pod);
+        }
+    }
+
+    /// The process of the store's server: etcd, or the API server on the Kubernetes store.
+    pub fn store_process(&self) -> &Process {
+        self.kube
+            .as_ref()
+            .map_or(&self.etcd.process, |api| &api.process)
+    }
+
+    /// Kills the store's server: clients are refused until [`TestCluster::restart_store`].
+    pub fn kill_store(&mut self) {
+        match &mut self.kube {
+            Some(api) => api.process.kill(),
+            None => self.etcd.kill(),
+        }
+    }
+
+    pub fn restart_store(&mut self) {
+        match &mut self.kube {
+            Some(api) => api.restart(),
+            None => self.etcd.restart(),
+        }
     }
 
     /// The initial cluster spec file every sentinel started from now on reads.
@@ -270,11 +354,11 @@ impl TestCluster {
     /// A sentinel started with extra flags.
     pub fn add_sentinel_with(&mut self, args: &[&str]) {
         let mut cmd = Command::new(self.bin.join("stolon-sentinel"));
-        self.common_args(&mut cmd);
+        let name = format!("sentinel{}", self.sentinels.len());
+        self.common_args(&mut cmd, Some(&name));
         cmd.arg("--initial-cluster-spec")
             .arg(&self.spec_path)
             .args(args);
-        let name = format!("sentinel{}", self.sentinels.len());
         self.sentinels
             .push(Process::spawn(&name, cmd, &self.log_dir));
     }
@@ -306,7 +390,7 @@ impl TestCluster {
 
     fn spawn_proxy(&self, i: usize, port: u16) -> Process {
         let mut cmd = Command::new(self.bin.join("stolon-proxy"));
-        self.common_args(&mut cmd);
+        self.common_args(&mut cmd, Some(&format!("proxy{i}")));
         cmd.arg("--listen-address")
             .arg("127.0.0.1")
             .arg("--port")
@@ -324,7 +408,8 @@ impl TestCluster {
     /// (Re)starts keeper `i` with the same uid, data dir and port.
     pub fn start_keeper(&mut self, i: usize) {
         let mut cmd = Command::new(self.bin.join("stolon-keeper"));
-        self.common_args(&mut cmd);
+        let pod = self.keepers[i].uid.to_string();
+        self.common_args(&mut cmd, Some(&pod));
         let k = &self.keepers[i];
         cmd.arg("--uid")
             .arg(k.uid.as_str())
@@ -613,7 +698,7 @@ impl TestCluster {
 
     pub fn stolonctl(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(self.bin.join("stolonctl"));
-        self.common_args(&mut cmd);
+        self.common_args(&mut cmd, None);
         cmd.args(args);
         cmd.output().expect("running stolonctl")
     }

@@ -99,16 +99,24 @@ impl KubeApiServer {
     /// Applies a manifest as the administrator, failing the test with kubectl's words if it
     /// is refused.
     pub fn apply(&self, namespace: &str, manifest: &str) {
+        if let Err(refusal) = self.try_apply(namespace, manifest) {
+            panic!("kubectl apply refused:\n{refusal}\n{manifest}");
+        }
+    }
+
+    /// Applies a manifest as the administrator; kubectl's words if it is refused.
+    pub fn try_apply(&self, namespace: &str, manifest: &str) -> Result<(), String> {
         let path = self
             .dir
             .join(format!("manifest-{}.yaml", crate::free_port()));
         std::fs::write(&path, manifest).unwrap();
         let out = self.kubectl(namespace, &["apply", "-f", &path.to_string_lossy()]);
-        assert!(
-            out.status.success(),
-            "kubectl apply refused:\n{}\n{manifest}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let _ = std::fs::remove_file(&path);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     fn wait_ready(&self) {

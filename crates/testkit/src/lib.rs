@@ -10,8 +10,8 @@ mod kube;
 mod process;
 
 pub use cluster::{
-    failing_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, TestCluster, REPL_PASSWORD,
-    REPL_USER, SU_PASSWORD, SU_USER,
+    failing_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, StoreBackend, TestCluster,
+    KUBE_NAMESPACE, REPL_PASSWORD, REPL_USER, SU_PASSWORD, SU_USER,
 };
 pub use kube::{kube_bin_dir, kube_program, KubeApiServer, ADMIN_USER, USERS};
 pub use process::{EtcdServer, Process};
