@@ -211,7 +211,9 @@ fn timed_out(timeout: Duration, what: &str) -> StoreError {
 /// What an API server's answer means to the store's callers.
 fn store_error(e: kube::Error, what: &str) -> StoreError {
     match e {
-        kube::Error::Api(status) if status.is_conflict() => StoreError::Conflict,
+        // A stale resourceVersion (Conflict) and a create that another client won
+        // (AlreadyExists) are both a lost compare-and-swap.
+        kube::Error::Api(status) if status.code == 409 => StoreError::Conflict,
         kube::Error::Api(status) if status.is_forbidden() => StoreError::Refused(format!(
             "{}: the service account needs RBAC permission to {what} in this namespace (see docs/kubernetes.md, RBAC)",
             status.message
@@ -223,6 +225,10 @@ fn store_error(e: kube::Error, what: &str) -> StoreError {
         kube::Error::Api(status) if status.code == 413 || status.code == 422 => {
             StoreError::Refused(status.message.clone())
         }
+        kube::Error::Api(status) => StoreError::Unavailable(format!(
+            "{} ({} {})",
+            status.message, status.code, status.reason
+        )),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -410,5 +416,42 @@ impl Store for KubeStore {
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
         election::leader(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Status::failure("refused", reason).with_code(code).boxed())
+    }
+
+    #[test]
+    fn a_lost_race_is_a_conflict_whether_stale_or_already_created() {
+        for reason in ["Conflict", "AlreadyExists"] {
+            let error = store_error(api_error(409, reason), "create leases");
+            assert!(matches!(error, StoreError::Conflict), "{reason}: {error}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_their_cause_and_other_failures_stay_short() {
+        let StoreError::Refused(forbidden) =
+            store_error(api_error(403, "Forbidden"), "patch leases")
+        else {
+            panic!("403 is a refusal");
+        };
+        assert!(
+            forbidden.contains("RBAC permission to patch leases"),
+            "{forbidden}"
+        );
+        let StoreError::Unavailable(failed) =
+            store_error(api_error(503, "ServiceUnavailable"), "get configmaps")
+        else {
+            panic!("503 is a passing failure");
+        };
+        assert_eq!(failed, "refused (503 ServiceUnavailable)");
     }
 }
