@@ -291,3 +291,21 @@ async fn s_init_04_existing_with_merge() {
 async fn s_init_04_existing_without_merge() {
     adopt_existing(false).await;
 }
+
+/// A data directory made group-writable while its keeper was down (what a volume with an
+/// fsGroup gets at each mount on Kubernetes) is made private again before PostgreSQL starts
+/// on it, which it would refuse to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_writable_data_directory_is_secured_before_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    cluster.kill_keeper_and_postgres(0);
+    let pgdata = cluster.keepers[0].data_dir.join("postgres");
+    std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o2770)).unwrap();
+
+    cluster.start_keeper(0);
+    wait_for_service("the restarted primary", cluster.keepers[0].pg_port, BOOT).await;
+    let mode = std::fs::metadata(&pgdata).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "mode {mode:o}");
+}

@@ -326,6 +326,9 @@ impl PgCtl {
     }
 
     pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
+        // A volume mounted with an fsGroup (Kubernetes) comes back group-writable at each
+        // mount, and PostgreSQL refuses to start on such a directory.
+        self.secure_pgdata()?;
         let mut cmd = self.pg_ctl("start", timeout);
         cmd.arg("-l")
             .arg(&self.log_file)
