@@ -36,6 +36,10 @@ enum Cmd {
         /// Do not ask for confirmation.
         #[arg(short = 'y', long = "yes")]
         yes: bool,
+        /// When the store already holds a cluster, leave it as it is and succeed: for an
+        /// install step that may run again over a cluster whose keepers hold data.
+        #[arg(long, conflicts_with = "yes")]
+        keep_existing: bool,
     },
     /// Make the sentinel treat a keeper as failed for one round (forces a failover when it
     /// holds the primary and another db can be elected).
@@ -141,12 +145,24 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     stolon_daemon::check_backend(&cli.common)?;
     cli.common.kube_client = cli.kube.clone();
     match cli.command {
-        Cmd::Init { spec, file, yes } => {
+        Cmd::Init {
+            spec,
+            file,
+            yes,
+            keep_existing,
+        } => {
             let text = read_input(spec, file)?.unwrap_or_else(|| r#"{"initMode":"new"}"#.into());
             let spec = ClusterSpec::from_json(&text).context("invalid cluster spec")?;
             spec.validate().context("invalid cluster spec")?;
             let store = stolon_daemon::connect_store(&cli.common).await?;
-            init(store.as_ref(), spec, yes).await
+            let existing = if keep_existing {
+                Existing::Keep
+            } else if yes {
+                Existing::Replace
+            } else {
+                Existing::Ask
+            };
+            init(store.as_ref(), spec, existing).await
         }
         Cmd::Failkeeper { keeper } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
@@ -451,19 +467,44 @@ fn describe_phase(phase: SwitchoverPhase) -> &'static str {
     }
 }
 
-async fn init(store: &dyn Store, spec: ClusterSpec, yes: bool) -> anyhow::Result<()> {
-    let existing = store.get_cluster_data().await?;
-    if existing.is_some() && !yes {
-        eprintln!("WARNING: The current cluster data will be removed");
-        eprintln!("WARNING: The databases managed by the keepers will be overwritten depending on the provided cluster spec.");
-        if !confirm()? {
-            bail!("not confirmed: nothing changed");
+/// What `init` does over a cluster the store already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    Ask,
+    Replace,
+    Keep,
+}
+
+async fn init(store: &dyn Store, spec: ClusterSpec, existing: Existing) -> anyhow::Result<()> {
+    let current = store.get_cluster_data().await?;
+    let expect = match (&current, existing) {
+        (Some((raw, _)), Existing::Keep) => {
+            let uid = ClusterData::decode(raw)
+                .map(|(cd, _)| cd.cluster.uid.to_string())
+                .unwrap_or_else(|_| "unreadable".into());
+            println!("cluster data already present (cluster {uid}): left as it is");
+            return Ok(());
         }
-    }
+        // Keep only replaces nothing: a cluster written meanwhile by someone else wins.
+        (None, Existing::Keep) => Expect::Absent,
+        (Some(_), Existing::Ask) => {
+            eprintln!("WARNING: The current cluster data will be removed");
+            eprintln!("WARNING: The databases managed by the keepers will be overwritten depending on the provided cluster spec.");
+            if !confirm()? {
+                bail!("not confirmed: nothing changed");
+            }
+            Expect::Anything
+        }
+        _ => Expect::Anything,
+    };
     let cd = ClusterData::new(ClusterUid::new(stolon_daemon::random_uid()), spec);
-    store
-        .put_cluster_data(cd.encode(), Expect::Anything)
-        .await?;
+    match store.put_cluster_data(cd.encode(), expect).await {
+        Err(StoreError::Conflict) if existing == Existing::Keep => {
+            println!("cluster data written meanwhile by another init: left as it is");
+            return Ok(());
+        }
+        result => result?,
+    };
     println!("cluster initialized: {}", cd.cluster.uid);
     Ok(())
 }

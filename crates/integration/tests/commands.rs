@@ -140,3 +140,37 @@ async fn clusterdata_read_write_and_version() {
         .unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("stolonctl version "));
 }
+
+/// `init --keep-existing` (the Helm chart's init Job) never replaces a cluster: run again
+/// over a running one it succeeds and leaves the cluster data byte-for-byte as it was, while
+/// a plain `init` without a terminal to confirm on refuses and changes nothing either.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_keep_existing_leaves_a_running_cluster_alone() {
+    let mut cluster = ClusterBuilder::new().keepers(1).start().await;
+    cluster.wait_for_master(BOOT).await;
+    cluster.sentinels.clear();
+    let stored = || async { cluster.store.get_cluster_data().await.unwrap().unwrap().0 };
+    let before = stored().await;
+
+    let kept = cluster.stolonctl(&["init", "--keep-existing", r#"{"initMode":"new"}"#]);
+    assert!(kept.status.success(), "{}", stderr(&kept));
+    assert!(
+        String::from_utf8_lossy(&kept.stdout).contains("left as it is"),
+        "{}",
+        String::from_utf8_lossy(&kept.stdout)
+    );
+    assert_eq!(stored().await, before);
+
+    let unconfirmed = cluster.stolonctl(&["init", r#"{"initMode":"new"}"#]);
+    assert_eq!(unconfirmed.status.code(), Some(1));
+    assert!(
+        stderr(&unconfirmed).contains("not confirmed"),
+        "{}",
+        stderr(&unconfirmed)
+    );
+    assert_eq!(stored().await, before);
+
+    let both = cluster.stolonctl(&["init", "--keep-existing", "--yes"]);
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    assert_eq!(stored().await, before);
+}

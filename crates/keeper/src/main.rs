@@ -15,6 +15,11 @@ struct Cli {
     /// Keeper uid (a-z, 0-9, _); random and persisted in the data dir when not given.
     #[arg(long, alias = "id")]
     uid: Option<String>,
+    /// Without --uid: the uid is this prefix followed by the ordinal that ends $POD_NAME, a
+    /// StatefulSet pod's name (`keeper` in pod stolon-stolon-keeper-2 gives keeper2), as
+    /// Stolon's chart computes it in a shell script.
+    #[arg(long, conflicts_with = "uid")]
+    uid_prefix: Option<String>,
     /// Keeper data directory; PostgreSQL's data directory is its `postgres` subdirectory.
     #[arg(long)]
     data_dir: PathBuf,
@@ -119,8 +124,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bail!("provided superuser name and replication user name are the same but provided passwords are different");
         }
     }
+    let uid = match &cli.uid_prefix {
+        Some(prefix) => {
+            let pod = std::env::var("POD_NAME").unwrap_or_default();
+            match uid_from_pod(prefix, &pod) {
+                Some(uid) => Some(uid),
+                None => bail!(
+                    "--uid-prefix needs $POD_NAME to end with a StatefulSet ordinal (like stolon-keeper-0), found {pod:?}"
+                ),
+            }
+        }
+        None => cli.uid.clone(),
+    };
     let config = KeeperConfig {
-        uid: cli.uid.clone(),
+        uid,
         data_dir: cli.data_dir.clone(),
         advertise_address: cli
             .pg_advertise_address
@@ -150,6 +167,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     stolon_keeper::run(config, store, shutdown).await
 }
 
+/// `prefix` and the ordinal at the end of a StatefulSet pod's name.
+fn uid_from_pod(prefix: &str, pod: &str) -> Option<String> {
+    let (_, ordinal) = pod.rsplit_once('-')?;
+    let ordinal: u32 = ordinal.parse().ok()?;
+    Some(format!("{prefix}{ordinal}"))
+}
+
 /// The password of a user: none with trust (giving one is an error, as it would be silently
 /// ignored), required otherwise.
 fn password_for(
@@ -165,4 +189,21 @@ fn password_for(
         return Ok(String::new());
     }
     stolon_daemon::read_password(what, inline, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uid_from_pod;
+
+    #[test]
+    fn a_statefulset_pod_ordinal_names_the_keeper() {
+        assert_eq!(
+            uid_from_pod("keeper", "stolon-stolon-keeper-2").as_deref(),
+            Some("keeper2")
+        );
+        assert_eq!(uid_from_pod("k", "x-10").as_deref(), Some("k10"));
+        assert_eq!(uid_from_pod("keeper", "stolon-keeper"), None);
+        assert_eq!(uid_from_pod("keeper", "keeper-x1"), None);
+        assert_eq!(uid_from_pod("keeper", ""), None);
+    }
 }
