@@ -1,7 +1,8 @@
 //! Prints measured figures for the targets of DESIGN.md §6, on real etcd, PostgreSQL and
 //! stolon-rs processes on 127.0.0.1. Nothing here asserts a time.
 //!
-//! Usage (after `cargo build --release --bins`):
+//! Usage (after `cargo build --release --bins`), with `--store kubernetes` anywhere to run the
+//! clusters of failover, switchover, soak and idle on a real kube-apiserver (default etcdv3):
 //!   target/release/stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]
 //!   target/release/stolon-bench switchover [RUNS] [async|sync]
 //!   target/release/stolon-bench all [RUNS]
@@ -22,12 +23,15 @@
 //! proxy process's CPU (share of one core) and the medians.
 //! `idle` leaves a settled cluster (3 keepers, 2 sentinels, 1 proxy) with the spec's default
 //! timings alone for SECONDS (default 60) and prints each daemon's CPU as a share of one
-//! core. The planner's own figures: `cargo bench -p stolon-engine --bench planner`.
+//! core; on the Kubernetes store also the requests per second the API server served.
+//! The planner's own figures: `cargo bench -p stolon-engine --bench planner`.
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 use stolon_testkit::{
-    connect, lost_writes, wait_for_service, ClusterBuilder, ConnectionProbe, TestCluster, Writer,
+    connect, lost_writes, wait_for_service, ClusterBuilder, ConnectionProbe, StoreBackend,
+    TestCluster, Writer,
 };
 use tokio::time::Instant;
 
@@ -35,7 +39,22 @@ const BOOT: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let store = match args.iter().position(|a| a == "--store") {
+        Some(at) => {
+            let backend = match args.get(at + 1).map(String::as_str) {
+                Some("etcdv3") => StoreBackend::Etcd,
+                Some("kubernetes") => StoreBackend::Kubernetes,
+                other => {
+                    eprintln!("--store takes etcdv3 or kubernetes, not {other:?}");
+                    std::process::exit(2);
+                }
+            };
+            args.drain(at..at + 2);
+            backend
+        }
+        None => StoreBackend::Etcd,
+    };
     let arg = |i: usize| args.get(i).map(String::as_str);
     let runs = |i: usize| arg(i).and_then(|a| a.parse().ok()).unwrap_or(10);
     let sync = |i: usize| arg(i) == Some("sync");
@@ -45,23 +64,23 @@ async fn main() {
                 fail_interval: arg(2).unwrap_or("10s"),
                 sleep_interval: arg(4).unwrap_or("1s"),
             };
-            failover(runs(1), timing, sync(3)).await
+            failover(runs(1), timing, sync(3), store).await
         }
-        Some("switchover") => switchover(runs(1), sync(2)).await,
+        Some("switchover") => switchover(runs(1), sync(2), store).await,
         Some("soak") => {
             let minutes = arg(1).and_then(|a| a.parse().ok()).unwrap_or(10);
             let timing = Timing {
                 fail_interval: arg(2).unwrap_or("3s"),
                 sleep_interval: arg(3).unwrap_or("1s"),
             };
-            soak(minutes, timing).await
+            soak(minutes, timing, store).await
         }
         Some("proxy") => {
             let seconds = arg(1).and_then(|a| a.parse().ok()).unwrap_or(10);
             let rounds = arg(2).and_then(|a| a.parse().ok()).unwrap_or(3);
             proxy_overhead(seconds, rounds).await
         }
-        Some("idle") => idle(arg(1).and_then(|a| a.parse().ok()).unwrap_or(60)).await,
+        Some("idle") => idle(arg(1).and_then(|a| a.parse().ok()).unwrap_or(60), store).await,
         Some("all") => {
             for (fail_interval, sleep_interval) in [("10s", "1s"), ("3s", "1s"), ("3s", "5s")] {
                 let timing = Timing {
@@ -69,18 +88,26 @@ async fn main() {
                     sleep_interval,
                 };
                 for sync in [false, true] {
-                    failover(runs(1), timing, sync).await;
+                    failover(runs(1), timing, sync, store).await;
                 }
             }
-            switchover(runs(1), false).await;
-            switchover(runs(1), true).await;
+            switchover(runs(1), false, store).await;
+            switchover(runs(1), true, store).await;
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]"
+                "usage: stolon-bench [--store etcdv3|kubernetes] failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]"
             );
             std::process::exit(2);
         }
+    }
+}
+
+/// Names the store in a title when it is not the default one.
+fn store_suffix(store: StoreBackend) -> &'static str {
+    match store {
+        StoreBackend::Etcd => "",
+        StoreBackend::Kubernetes => ", Kubernetes store",
     }
 }
 
@@ -107,9 +134,14 @@ impl Timing<'_> {
 }
 
 /// A cluster of 3 keepers, 2 sentinels and a proxy, serving, with an empty `bench` table.
-async fn cluster(timing: Timing<'_>, sync: bool) -> (TestCluster, usize, Duration) {
+async fn cluster(
+    timing: Timing<'_>,
+    sync: bool,
+    store: StoreBackend,
+) -> (TestCluster, usize, Duration) {
     let started = Instant::now();
     let mut builder = ClusterBuilder::new()
+        .store_backend(store)
         .keepers(3)
         .sentinels(2)
         .spec("failInterval", timing.fail_interval.into())
@@ -134,17 +166,18 @@ async fn cluster(timing: Timing<'_>, sync: bool) -> (TestCluster, usize, Duratio
 
 /// SIGKILL of the primary's keeper and postgres under a writer: time to the first write
 /// sent after the kill and acknowledged through the proxy, and acknowledged writes lost.
-async fn failover(runs: usize, timing: Timing<'_>, sync: bool) {
+async fn failover(runs: usize, timing: Timing<'_>, sync: bool, store: StoreBackend) {
     let title = format!(
-        "failover, failInterval {}, sleepInterval {}, {}",
+        "failover, failInterval {}, sleepInterval {}, {}{}",
         timing.fail_interval,
         timing.sleep_interval,
-        mode(sync)
+        mode(sync),
+        store_suffix(store)
     );
     println!("== {title}: {runs} runs, 3 keepers, 2 sentinels, 1 proxy");
     let (mut bootstrap, mut unavailable, mut lost) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
-        let (mut cluster, master, boot) = cluster(timing, sync).await;
+        let (mut cluster, master, boot) = cluster(timing, sync, store).await;
         let writer = Writer::start(cluster.proxy_port(), "bench");
         tokio::time::sleep(Duration::from_secs(2)).await;
         // From the last signal: a write acknowledged by the old primary while its
@@ -180,13 +213,13 @@ async fn failover(runs: usize, timing: Timing<'_>, sync: bool) {
 
 /// `stolonctl switchover` under a writer and a stream of new connections: the longest gap
 /// between two acknowledged writes, and the new connections that failed.
-async fn switchover(runs: usize, sync: bool) {
-    let title = format!("switchover, {}", mode(sync));
+async fn switchover(runs: usize, sync: bool, store: StoreBackend) {
+    let title = format!("switchover, {}{}", mode(sync), store_suffix(store));
     println!("== {title}: {runs} runs, 3 keepers, 2 sentinels, 1 proxy");
     let (mut pauses, mut errors, mut lost, mut command) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
-        let (cluster, _, _) = cluster(Timing::DEFAULT, sync).await;
+        let (cluster, _, _) = cluster(Timing::DEFAULT, sync, store).await;
         let writer = Writer::start(cluster.proxy_port(), "bench");
         let probe = ConnectionProbe::start(cluster.proxy_port());
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -240,13 +273,14 @@ async fn switchover(runs: usize, sync: bool) {
 }
 
 /// pgbench through the proxy for `minutes` on a healthy cluster: any failover is a false one.
-async fn soak(minutes: u64, timing: Timing<'_>) {
+async fn soak(minutes: u64, timing: Timing<'_>, store: StoreBackend) {
     let fail_interval = timing.fail_interval;
     println!(
-        "== soak: pgbench (scale 10, 8 clients, -j 2) through the proxy for {minutes} min at failInterval {fail_interval}, sleepInterval {}",
-        timing.sleep_interval
+        "== soak: pgbench (scale 10, 8 clients, -j 2) through the proxy for {minutes} min at failInterval {fail_interval}, sleepInterval {}{}",
+        timing.sleep_interval,
+        store_suffix(store)
     );
-    let (cluster, master, _) = cluster(timing, false).await;
+    let (cluster, master, _) = cluster(timing, false, store).await;
     let port = cluster.proxy_port();
     tokio::task::block_in_place(|| {
         run_pgbench(port, &["-i", "-q", "-s", "10"]);
@@ -347,13 +381,18 @@ fn haproxy(target: u16, dir: &std::path::Path) -> Option<(u16, std::process::Chi
     Some((port, child))
 }
 
-/// Each daemon's CPU while the cluster has nothing to do but watch itself.
-async fn idle(seconds: u64) {
+/// Each daemon's CPU while the cluster has nothing to do but watch itself, and on the
+/// Kubernetes store the API server's requests.
+async fn idle(seconds: u64, store: StoreBackend) {
     println!(
-        "== idle CPU: 3 keepers, 2 sentinels, 1 proxy, the spec's default timings, {seconds}s"
+        "== idle CPU: 3 keepers, 2 sentinels, 1 proxy, the spec's default timings, {seconds}s{}",
+        store_suffix(store)
     );
     // The builder's short test timings give way to the defaults.
-    let mut builder = ClusterBuilder::new().keepers(3).sentinels(2);
+    let mut builder = ClusterBuilder::new()
+        .store_backend(store)
+        .keepers(3)
+        .sentinels(2);
     for field in [
         "sleepInterval",
         "failInterval",
@@ -386,21 +425,100 @@ async fn idle(seconds: u64) {
             .pid()
             .map(|pid| ("proxy".to_string(), pid)),
     );
+    let store_server = match store {
+        StoreBackend::Etcd => "etcd",
+        StoreBackend::Kubernetes => "kube-apiserver",
+    };
+    daemons.extend(
+        cluster
+            .store_process()
+            .pid()
+            .map(|pid| (store_server.to_string(), pid)),
+    );
     let before: Vec<f64> = daemons.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let requests_before = api_requests(&cluster);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    println!("{:<12} {:>14}", "daemon", "cpu % of a core");
+    if let (Some(before), Some(after)) = (requests_before, api_requests(&cluster)) {
+        print_api_request_rates(&before, &after, elapsed);
+    }
+    println!("{:<15} {:>14}", "daemon", "cpu % of a core");
     let mut json = Vec::new();
     for ((name, pid), before) in daemons.iter().zip(before) {
         let percent = 100.0 * (cpu_seconds(*pid) - before) / elapsed;
-        println!("{name:<12} {percent:>14.2}");
+        println!("{name:<15} {percent:>14.2}");
         json.push(format!(
             "{{\"daemon\":\"{name}\",\"cpu_percent\":{percent:.3}}}"
         ));
     }
     println!(
         "{{\"bench\":\"idle cpu\",\"seconds\":{elapsed:.1},\"daemons\":[{}]}}",
+        json.join(",")
+    );
+}
+
+/// The API server's count of requests served so far, by verb and resource, from its
+/// `apiserver_request_total` metric; `None` on etcd. Requests for no resource (this
+/// function's own `/metrics` reads among them) are left out.
+fn api_requests(cluster: &TestCluster) -> Option<BTreeMap<(String, String), f64>> {
+    let api = cluster.kube.as_ref()?;
+    let out = api.kubectl("default", &["get", "--raw", "/metrics"]);
+    assert!(
+        out.status.success(),
+        "reading the API server's metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(sample) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = sample.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let resource = label("resource");
+        if resource.is_empty() {
+            continue;
+        }
+        *counts.entry((label("verb"), resource)).or_default() += value.parse().unwrap_or(0.0);
+    }
+    Some(counts)
+}
+
+fn print_api_request_rates(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+    elapsed: f64,
+) {
+    println!("{:<10} {:<14} {:>12}", "verb", "resource", "requests/s");
+    let mut total = 0.0;
+    let mut json = Vec::new();
+    for ((verb, resource), count) in after {
+        let rate = (count
+            - before
+                .get(&(verb.clone(), resource.clone()))
+                .unwrap_or(&0.0))
+            / elapsed;
+        if rate == 0.0 {
+            continue;
+        }
+        total += rate;
+        println!("{verb:<10} {resource:<14} {rate:>12.2}");
+        json.push(format!(
+            "{{\"verb\":\"{verb}\",\"resource\":\"{resource}\",\"per_second\":{rate:.3}}}"
+        ));
+    }
+    println!("{:<25} {total:>12.2}", "all");
+    println!(
+        "{{\"bench\":\"idle api requests\",\"seconds\":{elapsed:.1},\"per_second\":{total:.3},\"by\":[{}]}}",
         json.join(",")
     );
 }
@@ -428,7 +546,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 /// figure alone moves by 20 % from run to run here) weighs on all paths alike.
 async fn proxy_overhead(seconds: u64, rounds: usize) {
     println!("== proxy overhead: pgbench scale 10, 8 clients, -j 2, {seconds}s per run, {rounds} interleaved rounds");
-    let (mut cluster, master, _) = cluster(Timing::DEFAULT, false).await;
+    let (mut cluster, master, _) = cluster(Timing::DEFAULT, false, StoreBackend::Etcd).await;
     cluster.add_proxy_with(&["--kernel-splice", "true"]);
     let spliced = cluster.proxies[1].0;
     wait_for_service("the splicing proxy", spliced, BOOT).await;
