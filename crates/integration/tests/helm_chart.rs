@@ -603,31 +603,27 @@ fn cluster_data(api: &Api) -> String {
 }
 
 fn decode_base64(encoded: &str) -> Vec<u8> {
-    let out = Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(encoded.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    out.stdout
+    base64(&["-d"], encoded)
 }
 
 fn encode_base64(plain: &str) -> String {
-    let out = Command::new("base64")
-        .arg("-w0")
+    text(&base64(&["-w0"], plain))
+}
+
+/// coreutils' base64 with `args` over `input`.
+fn base64(args: &[&str], input: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("base64")
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(plain.as_bytes())?;
-            child.wait_with_output()
-        })
+        .expect("running base64");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
         .unwrap();
-    text(&out.stdout)
+    child.wait_with_output().unwrap().stdout
 }
