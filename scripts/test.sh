@@ -1,15 +1,38 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, property and integration tests (real etcd and
-# PostgreSQL processes on 127.0.0.1). Installs what is missing first (scripts/setup.sh).
+# Runs the whole test suite: unit, property and integration tests (real etcd, kube-apiserver
+# and PostgreSQL processes on 127.0.0.1), then the seed's walkthrough on a real single-node
+# Kubernetes with the Helm chart and the image (scripts/e2e-k8s.sh on scripts/k8s-node.sh).
+# Installs and builds what is missing first (scripts/setup.sh, once per machine).
+# STOLON_TEST_K8S_NODE=0 leaves the single-node Kubernetes out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 # The integration tests start the daemons' binaries: build them first.
 cargo build --bins --locked
+
+e2e=0
+if [ "${STOLON_TEST_K8S_NODE:-1}" != 0 ]; then
+  # The image holds the release binaries.
+  cargo build --release --bins --locked
+  trap 'bash scripts/k8s-node.sh down >/dev/null 2>&1 || true' EXIT
+  if bash scripts/k8s-node.sh up && bash scripts/e2e-k8s.sh; then
+    echo "test: e2e-k8s passed"
+  else
+    e2e=1
+    echo "test: e2e-k8s FAILED" >&2
+  fi
+  bash scripts/k8s-node.sh down || true
+fi
+
+# The unit and integration tests last: their runner's summary closes the output.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked "$@"
 else
   echo "test: cargo-nextest not found, using cargo test"
   cargo test --workspace --locked "$@"
+fi
+if [ "$e2e" != 0 ]; then
+  echo "test: the Kubernetes walkthrough (scripts/e2e-k8s.sh) failed, see above" >&2
+  exit 1
 fi
