@@ -275,8 +275,8 @@ pub fn read_password(
             use std::os::unix::fs::PermissionsExt;
             if let Ok(meta) = std::fs::metadata(path) {
                 let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    tracing::warn!(file = %path.display(), mode = %format!("{mode:o}"), "{what} password file is readable by others: use mode 0600");
+                if open_to_every_user(mode) {
+                    tracing::warn!(file = %path.display(), mode = %format!("{mode:o}"), "{what} password file can be read or written by every user: use mode 0600, or 0440 for a group that must read it");
                 }
             }
             let raw = std::fs::read_to_string(path)
@@ -312,9 +312,26 @@ pub fn random_uid() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
+/// A password file any user may read or change, or its group change. Group read is how a
+/// Kubernetes Secret mounted with an fsGroup reaches a non-root program (root owns the
+/// file), so it is no reason to warn.
+fn open_to_every_user(mode: u32) -> bool {
+    mode & 0o027 != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_read_is_fine_for_a_password_file_anything_wider_is_not() {
+        for private in [0o600, 0o400, 0o640, 0o440] {
+            assert!(!open_to_every_user(private), "{private:o}");
+        }
+        for open in [0o644, 0o604, 0o660, 0o602, 0o666] {
+            assert!(open_to_every_user(open), "{open:o}");
+        }
+    }
 
     #[test]
     fn password_file_newline_is_trimmed_and_empty_is_refused() {
