@@ -410,10 +410,14 @@ async fn s_ha_08_dead_keepers_and_removekeeper() {
         .await;
     let master = cluster.wait_for_master(BOOT).await;
     cluster.wait_for_standbys(1, BOOT).await;
-    let cd = cluster.cluster_data().await.unwrap();
-    let free = (0..3)
-        .find(|&i| cd.db_of_keeper(&cluster.keepers[i].uid).is_none())
-        .unwrap();
+    // The keeper running pg_basebackup does not publish its info meanwhile; when that
+    // outlasts the info's TTL the sentinel gives the third keeper a standby too, then removes
+    // it once the first is streaming: wait for the steady state, one keeper without a db.
+    let free = wait_until("one keeper left without a db", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        (0..3).find(|&i| cd.db_of_keeper(&cluster.keepers[i].uid).is_none())
+    })
+    .await;
     let standby = 3 - master - free;
     let free_uid = cluster.keepers[free].uid.clone();
     let standby_uid = cluster.keepers[standby].uid.clone();
