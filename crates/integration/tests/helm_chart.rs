@@ -468,16 +468,20 @@ async fn install_upgrade_and_uninstall_with_helm() {
     let chart = chart.to_str().unwrap();
     // Hooks are Jobs, and this API server runs no controller to complete them: the test
     // runs the Job's command itself below.
-    let mut install = vec![
-        "install",
-        "stolon",
-        chart,
-        "--namespace",
-        NAMESPACE,
-        "--no-hooks",
-    ];
-    install.extend_from_slice(&COMMUNITY_INSTALL);
-    let out = helm(&install, Some(&admin));
+    // `helm install|upgrade` of the community command, hooks left out.
+    let release = |verb: &str| {
+        let mut args = vec![
+            verb,
+            "stolon",
+            chart,
+            "--namespace",
+            NAMESPACE,
+            "--no-hooks",
+        ];
+        args.extend_from_slice(&COMMUNITY_INSTALL);
+        helm(&args, Some(&admin))
+    };
+    let out = release("install");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let notes = text(&out.stdout);
     assert!(
@@ -549,16 +553,7 @@ async fn install_upgrade_and_uninstall_with_helm() {
         text(&out.stdout)
     };
     let before = secret();
-    let mut upgrade = vec![
-        "upgrade",
-        "stolon",
-        chart,
-        "--namespace",
-        NAMESPACE,
-        "--no-hooks",
-    ];
-    upgrade.extend_from_slice(&COMMUNITY_INSTALL);
-    let out = helm(&upgrade, Some(&admin));
+    let out = release("upgrade");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(secret(), before);
 
