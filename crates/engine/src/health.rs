@@ -6,7 +6,8 @@
 //! for this check, names its db as the one the proxies route to. A view kept from earlier
 //! will not do: the sentinel may have elected another primary since (a failed db, a
 //! `failkeeper`) while this instance came back writable. Without the store there is no
-//! answer but no, as the proxies fence themselves without it.
+//! answer but no, as the proxies fence themselves without it; nor from a keeper that fenced
+//! its postgres, even while the store answers its check again.
 
 use crate::proxy::unreadable;
 use stolon_cluster::{ClusterData, Db, KeeperUid, ValidSpec};
@@ -34,6 +35,9 @@ pub struct Facts<'a> {
     pub keeper: &'a KeeperUid,
     /// Only internal roles may connect: a synchronous primary waiting for its standbys.
     pub sync_gate: bool,
+    /// The keeper has fenced its postgres, having stored no info for too long
+    /// ([`crate::store_loss`]); whatever still runs is about to be stopped.
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,9 @@ pub fn answer(check: Check, facts: &Facts) -> Answer {
     match check {
         Check::Health => Answer::yes("postgres accepts connections"),
         Check::Primary if in_recovery => Answer::no("postgres is in recovery"),
+        Check::Primary if facts.fenced => Answer::no(
+            "fenced: this keeper could not store its info for too long, the cluster may have moved on",
+        ),
         Check::Primary => match placement(facts) {
             Err(no) => no,
             Ok((db, master, _)) if master.uid != db.uid => {

@@ -31,6 +31,7 @@ struct Case {
     /// The cluster data the store returned; None: unreadable.
     cd: Option<ClusterData>,
     sync_gate: bool,
+    fenced: bool,
     /// Whether the answer is yes, and a piece of its reason.
     want: (bool, &'static str),
 }
@@ -43,6 +44,7 @@ fn case(name: &'static str, check: Check, keeper: &'static str, in_recovery: boo
         in_recovery: Some(in_recovery),
         cd: Some(cluster().build()),
         sync_gate: false,
+        fenced: false,
         want: (true, ""),
     }
 }
@@ -58,6 +60,7 @@ fn check(cases: Vec<Case>) {
                 view: c.cd.as_ref().map(|cd| (cd, &spec)),
                 keeper: &keeper,
                 sync_gate: c.sync_gate,
+                fenced: c.fenced,
             },
         );
         assert_eq!(got.ok, c.want.0, "{}: {got:?}", c.name);
@@ -132,6 +135,18 @@ fn primary_only_for_the_routed_writable_instance() {
         Case {
             want: (false, "no db"),
             ..case("a keeper without a db", PRIMARY, "k3", false)
+        },
+        Case {
+            // Fenced because the store was unreachable; postgres not stopped yet, or started
+            // again by a concurrent action, while the store answers this check.
+            fenced: true,
+            want: (false, "fenced"),
+            ..case(
+                "a primary fenced by its keeper, still writable",
+                PRIMARY,
+                "k1",
+                false,
+            )
         },
         Case {
             sync_gate: true,

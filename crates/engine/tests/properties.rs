@@ -204,6 +204,7 @@ impl Watch {
                     view: Some((cd, &spec)),
                     keeper,
                     sync_gate: false,
+                    fenced: false,
                 };
                 answer(Check::Primary, &facts).ok
             })

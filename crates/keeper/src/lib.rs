@@ -5,11 +5,15 @@
 //! until there is none, and publishes what it observed as its keeper info. It never decides
 //! on its own to become a primary: only the db spec the sentinel wrote can say so.
 
+mod fence;
+mod restore;
 mod state;
 mod status;
 mod timeline;
 
 use anyhow::Context;
+use fence::Fence;
+pub use fence::StoreLoss;
 use state::{DataDir, DbState};
 use status::Status;
 use std::net::SocketAddr;
@@ -24,9 +28,10 @@ use stolon_engine::keeper::{
     followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
     SLOT_PREFIX,
 };
+use stolon_engine::store_loss::Timing;
 use stolon_pg::conf::{
-    render_archive_recovery, render_pg_hba, render_postgresql_conf, ArchiveRecovery, AuthMethod,
-    ConfInput, HbaUsers, StandbySettings, SuReplSources,
+    render_pg_hba, render_postgresql_conf, AuthMethod, ConfInput, HbaUsers, StandbySettings,
+    SuReplSources,
 };
 use stolon_pg::ctl::{InitOptions, OsUser, PgCtl, Upstream};
 use stolon_pg::probe::{LocalConn, Observed};
@@ -44,11 +49,6 @@ const DEFAULT_SLEEP_INTERVAL: Duration = Duration::from_secs(5);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// The most actions one loop takes before publishing what it has done.
 const MAX_ACTIONS_PER_LOOP: usize = 8;
-/// How long `pg_ctl start` may wait for a recovering instance to accept connections when
-/// syncTimeout sets no limit: replaying to a consistent state can take long.
-const RECOVERY_START_LIMIT: Duration = Duration::from_secs(24 * 3600);
-/// How often a long recovery logs that it goes on.
-const RECOVERY_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Failed starts of the same db spec before the keeper stops trying (and the sentinel,
 /// seeing the db unhealthy, fails it over).
 const MAX_START_ATTEMPTS: u32 = 5;
@@ -80,6 +80,8 @@ pub struct KeeperConfig {
     pub cluster_name: String,
     /// Where to serve `/metrics`, `/health`, `/primary` and `/replica`, when asked for.
     pub http: Option<SocketAddr>,
+    /// Whether a primary stops its postgres when it cannot store its info.
+    pub store_loss: StoreLoss,
 }
 
 /// How the keeper reaches its own instance.
@@ -111,11 +113,13 @@ pub async fn run(
     pg.chown(&data.root)
         .context("giving the data dir to postgres' OS user")?;
     let uid = KeeperUid::new(uid);
+    let fence = (config.store_loss == StoreLoss::Fence).then(|| Arc::new(Fence::default()));
     let status = Arc::new(Status::new(
         config.cluster_name.clone(),
         uid.clone(),
         local_conn(&config, status::PROBE_TIMEOUT),
         store.clone(),
+        fence.clone(),
     ));
     if let Some(address) = config.http {
         stolon_daemon::http::serve(address, status.clone().handler(), shutdown.clone()).await?;
@@ -123,6 +127,7 @@ pub async fn run(
     let mut keeper = Keeper {
         uid,
         status,
+        fence: fence.clone(),
         boot_uuid: format!(
             "{}{}",
             stolon_daemon::random_uid(),
@@ -153,7 +158,16 @@ pub async fn run(
         tracing::info!("stopping postgres left running by a previous keeper process");
         keeper.pg.stop(keeper.db_wait_ready_timeout).await?;
     }
+    let watchdog = shutdown.child_token();
+    let watching = fence.map(|fence| {
+        let (pg, watchdog) = (keeper.pg.clone(), watchdog.clone());
+        tokio::spawn(async move { fence.watch(pg, watchdog).await })
+    });
     let result = keeper.run_loop(&shutdown).await;
+    watchdog.cancel();
+    if let Some(watching) = watching {
+        let _ = watching.await;
+    }
     if keeper
         .pg
         .is_running(keeper.request_timeout)
@@ -171,6 +185,8 @@ pub async fn run(
 struct Keeper {
     uid: KeeperUid,
     status: Arc<Status>,
+    /// With `--store-loss fence`.
+    fence: Option<Arc<Fence>>,
     boot_uuid: String,
     pg: PgCtl,
     data: DataDir,
@@ -206,27 +222,40 @@ impl Keeper {
         let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
         let mut heartbeat = DEFAULT_SLEEP_INTERVAL;
         let mut last_published: Option<(Instant, Option<PgState>)> = None;
+        // The last cluster data read: while the store cannot be read, the keeper still
+        // publishes what it observes against it.
+        let mut view = None;
         loop {
-            let cd = match stolon_store::read_cluster_data(self.store.as_ref()).await {
-                Ok(cd) => cd,
+            let read = match stolon_store::read_cluster_data(self.store.as_ref()).await {
+                Ok(cd) => {
+                    view = cd;
+                    true
+                }
                 Err(e) => {
-                    // Without the store we change nothing: the proxies fence the instance.
-                    tracing::warn!(error = %e, "cannot read cluster data; leaving postgres as it is");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(heartbeat.min(STORE_RETRY)) => continue,
-                    }
+                    tracing::warn!(error = %e, "cannot read cluster data; not acting on postgres until it can be read");
+                    false
                 }
             };
-            if let Some(cd) = &cd {
+            if let (true, Some(cd)) = (read, &view) {
                 self.status.read_cluster_data(cd);
                 heartbeat = cd.spec.keeper_heartbeat();
                 self.request_timeout = cd.spec.request_timeout;
                 self.db_wait_ready_timeout = cd.spec.db_wait_ready_timeout;
                 self.sync_timeout = cd.spec.sync_timeout;
+                if let Some(fence) = &self.fence {
+                    let master = cd
+                        .data
+                        .db_of_keeper(&self.uid)
+                        .is_some_and(|db| db.spec.role == DbRole::Master);
+                    fence.read(Timing::of(&cd.spec), master, self.db_wait_ready_timeout);
+                }
             }
-            let data = cd.as_ref().map(|c| &c.data);
-            let seen = self.reconcile(data).await;
+            let data = view.as_ref().map(|c| &c.data);
+            let seen = if read {
+                self.reconcile(data).await
+            } else {
+                self.observe(data).await
+            };
             let running = seen.instance.running;
             self.status.observed(
                 running,
@@ -234,6 +263,7 @@ impl Keeper {
                 seen.instance.pending_restart,
                 self.sync_gate,
             );
+            let mut lifted = false;
             if let Some(cd) = data {
                 let state = self.pg_state(&seen);
                 // During a switchover the target's position is what the sentinel waits for.
@@ -244,10 +274,25 @@ impl Keeper {
                         || (switching && prev != &state)
                 });
                 if due {
+                    // The sentinel may have seen this info from the moment it was sent.
+                    let sent = Instant::now();
                     match self.publish(cd, state.clone(), heartbeat).await {
-                        Ok(()) => last_published = Some((Instant::now(), state)),
+                        Ok(()) => {
+                            last_published = Some((sent, state));
+                            lifted = self.fence.as_ref().is_some_and(|f| f.published(sent));
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot publish keeper info"),
                     }
+                }
+            }
+            if lifted {
+                // Bring postgres back at once, from a fresh read.
+                continue;
+            }
+            if !read {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(heartbeat.min(STORE_RETRY)) => continue,
                 }
             }
             let next_publish = last_published
@@ -264,12 +309,16 @@ impl Keeper {
         }
     }
 
-    /// Observes and acts until the engine has nothing more to do; returns the last
+    /// Observes and acts until the engine has nothing more to do, or the store-loss fence
+    /// holds (checked before each action: it may fall due during one); returns the last
     /// observation.
     async fn reconcile(&mut self, cd: Option<&ClusterData>) -> Seen {
         let mut seen = self.observe(cd).await;
         let mut previous: Option<Action> = None;
         for _ in 0..MAX_ACTIONS_PER_LOOP {
+            if self.fence.as_ref().is_some_and(|f| f.holds()) {
+                return seen;
+            }
             let local = match self.data.db_state() {
                 Ok(s) => s.local_db(),
                 Err(e) => {
@@ -662,117 +711,6 @@ impl Keeper {
         })
     }
 
-    /// initMode pitr: the operator's dataRestoreCommand fills the emptied data directory,
-    /// PostgreSQL replays the archive up to the target (or its end) and promotes itself,
-    /// and the instance is stopped, to start next as the cluster's primary.
-    async fn restore(&mut self, cd: Option<&ClusterData>, db: &DbUid) -> anyhow::Result<()> {
-        let pitr = self
-            .my_db(cd)?
-            .spec
-            .pitr_config
-            .clone()
-            .context("initMode pitr, but the db spec has no pitrConfig")?;
-        let command = pitr
-            .data_restore_command
-            .as_deref()
-            .map(|c| expand_data_dir(c, &self.pg.pgdata))
-            .context("pitrConfig.dataRestoreCommand is missing")?;
-        tracing::info!(db = %db, "restoring the database cluster (initMode pitr)");
-        self.begin_new_db(db).await?;
-        self.pg.wipe_and_create_pgdata()?;
-        tracing::info!(command = %command, "running dataRestoreCommand");
-        let restored = self
-            .pg
-            .run_shell(&command, "dataRestoreCommand", self.sync_timeout)
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|()| {
-                anyhow::ensure!(
-                    self.pg.is_initialized(),
-                    "dataRestoreCommand left no database cluster in the data directory"
-                );
-                Ok(())
-            });
-        if let Err(e) = restored {
-            // A half restored directory must never pass for data later.
-            self.pg.wipe_and_create_pgdata()?;
-            return Err(e);
-        }
-        // Copying a backup directory copies its mode too, and PostgreSQL insists on 0700.
-        self.pg.secure_pgdata()?;
-        // The backup's own parameters.
-        self.record_initial_parameters(db)?;
-        // A backup of a standby carries its signal: this instance recovers to be a primary.
-        self.pg.remove_file("standby.signal")?;
-        self.pg.remove_file("recovery.signal")?;
-        self.write_files(cd)?;
-        let restore_command = pitr
-            .archive_recovery_settings
-            .as_ref()
-            .and_then(|a| a.restore_command.as_deref());
-        if let Some(restore_command) = restore_command {
-            let targets = pitr.recovery_target_settings.unwrap_or_default();
-            let conf = self.pg.read_file("postgresql.conf").unwrap_or_default();
-            let recovery = render_archive_recovery(&ArchiveRecovery {
-                restore_command,
-                targets: [
-                    ("recovery_target", &targets.recovery_target),
-                    ("recovery_target_lsn", &targets.recovery_target_lsn),
-                    ("recovery_target_name", &targets.recovery_target_name),
-                    ("recovery_target_time", &targets.recovery_target_time),
-                    ("recovery_target_xid", &targets.recovery_target_xid),
-                ]
-                .into_iter()
-                .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
-                .collect(),
-                timeline: targets.recovery_target_timeline.as_deref(),
-            });
-            self.pg
-                .write_file("postgresql.conf", &format!("{conf}{recovery}"))?;
-            self.pg.write_file("recovery.signal", "")?;
-        }
-        let limit = self.sync_timeout.unwrap_or(RECOVERY_START_LIMIT);
-        tracing::info!(
-            archive = restore_command.is_some(),
-            "starting database to recover it"
-        );
-        self.pg.start(limit).await?;
-        self.await_recovery_end().await?;
-        tracing::info!("recovery finished: stopping the database to start it as the primary");
-        self.pg.stop(self.db_wait_ready_timeout).await?;
-        self.finish_new_db(db)?;
-        tracing::info!(db = %db, "database cluster restored");
-        Ok(())
-    }
-
-    /// Waits, showing progress, until the instance has left recovery.
-    async fn await_recovery_end(&self) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let mut reported = Instant::now();
-        loop {
-            if !self.pg.is_running(self.request_timeout).await? {
-                anyhow::bail!(
-                    "postgres stopped during recovery (a recovery target never reached?): {}",
-                    self.pg.log_tail()
-                );
-            }
-            if let Ok(false) = self.local_conn().in_recovery().await {
-                return Ok(());
-            }
-            if self
-                .sync_timeout
-                .is_some_and(|limit| started.elapsed() > limit)
-            {
-                anyhow::bail!("recovery did not finish within syncTimeout");
-            }
-            if reported.elapsed() >= RECOVERY_PROGRESS_EVERY {
-                tracing::info!(elapsed = ?started.elapsed(), "still recovering from the archive");
-                reported = Instant::now();
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
     async fn stop_if_running(&self) -> anyhow::Result<()> {
         if self.pg.is_running(self.request_timeout).await? {
             tracing::info!("stopping database");
@@ -1033,45 +971,5 @@ fn same_but_position(a: Option<&PgState>, b: Option<&PgState>) -> bool {
         }
         (None, None) => true,
         _ => false,
-    }
-}
-
-/// A dataRestoreCommand with `%d` replaced by the data directory and `%%` by `%`.
-fn expand_data_dir(command: &str, data_dir: &std::path::Path) -> String {
-    let mut out = String::new();
-    let mut chars = command.chars();
-    while let Some(c) = chars.next() {
-        match (c, chars.clone().next()) {
-            ('%', Some('d')) => {
-                out.push_str(&data_dir.to_string_lossy());
-                chars.next();
-            }
-            ('%', Some('%')) => {
-                out.push('%');
-                chars.next();
-            }
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::expand_data_dir;
-    use std::path::Path;
-
-    #[test]
-    fn data_restore_command_names_the_data_directory() {
-        let dir = Path::new("/var/lib/k/postgres");
-        assert_eq!(
-            expand_data_dir("cp -a /backup/. %d && echo 100%% > %d/done", dir),
-            "cp -a /backup/. /var/lib/k/postgres && echo 100% > /var/lib/k/postgres/done"
-        );
-        assert_eq!(
-            expand_data_dir("tar xf b.tar -C %d %", dir),
-            "tar xf b.tar -C /var/lib/k/postgres %"
-        );
-        assert_eq!(expand_data_dir("%%d", dir), "%d");
     }
 }

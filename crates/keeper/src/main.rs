@@ -2,7 +2,7 @@ use anyhow::bail;
 use clap::Parser;
 use std::path::PathBuf;
 use stolon_daemon::CommonArgs;
-use stolon_keeper::KeeperConfig;
+use stolon_keeper::{KeeperConfig, StoreLoss};
 use stolon_pg::conf::AuthMethod;
 use stolon_pg::ctl::OsUser;
 
@@ -73,6 +73,13 @@ struct Cli {
     /// checks (host:port); not served when not given.
     #[arg(long)]
     metrics_listen_address: Option<std::net::SocketAddr>,
+    /// When this keeper cannot store its info: `fence` stops a primary's postgres one
+    /// heartbeat before the sentinel may replace it (failInterval less one heartbeat after
+    /// its last stored info), so that clients connected to it directly cannot commit next
+    /// to a new primary; `ignore` leaves postgres running, as Stolon does (only the proxies
+    /// fence themselves).
+    #[arg(long, value_enum, default_value_t = StoreLoss::Fence)]
+    store_loss: StoreLoss,
 }
 
 fn main() {
@@ -159,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         run_as,
         cluster_name: cli.common.cluster_name.clone(),
         http: cli.metrics_listen_address,
+        store_loss: cli.store_loss,
     };
     let shutdown = stolon_daemon::shutdown_on_signals();
     let Some(store) = stolon_daemon::connect_store_retrying(&cli.common, &shutdown).await? else {

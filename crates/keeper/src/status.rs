@@ -7,6 +7,7 @@
 //! at the keeper's next loop. Answers are shared for [`PROBE_REUSE`] so that a burst of
 //! checks costs one connection and one store read.
 
+use crate::fence::Fence;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -31,6 +32,8 @@ pub(crate) struct Status {
     uid: KeeperUid,
     conn: LocalConn,
     store: Arc<dyn Store>,
+    /// With `--store-loss fence`.
+    fence: Option<Arc<Fence>>,
     known: Mutex<Known>,
     /// PostgreSQL's last answer (in recovery or not; None: no answer) and when it came.
     probe: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
@@ -60,12 +63,14 @@ impl Status {
         uid: KeeperUid,
         conn: LocalConn,
         store: Arc<dyn Store>,
+        fence: Option<Arc<Fence>>,
     ) -> Status {
         Status {
             cluster_name,
             uid,
             conn,
             store,
+            fence,
             known: Mutex::new(Known::default()),
             probe: tokio::sync::Mutex::new(None),
             read: tokio::sync::Mutex::new(None),
@@ -144,6 +149,7 @@ impl Status {
                 view: view.as_deref().map(|read| (&read.data, &read.spec)),
                 keeper: &self.uid,
                 sync_gate,
+                fenced: self.fence.as_ref().is_some_and(|f| f.holds()),
             },
         );
         let role = match in_recovery {
@@ -244,6 +250,11 @@ impl Status {
             "stolon_keeper_last_sync_success_seconds",
             "When the instance last matched its db spec (unix time).",
             unix_seconds(known.converged_at),
+        )
+        .gauge(
+            "stolon_keeper_fenced",
+            "1 while the keeper keeps its postgres stopped because it could not store its info (--store-loss fence).",
+            f64::from(u8::from(self.fence.as_ref().is_some_and(|f| f.fenced()))),
         )
         .gauge(
             "stolon_keeper_sleep_interval",

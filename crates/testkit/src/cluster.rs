@@ -29,6 +29,8 @@ pub struct KeeperOptions {
     pub advertise_port: Option<u16>,
     /// Start the keeper itself as the `postgres` OS user instead of root.
     pub as_postgres_user: bool,
+    /// More flags, after the test kit's own.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for KeeperOptions {
@@ -40,6 +42,7 @@ impl Default for KeeperOptions {
             pg_bin_dir: None,
             advertise_port: None,
             as_postgres_user: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -444,6 +447,7 @@ impl TestCluster {
         if let Some(port) = k.options.advertise_port {
             cmd.arg("--pg-advertise-port").arg(port.to_string());
         }
+        cmd.args(&k.options.extra_args);
         if k.options.as_postgres_user {
             let (uid, gid) = postgres_os_user().expect("the postgres OS user exists");
             std::fs::create_dir_all(&k.data_dir).unwrap();

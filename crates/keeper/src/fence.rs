@@ -1,0 +1,173 @@
+//! The keeper's own fence when it cannot reach the store (`--store-loss fence`).
+//!
+//! A primary whose keeper cannot store its info may be replaced by the sentinel once
+//! failInterval has passed; clients connected to it directly, not through a proxy, would
+//! go on committing on the old primary meanwhile. So a watchdog task stops postgres when
+//! [`stolon_engine::store_loss::decide`] says so, one heartbeat before the sentinel could
+//! judge this keeper failed. It is a task of its own because the keeper's loop may be stuck
+//! in a store request or a long action just then.
+//!
+//! The loop records here each successful publish and what each cluster data read says; it
+//! leaves postgres alone while the fence holds. Only a successful publish lifts the fence:
+//! a read shows that the store answers, not that the sentinel has heard from this keeper.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use stolon_engine::store_loss::{decide, Timing, Verdict};
+use stolon_pg::ctl::PgCtl;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What a keeper does with its postgres when it cannot store its info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreLoss {
+    /// A primary stops its postgres one heartbeat before the sentinel may replace it.
+    Fence,
+    /// Stolon's behaviour: postgres keeps running; only the proxies fence themselves.
+    Ignore,
+}
+
+/// How often a fenced keeper makes sure its postgres stays stopped: one of the loop's
+/// actions, begun before the fence, may start it again.
+const RECHECK: Duration = Duration::from_millis(200);
+/// `pg_ctl status` answers at once unless the machine is overloaded.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub(crate) struct Fence {
+    shared: Mutex<Shared>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// When the last successful publish was sent.
+    last_sent: Option<Instant>,
+    /// From the last cluster data read.
+    timing: Option<Timing>,
+    master: bool,
+    stop_timeout: Duration,
+    /// Since when postgres is fenced, and whether the watchdog has found it stopped since.
+    fenced: Option<(Instant, bool)>,
+}
+
+impl Shared {
+    fn verdict(&self, now: Instant) -> Verdict {
+        match self.timing {
+            Some(timing) => decide(
+                self.last_sent.map(|at| now.saturating_duration_since(at)),
+                timing,
+                self.master,
+            ),
+            None => Verdict::Never,
+        }
+    }
+}
+
+impl Fence {
+    /// What the cluster data just read says: the timings, whether our db is the primary,
+    /// and how long postgres may take to stop (dbWaitReadyTimeout).
+    pub fn read(&self, timing: Timing, master: bool, stop_timeout: Duration) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.timing = Some(timing);
+        shared.master = master;
+        shared.stop_timeout = stop_timeout;
+        drop(shared);
+        self.changed.notify_one();
+    }
+
+    /// A publish sent at `sent` succeeded: the sentinel's count starts again from no earlier
+    /// than that. Returns whether this lifted the fence (a publish that took longer than the
+    /// limit itself leaves it in place).
+    pub fn published(&self, sent: Instant) -> bool {
+        let mut shared = self.shared.lock().unwrap();
+        shared.last_sent = Some(shared.last_sent.map_or(sent, |last| last.max(sent)));
+        let now = Instant::now();
+        let lifted = match shared.fenced {
+            Some((since, _)) if shared.verdict(now) != Verdict::Now => {
+                shared.fenced = None;
+                tracing::info!(
+                    "store reachable again: fence lifted after {}, postgres goes back to what the cluster data says",
+                    secs(now - since)
+                );
+                true
+            }
+            _ => false,
+        };
+        drop(shared);
+        self.changed.notify_one();
+        lifted
+    }
+
+    /// Whether postgres must be kept stopped now: fenced, or just falling due.
+    pub fn holds(&self) -> bool {
+        let shared = self.shared.lock().unwrap();
+        shared.fenced.is_some() || shared.verdict(Instant::now()) == Verdict::Now
+    }
+
+    /// Whether the watchdog has fenced postgres (and no publish has lifted the fence yet).
+    pub fn fenced(&self) -> bool {
+        self.shared.lock().unwrap().fenced.is_some()
+    }
+
+    /// The watchdog: fences postgres when it falls due, and keeps it stopped until a publish
+    /// lifts the fence.
+    pub async fn watch(&self, pg: PgCtl, shutdown: CancellationToken) {
+        loop {
+            let wait = self.enforce(&pg).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
+        }
+    }
+
+    /// Fences when due and stops postgres while fenced; returns when to look again (None:
+    /// when something changes).
+    async fn enforce(&self, pg: &PgCtl) -> Option<Duration> {
+        let (stop_timeout, seen_stopped) = {
+            let mut shared = self.shared.lock().unwrap();
+            let now = Instant::now();
+            if shared.fenced.is_none() {
+                match shared.verdict(now) {
+                    Verdict::Never => return None,
+                    Verdict::In(left) => return Some(left),
+                    Verdict::Now => {}
+                }
+                let timing = shared.timing.expect("a verdict needs the timings");
+                let silent = shared.last_sent.map_or(Duration::ZERO, |at| now - at);
+                tracing::warn!(
+                    "store unreachable: fencing postgres, no keeper info stored for {} (limit {} = failInterval {} - heartbeat {})",
+                    secs(silent),
+                    secs(timing.limit()),
+                    secs(timing.fail_interval),
+                    secs(timing.heartbeat),
+                );
+                shared.fenced = Some((now, false));
+            }
+            (shared.stop_timeout, shared.fenced.is_some_and(|(_, s)| s))
+        };
+        // Unknown counts as running: stopping a stopped postgres is harmless. A publish may
+        // have lifted the fence meanwhile, and the loop started postgres again.
+        if !matches!(pg.is_running(STATUS_TIMEOUT).await, Ok(false)) && self.fenced() {
+            if seen_stopped {
+                tracing::warn!("postgres runs again while fenced: stopping it");
+            }
+            if let Err(e) = pg.stop(stop_timeout).await {
+                tracing::warn!(error = %e, "cannot stop postgres while fenced: retrying");
+                return Some(RECHECK);
+            }
+        }
+        if let Some((_, seen_stopped)) = &mut self.shared.lock().unwrap().fenced {
+            *seen_stopped = true;
+        }
+        Some(RECHECK)
+    }
+}
+
+/// Seconds with one decimal, the precision the fence's figures need.
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
