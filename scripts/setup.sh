@@ -6,7 +6,8 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev procps openssl unzip golang-go rsync jq; do
+# iproute2 and iptables: the partition tests give each part a network namespace of its own.
+for pkg in postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev procps openssl unzip golang-go rsync jq iproute2 iptables; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 if ! command -v cargo >/dev/null 2>&1; then

@@ -25,7 +25,12 @@
 //! timings alone for SECONDS (default 60) and prints each daemon's CPU as a share of one
 //! core; on the Kubernetes store also the requests per second the API server served.
 //! The planner's own figures: `cargo bench -p stolon-engine --bench planner`.
+//! `chaos` is the fault campaign on hosts of their own (see `chaos.rs`; scripts/chaos.sh
+//! builds and runs it):
+//!   target/release/stolon-bench chaos [--seed N] [--runs K] [--minutes M] [--sync|--async]
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
+
+mod chaos;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,9 +42,18 @@ use tokio::time::Instant;
 
 const BOOT: Duration = Duration::from_secs(120);
 
-#[tokio::main]
-async fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The campaign runs its clusters on a runtime of their client host.
+    if args.first().map(String::as_str) == Some("chaos") {
+        return chaos::chaos(&args[1..]);
+    }
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(measure(args));
+}
+
+async fn measure(mut args: Vec<String>) {
     let store = match args.iter().position(|a| a == "--store") {
         Some(at) => {
             let backend = match args.get(at + 1).map(String::as_str) {
@@ -96,7 +110,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench [--store etcdv3|kubernetes] failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]"
+                "usage: stolon-bench [--store etcdv3|kubernetes] failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]\n       stolon-bench chaos [--seed N] [--runs K] [--minutes M] [--sync|--async]"
             );
             std::process::exit(2);
         }

@@ -63,15 +63,20 @@ impl Answer {
 }
 
 pub fn answer(check: Check, facts: &Facts) -> Answer {
+    const FENCED: &str =
+        "fenced: this keeper could not store its info for too long, the cluster may have moved on";
     let Some(in_recovery) = facts.in_recovery else {
-        return Answer::no("postgres does not accept connections");
+        // Why it is down is what an operator looking at a stopped primary needs.
+        return Answer::no(if facts.fenced {
+            FENCED
+        } else {
+            "postgres does not accept connections"
+        });
     };
     match check {
         Check::Health => Answer::yes("postgres accepts connections"),
         Check::Primary if in_recovery => Answer::no("postgres is in recovery"),
-        Check::Primary if facts.fenced => Answer::no(
-            "fenced: this keeper could not store its info for too long, the cluster may have moved on",
-        ),
+        Check::Primary if facts.fenced => Answer::no(FENCED),
         Check::Primary => match placement(facts) {
             Err(no) => no,
             Ok((db, master, _)) if master.uid != db.uid => {

@@ -149,6 +149,13 @@ fn primary_only_for_the_routed_writable_instance() {
             )
         },
         Case {
+            // Once stopped, every check says why.
+            fenced: true,
+            in_recovery: None,
+            want: (false, "fenced"),
+            ..case("a primary fenced and stopped", Check::Health, "k1", false)
+        },
+        Case {
             sync_gate: true,
             want: (false, "synchronous standbys"),
             ..case(

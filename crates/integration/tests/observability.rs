@@ -139,11 +139,18 @@ async fn s_obs_01_every_daemon_serves_metrics_and_keepers_answer_by_role() {
     );
 
     // Without the store, the primary no longer claims to be one, while it still accepts
-    // connections.
+    // connections; failInterval less one heartbeat after its last stored info, its keeper
+    // fences it (--store-loss fence) and it accepts none.
     cluster.etcd.kill();
     wait_for_checks("the primary cut off from the store", m, [200, 503, 503]).await;
     let answer = body(m, "/primary").await;
-    assert!(answer.contains("cannot read the cluster data"), "{answer}");
+    assert!(
+        answer.contains("cannot read the cluster data") || answer.contains("fenced"),
+        "{answer}"
+    );
+    wait_for_checks("the primary fenced by its keeper", m, [503, 503, 503]).await;
+    let answer = body(m, "/primary").await;
+    assert!(answer.contains("fenced"), "{answer}");
     cluster.etcd.restart();
     wait_for_checks("the primary with the store back", m, [200, 200, 503]).await;
     cluster.assert_no_unexpected_errors(&[]);

@@ -128,11 +128,7 @@ pub async fn run(
         uid,
         status,
         fence: fence.clone(),
-        boot_uuid: format!(
-            "{}{}",
-            stolon_daemon::random_uid(),
-            stolon_daemon::random_uid()
-        ),
+        boot_uuid: new_boot_uuid(),
         pg,
         data,
         config,
@@ -286,7 +282,12 @@ impl Keeper {
                 }
             }
             if lifted {
-                // Bring postgres back at once, from a fresh read.
+                // The sentinel may have decided on this keeper from what it knew before the
+                // fence lifted, and its decision may not be in the store yet. A new boot
+                // makes the engine wait for cluster data that records it, which the sentinel
+                // writes only after reading our info of now: any earlier decision is in it.
+                self.boot_uuid = new_boot_uuid();
+                last_published = None;
                 continue;
             }
             if !read {
@@ -941,6 +942,16 @@ impl Keeper {
 }
 
 /// Where a configuration file makes the instance stream from, if anywhere.
+/// Identifies one run of postgres under this keeper: the engine acts only on cluster data
+/// that records the current one.
+fn new_boot_uuid() -> String {
+    format!(
+        "{}{}",
+        stolon_daemon::random_uid(),
+        stolon_daemon::random_uid()
+    )
+}
+
 fn upstream_of(conf: Option<&str>) -> Option<Endpoint> {
     conf.and_then(stolon_pg::conf::parse_upstream)
         .map(|(host, port)| Endpoint { host, port })

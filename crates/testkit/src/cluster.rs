@@ -186,17 +186,7 @@ impl ClusterBuilder {
         };
         let spec_path = dir.path().join("cluster-spec.json");
         std::fs::write(&spec_path, self.spec.to_string()).unwrap();
-        for (name, content) in [
-            ("su-password", SU_PASSWORD),
-            ("repl-password", self.repl_password.as_str()),
-        ] {
-            let path = dir.path().join(name);
-            std::fs::write(&path, content).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-            if let Some(pg) = postgres_os_user() {
-                std::os::unix::fs::chown(&path, Some(pg.0), Some(pg.1)).unwrap();
-            }
-        }
+        write_password_files(dir.path(), &self.repl_password);
         let mut cluster = TestCluster {
             auth_method: self.auth_method.clone(),
             repl_user: self.repl_user.clone(),
@@ -225,6 +215,22 @@ impl ClusterBuilder {
             cluster.add_proxy();
         }
         cluster
+    }
+}
+
+/// The superuser's and the replication user's password files in `dir`, readable by the
+/// postgres OS user only.
+pub(crate) fn write_password_files(dir: &Path, repl_password: &str) {
+    for (name, content) in [
+        ("su-password", SU_PASSWORD),
+        ("repl-password", repl_password),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some(pg) = postgres_os_user() {
+            std::os::unix::fs::chown(&path, Some(pg.0), Some(pg.1)).unwrap();
+        }
     }
 }
 
@@ -260,11 +266,69 @@ impl KeeperHandle {
 
     /// The pid of the postmaster running on this keeper's data directory, if any.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir.join("postgres/postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-        cmdline.contains("postgres").then_some(pid)
+        postmaster_pid(&self.data_dir)
     }
+}
+
+/// The pid of the postmaster running on the keeper data directory `data_dir`, if any.
+pub(crate) fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline.contains("postgres").then_some(pid)
+}
+
+/// What a keeper's command line says, wherever it runs.
+pub(crate) struct KeeperCommand<'a> {
+    pub uid: &'a KeeperUid,
+    pub data_dir: &'a Path,
+    pub listen_address: &'a str,
+    pub pg_port: u16,
+    pub pg_bin_dir: &'a Path,
+    /// Where [`write_password_files`] put the password files.
+    pub secrets_dir: &'a Path,
+    pub repl_user: &'a str,
+    pub auth_method: &'a str,
+    pub options: &'a KeeperOptions,
+    pub http: std::net::SocketAddr,
+}
+
+/// Adds the keeper's flags (all but the store's) to `cmd`.
+pub(crate) fn keeper_command(cmd: &mut Command, k: &KeeperCommand) {
+    cmd.arg("--uid")
+        .arg(k.uid.as_str())
+        .arg("--data-dir")
+        .arg(k.data_dir)
+        .arg("--pg-listen-address")
+        .arg(k.listen_address)
+        .arg("--pg-port")
+        .arg(k.pg_port.to_string())
+        .arg("--pg-bin-path")
+        .arg(k.options.pg_bin_dir.as_deref().unwrap_or(k.pg_bin_dir))
+        .arg("--pg-su-username")
+        .arg(SU_USER)
+        .arg("--pg-su-passwordfile")
+        .arg(k.secrets_dir.join("su-password"))
+        .arg("--pg-repl-username")
+        .arg(k.repl_user)
+        .arg("--pg-repl-passwordfile")
+        .arg(k.secrets_dir.join("repl-password"))
+        .arg("--pg-su-auth-method")
+        .arg(k.auth_method)
+        .arg("--pg-repl-auth-method")
+        .arg(k.auth_method)
+        .arg("--can-be-master")
+        .arg(k.options.can_be_master.to_string())
+        .arg("--can-be-synchronous-replica")
+        .arg(k.options.can_be_synchronous_replica.to_string())
+        .arg("--priority")
+        .arg(k.options.priority.to_string())
+        .arg("--metrics-listen-address")
+        .arg(k.http.to_string());
+    if let Some(port) = k.options.advertise_port {
+        cmd.arg("--pg-advertise-port").arg(port.to_string());
+    }
+    cmd.args(&k.options.extra_args);
 }
 
 /// A running cluster. Fields drop in order: proxies, keepers (stopping PostgreSQL),
@@ -414,40 +478,21 @@ impl TestCluster {
         let pod = self.keepers[i].uid.to_string();
         self.common_args(&mut cmd, Some(&pod));
         let k = &self.keepers[i];
-        cmd.arg("--uid")
-            .arg(k.uid.as_str())
-            .arg("--data-dir")
-            .arg(&k.data_dir)
-            .arg("--pg-listen-address")
-            .arg("127.0.0.1")
-            .arg("--pg-port")
-            .arg(k.pg_port.to_string())
-            .arg("--pg-bin-path")
-            .arg(k.options.pg_bin_dir.clone().unwrap_or_else(pg_bin_dir))
-            .arg("--pg-su-username")
-            .arg(SU_USER)
-            .arg("--pg-su-passwordfile")
-            .arg(self.root().join("su-password"))
-            .arg("--pg-repl-username")
-            .arg(&self.repl_user)
-            .arg("--pg-repl-passwordfile")
-            .arg(self.root().join("repl-password"))
-            .arg("--pg-su-auth-method")
-            .arg(&self.auth_method)
-            .arg("--pg-repl-auth-method")
-            .arg(&self.auth_method)
-            .arg("--can-be-master")
-            .arg(k.options.can_be_master.to_string())
-            .arg("--can-be-synchronous-replica")
-            .arg(k.options.can_be_synchronous_replica.to_string())
-            .arg("--priority")
-            .arg(k.options.priority.to_string())
-            .arg("--metrics-listen-address")
-            .arg(format!("127.0.0.1:{}", k.http_port));
-        if let Some(port) = k.options.advertise_port {
-            cmd.arg("--pg-advertise-port").arg(port.to_string());
-        }
-        cmd.args(&k.options.extra_args);
+        keeper_command(
+            &mut cmd,
+            &KeeperCommand {
+                uid: &k.uid,
+                data_dir: &k.data_dir,
+                listen_address: "127.0.0.1",
+                pg_port: k.pg_port,
+                pg_bin_dir: &pg_bin_dir(),
+                secrets_dir: self.root(),
+                repl_user: &self.repl_user,
+                auth_method: &self.auth_method,
+                options: &k.options,
+                http: std::net::SocketAddr::from(([127, 0, 0, 1], k.http_port)),
+            },
+        );
         if k.options.as_postgres_user {
             let (uid, gid) = postgres_os_user().expect("the postgres OS user exists");
             std::fs::create_dir_all(&k.data_dir).unwrap();
@@ -760,27 +805,28 @@ impl Drop for TestCluster {
         } else if std::thread::panicking() {
             let dir = self.dir.take().unwrap().keep();
             eprintln!("test failed: cluster files kept in {}", dir.display());
-            for entry in std::fs::read_dir(dir.join("logs"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!(
-                    "----- {} (last 40 lines)",
-                    entry.file_name().to_string_lossy()
-                );
-                for line in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("{line}");
-                }
-            }
+            print_log_tails(&dir.join("logs"));
+        }
+    }
+}
+
+/// The last lines of every log in `log_dir`, for a failed test's output.
+pub(crate) fn print_log_tails(log_dir: &Path) {
+    for entry in std::fs::read_dir(log_dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "----- {} (last 40 lines)",
+            entry.file_name().to_string_lossy()
+        );
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{line}");
         }
     }
 }
 
 /// The pids whose parent is `pid`.
-fn children_of(pid: i32) -> Vec<i32> {
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {

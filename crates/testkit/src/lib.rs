@@ -5,15 +5,21 @@
 //! Nothing here installs anything: `scripts/setup.sh` does, and the binaries must have been
 //! built (`cargo build --bins`) before the tests run.
 
+mod checker;
 mod cluster;
+pub mod faults;
 mod kube;
+pub mod net;
+mod netcluster;
 mod process;
 
+pub use checker::{AckedCommit, Checker, CheckerReport, WriterKind, CONVERGE_LIMIT};
 pub use cluster::{
     failing_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, StoreBackend, TestCluster,
     KUBE_NAMESPACE, REPL_PASSWORD, REPL_USER, SU_PASSWORD, SU_USER,
 };
 pub use kube::{kube_bin_dir, kube_program, KubeApiServer, ADMIN_USER, USERS};
+pub use netcluster::{NetCluster, NetClusterBuilder, NetDaemon, NetEtcd, NetKeeper};
 pub use process::{EtcdServer, Process};
 
 use std::future::Future;
@@ -105,10 +111,17 @@ where
 
 /// A SQL connection (no TLS) to 127.0.0.1:`port` as the test superuser.
 pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_to(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// A SQL connection (no TLS) to `address` as the test superuser.
+pub async fn connect_to(
+    address: std::net::SocketAddr,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
     config
-        .host("127.0.0.1")
-        .port(port)
+        .host(address.ip().to_string())
+        .port(address.port())
         .user(SU_USER)
         .password(SU_PASSWORD)
         .dbname("postgres")
@@ -120,12 +133,18 @@ pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres
     Ok(client)
 }
 
-/// Whether `port` serves a query now.
+/// Whether `port` on 127.0.0.1 serves a query now.
 pub async fn serves(port: u16) -> bool {
-    match connect(port).await {
-        Ok(client) => client.simple_query("select 1").await.is_ok(),
-        Err(_) => false,
-    }
+    serves_at(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// Whether `address` serves a query now (within 5 s).
+pub async fn serves_at(address: std::net::SocketAddr) -> bool {
+    let query = async { connect_to(address).await?.simple_query("select 1").await };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), query).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Waits until `port` serves a query; panics with `what` after `timeout`.
