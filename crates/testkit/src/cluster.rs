@@ -87,14 +87,7 @@ impl ClusterBuilder {
             keepers: Vec::new(),
             sentinels: 1,
             proxies: 1,
-            spec: serde_json::json!({
-                "initMode": "new",
-                "sleepInterval": "1s",
-                "failInterval": "5s",
-                "requestTimeout": "3s",
-                "proxyCheckInterval": "1s",
-                "proxyTimeout": "5s",
-            }),
+            spec: short_timings(),
         }
     }
 
@@ -232,6 +225,19 @@ pub(crate) fn write_password_files(dir: &Path, repl_password: &str) {
             std::os::unix::fs::chown(&path, Some(pg.0), Some(pg.1)).unwrap();
         }
     }
+}
+
+/// The initial cluster spec of the test kit's clusters: short timings, as the scenarios
+/// ask (sleepInterval 1s, failInterval 5s, proxyTimeout 5s).
+pub(crate) fn short_timings() -> serde_json::Value {
+    serde_json::json!({
+        "initMode": "new",
+        "sleepInterval": "1s",
+        "failInterval": "5s",
+        "requestTimeout": "3s",
+        "proxyCheckInterval": "1s",
+        "proxyTimeout": "5s",
+    })
 }
 
 fn postgres_os_user() -> Option<(u32, u32)> {

@@ -109,11 +109,11 @@ impl Fault {
                 )
             }
             Fault::IsolateSentinelLeader => {
-                let s = cluster.leading_sentinel(Duration::from_secs(30)).await;
+                let (s, role) = sentinel_leader(cluster).await;
                 let host = cluster.sentinels[s].host.clone();
                 let cut = isolate(cluster, &host);
                 (
-                    format!("isolate {} (leader)", host.name),
+                    format!("isolate {} ({role})", host.name),
                     Undo::Cuts(vec![cut]),
                 )
             }
@@ -139,10 +139,10 @@ impl Fault {
                 )
             }
             Fault::FreezeSentinelLeader => {
-                let s = cluster.leading_sentinel(Duration::from_secs(30)).await;
+                let (s, role) = sentinel_leader(cluster).await;
                 signal(&cluster.sentinels[s].process, Signal::SIGSTOP);
                 (
-                    format!("freeze {} (leader)", cluster.sentinels[s].host.name),
+                    format!("freeze {} ({role})", cluster.sentinels[s].host.name),
                     Undo::ThawSentinel(s),
                 )
             }
@@ -206,6 +206,15 @@ impl KeeperRole {
 fn signal(process: &Option<crate::Process>, signal: Signal) {
     if let Some(p) = process {
         p.signal(signal);
+    }
+}
+
+/// The leading sentinel; with none known (the store is out of reach, say) the first one
+/// stands for it.
+async fn sentinel_leader(cluster: &NetCluster) -> (usize, &'static str) {
+    match cluster.leading_sentinel().await {
+        Some(s) => (s, "leader"),
+        None => (0, "no leader known"),
     }
 }
 

@@ -138,8 +138,8 @@ impl Network {
     }
 
     /// Moves the calling thread into `host`'s namespace: every socket it opens from now on,
-    /// and every thread or process it starts, is on that host. A test does this once, on the
-    /// thread that then builds its runtime.
+    /// and every thread or process it starts, is on that host. Only for a thread of its own:
+    /// the clean-up kills every process whose main thread is on one of the hosts.
     pub fn enter(&self, host: &Host) {
         let file = std::fs::File::open(format!("/run/netns/{}", host.netns))
             .unwrap_or_else(|e| panic!("opening the namespace of {}: {e}", host.name));
@@ -217,8 +217,10 @@ impl Drop for Network {
 /// Kills what runs in `netns` and deletes it.
 fn remove_namespace(netns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", netns]).output() {
+        let me = std::process::id() as i32;
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
+            // A test process whose main thread entered a host would otherwise kill itself.
+            if let Some(pid) = pid.parse::<i32>().ok().filter(|&p| p != me) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

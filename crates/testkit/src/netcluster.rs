@@ -5,7 +5,9 @@
 //! The test's threads must be on the client host: build the cluster with
 //! [`NetCluster::run`], which enters it before it starts a runtime.
 
-use crate::cluster::{children_of, keeper_command, write_password_files, KeeperCommand};
+use crate::cluster::{
+    children_of, keeper_command, short_timings, write_password_files, KeeperCommand,
+};
 use crate::net::{Host, Network};
 use crate::process::Process;
 use crate::{bin_dir, connect_to, free_port, pg_bin_dir, serves_at, wait_until, KeeperOptions};
@@ -43,30 +45,8 @@ impl NetClusterBuilder {
             sentinels: 2,
             proxies: 2,
             keeper_args: Vec::new(),
-            spec: serde_json::json!({
-                "initMode": "new",
-                "sleepInterval": "1s",
-                "failInterval": "5s",
-                "requestTimeout": "3s",
-                "proxyCheckInterval": "1s",
-                "proxyTimeout": "5s",
-            }),
+            spec: short_timings(),
         }
-    }
-
-    pub fn keepers(mut self, n: usize) -> Self {
-        self.keepers = n;
-        self
-    }
-
-    pub fn sentinels(mut self, n: usize) -> Self {
-        self.sentinels = n;
-        self
-    }
-
-    pub fn proxies(mut self, n: usize) -> Self {
-        self.proxies = n;
-        self
     }
 
     /// Extra flags for every keeper.
@@ -84,13 +64,14 @@ impl NetClusterBuilder {
         self
     }
 
-    /// Makes the hosts, enters the client host on this thread, and runs `test` with the
-    /// started cluster on a runtime of that host. The cluster, its processes, mounts and
-    /// namespaces are gone when this returns or panics.
+    /// Makes the hosts and runs `test` with the started cluster on a thread of the client
+    /// host, with a runtime of its own. The cluster, its processes, mounts and namespaces
+    /// are gone when this returns or panics; the calling thread stays where it is.
     pub fn run<F, Fut, T>(self, test: F) -> T
     where
-        F: FnOnce(NetCluster) -> Fut,
+        F: FnOnce(NetCluster) -> Fut + Send,
         Fut: Future<Output = T>,
+        T: Send,
     {
         let mut net = Network::new();
         let client = net.add_host("client");
@@ -101,15 +82,23 @@ impl NetClusterBuilder {
         for name in &names {
             net.add_host(name);
         }
-        net.enter(&client);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime on the client host");
-        runtime.block_on(async move {
-            let cluster = self.start(net).await;
-            test(cluster).await
+        std::thread::scope(|scope| {
+            let on_client = scope.spawn(move || {
+                net.enter(&client);
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime on the client host");
+                runtime.block_on(async move {
+                    let cluster = self.start(net).await;
+                    test(cluster).await
+                })
+            });
+            match on_client.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         })
     }
 
@@ -500,18 +489,13 @@ impl NetCluster {
         self.keeper_index(&uid)
     }
 
-    /// The index of the sentinel that leads now.
-    pub async fn leading_sentinel(&self, timeout: Duration) -> usize {
-        let uid = wait_until("a sentinel leader", timeout, || async {
-            self.store().leader().await.ok().flatten()
+    /// The index of the sentinel that leads now, if the store says (it may be out of reach).
+    pub async fn leading_sentinel(&self) -> Option<usize> {
+        let uid = self.store().leader().await.ok().flatten()?;
+        (0..self.sentinels.len()).find(|&i| {
+            self.logs_of(&format!("sentinel{i}"))
+                .contains(&format!("uid={uid}"))
         })
-        .await;
-        (0..self.sentinels.len())
-            .find(|&i| {
-                self.logs_of(&format!("sentinel{i}"))
-                    .contains(&format!("uid={uid}"))
-            })
-            .expect("the leader is one of ours")
     }
 
     /// Whether the cluster has settled: the proxies route to the primary, and every other
