@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit, property and integration tests (real etcd, kube-apiserver
-# and PostgreSQL processes on 127.0.0.1), then the seed's walkthrough on a real single-node
+# and PostgreSQL processes on 127.0.0.1, and the partition tests on network namespaces of
+# their own, which need root), then the seed's walkthrough on a real single-node
 # Kubernetes with the Helm chart and the image (scripts/e2e-k8s.sh on scripts/k8s-node.sh).
 # Installs and builds what is missing first (scripts/setup.sh, once per machine).
 # STOLON_TEST_K8S_NODE=0 leaves the single-node Kubernetes out.
