@@ -9,7 +9,8 @@
 //! the store before another can be promoted), no acknowledged commit lost in synchronous
 //! mode and none beyond maxStandbyLag in asynchronous mode, and every keeper back as a
 //! streaming standby of one primary within a minute. The last one shows what the keeper's
-//! fence prevents, with the fence off.
+//! fence prevents, with the fence off; and one that the fenced primary is down for good
+//! before the heal.
 
 use std::time::Duration;
 use stolon_testkit::faults::{Fault, KeeperRole, Planned};
@@ -164,4 +165,38 @@ fn s_part_07_store_loss_ignore_lets_an_isolated_primary_take_direct_writes() {
         "the isolated primary acknowledged no direct commit after the new primary's first:\n{}",
         report.explain()
     );
+}
+
+/// S-PART-08: the isolated primary's keeper gets its postgres fully down while still cut
+/// off, although a fast shutdown cannot finish there (its walsenders wait to send the
+/// shutdown checkpoint to standbys the partition made unreachable): a postgres stuck in
+/// shutdown would keep the keeper from rejoining long after the heal.
+#[test]
+fn s_part_08_an_isolated_primary_is_fully_stopped_before_the_heal() {
+    NetClusterBuilder::new()
+        .spec("synchronousReplication", true.into())
+        .run(|mut cluster| async move {
+            settle(&cluster).await;
+            let old = cluster.master_keeper().await.expect("a primary");
+            let checker = Checker::start(&cluster).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let fault = Fault::IsolatePrimary.inject(&mut cluster).await;
+            stolon_testkit::wait_until(
+                "the isolated primary's postmaster to be gone",
+                HOLD,
+                || async {
+                    cluster.keepers[old]
+                        .postmaster_pid()
+                        .is_none()
+                        .then_some(())
+                },
+            )
+            .await;
+            fault.heal(&mut cluster);
+            let report = checker.finish(&cluster, MAX_STANDBY_LAG).await;
+            eprintln!("{}", report.explain());
+            assert!(report.lost.is_empty(), "{}", report.explain());
+            assert!(report.split_brain.is_empty(), "{}", report.explain());
+            assert!(report.converged.is_some(), "{}", report.explain());
+        });
 }

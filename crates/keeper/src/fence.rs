@@ -31,6 +31,9 @@ pub enum StoreLoss {
 /// How often a fenced keeper makes sure its postgres stays stopped: one of the loop's
 /// actions, begun before the fence, may start it again.
 const RECHECK: Duration = Duration::from_millis(200);
+/// How long a fenced postgres has to finish its fast shutdown before it is stopped
+/// immediately.
+const CLEAN_STOP: Duration = Duration::from_secs(5);
 /// `pg_ctl status` answers at once unless the machine is overloaded.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -155,9 +158,15 @@ impl Fence {
             if seen_stopped {
                 tracing::warn!("postgres runs again while fenced: stopping it");
             }
-            if let Err(e) = pg.stop(stop_timeout).await {
-                tracing::warn!(error = %e, "cannot stop postgres while fenced: retrying");
-                return Some(RECHECK);
+            // The fast shutdown ends every session at once: no commit is acknowledged after
+            // it begins. Its checkpoint may then wait on walsenders whose standbys the
+            // partition cut off, and the keeper must not wait with it.
+            if let Err(e) = pg.stop(CLEAN_STOP).await {
+                tracing::warn!(error = %e, "postgres did not stop cleanly while fenced: stopping it immediately");
+                if let Err(e) = pg.stop_immediately(stop_timeout).await {
+                    tracing::warn!(error = %e, "cannot stop postgres while fenced: retrying");
+                    return Some(RECHECK);
+                }
             }
         }
         if let Some((_, seen_stopped)) = &mut self.shared.lock().unwrap().fenced {

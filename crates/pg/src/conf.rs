@@ -76,9 +76,17 @@ pub fn synchronous_standby_names(names: &[String]) -> String {
     }
 }
 
+/// libpq parameters that make a replication connection give up on an upstream that stopped
+/// answering (a network partition drops packets, it does not close connections): 10 s to
+/// connect, unacknowledged data for 15 s, or an idle connection whose keepalives go
+/// unanswered for 5 + 3 x 2 s. Without them a WAL receiver waits for wal_receiver_timeout
+/// and a pg_basebackup or pg_rewind for the kernel's retransmissions, minutes, with the
+/// keeper blocked behind it while the cluster has moved to another primary.
+pub const DEAD_UPSTREAM_PARAMS: &str = "connect_timeout=10 tcp_user_timeout=15000 keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3";
+
 pub fn primary_conninfo(s: &StandbySettings<'_>) -> String {
     format!(
-        "host={} port={} user={} password={} application_name={} sslmode=prefer",
+        "host={} port={} user={} password={} application_name={} sslmode=prefer {DEAD_UPSTREAM_PARAMS}",
         conninfo_value(s.host),
         s.port,
         conninfo_value(s.user),

@@ -223,12 +223,14 @@ impl PgCtl {
         cmd.env("PGPASSFILE", &passfile.0)
             .arg("-D")
             .arg(&self.pgdata)
-            .arg("-h")
-            .arg(from.host)
-            .arg("-p")
-            .arg(from.port.to_string())
-            .arg("-U")
-            .arg(from.user)
+            .arg("-d")
+            .arg(format!(
+                "host={} port={} user={} {}",
+                from.host,
+                from.port,
+                from.user,
+                crate::conf::DEAD_UPSTREAM_PARAMS
+            ))
             .arg("-X")
             .arg("stream")
             .arg("-S")
@@ -271,8 +273,11 @@ impl PgCtl {
             .arg("-D")
             .arg(&self.pgdata)
             .arg(format!(
-                "--source-server=host={} port={} user={} dbname=postgres",
-                source.host, source.port, source.user
+                "--source-server=host={} port={} user={} dbname=postgres {}",
+                source.host,
+                source.port,
+                source.user,
+                crate::conf::DEAD_UPSTREAM_PARAMS
             ));
         if let Some(dir) = &self.bin_dir {
             // pg_rewind starts `postgres --single` to recover the target: same version.
@@ -355,9 +360,21 @@ impl PgCtl {
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }
 
+    /// A fast shutdown: every session ends at once, then a shutdown checkpoint.
     pub async fn stop(&self, timeout: Duration) -> Result<(), PgError> {
+        self.stop_in_mode("fast", timeout).await
+    }
+
+    /// An immediate shutdown: every process exits at once, without a checkpoint; the next
+    /// start recovers from the WAL. For when a fast one hangs: its walsenders wait to send
+    /// the shutdown checkpoint to standbys that a partition made unreachable.
+    pub async fn stop_immediately(&self, timeout: Duration) -> Result<(), PgError> {
+        self.stop_in_mode("immediate", timeout).await
+    }
+
+    async fn stop_in_mode(&self, mode: &str, timeout: Duration) -> Result<(), PgError> {
         let mut cmd = self.pg_ctl("stop", timeout);
-        cmd.arg("-m").arg("fast");
+        cmd.arg("-m").arg(mode);
         match self
             .run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
             .await

@@ -68,43 +68,43 @@ impl Fault {
     pub async fn inject(self, cluster: &mut NetCluster) -> Injected {
         let (description, undo) = match self {
             Fault::IsolatePrimary => {
-                let k = keeper(cluster, KeeperRole::Primary).await;
+                let (k, label) = keeper(cluster, KeeperRole::Primary).await;
                 let host = cluster.keepers[k].host.clone();
                 let cut = isolate(cluster, &host);
                 (
-                    format!("isolate {} (primary)", host.name),
+                    format!("isolate {} ({label})", host.name),
                     Undo::Cuts(vec![cut]),
                 )
             }
             Fault::PrimaryCutFromStore => {
-                let k = keeper(cluster, KeeperRole::Primary).await;
+                let (k, label) = keeper(cluster, KeeperRole::Primary).await;
                 let host = cluster.keepers[k].host.clone();
                 let cut = cluster
                     .net
                     .cut(&host, &cluster.etcd_hosts(), Direction::Both);
                 (
-                    format!("cut {} (primary) from the store", host.name),
+                    format!("cut {} ({label}) from the store", host.name),
                     Undo::Cuts(vec![cut]),
                 )
             }
             Fault::PrimaryStoreOutboundDropped => {
-                let k = keeper(cluster, KeeperRole::Primary).await;
+                let (k, label) = keeper(cluster, KeeperRole::Primary).await;
                 let host = cluster.keepers[k].host.clone();
                 let cut = cluster
                     .net
                     .cut(&host, &cluster.etcd_hosts(), Direction::Outbound);
                 (
-                    format!("drop what {} (primary) sends to the store", host.name),
+                    format!("drop what {} ({label}) sends to the store", host.name),
                     Undo::Cuts(vec![cut]),
                 )
             }
             Fault::KeeperCutFromPeers(role) => {
-                let k = keeper(cluster, role).await;
+                let (k, label) = keeper(cluster, role).await;
                 let host = cluster.keepers[k].host.clone();
                 let peers: Vec<&Host> = cluster.keepers.iter().map(|k| &k.host).collect();
                 let cut = cluster.net.cut(&host, &peers, Direction::Both);
                 (
-                    format!("cut {} ({}) from the other keepers", host.name, role.name()),
+                    format!("cut {} ({label}) from the other keepers", host.name),
                     Undo::Cuts(vec![cut]),
                 )
             }
@@ -123,18 +123,18 @@ impl Fault {
                 (format!("isolate {}", host.name), Undo::Cuts(vec![cut]))
             }
             Fault::FreezeKeeper(role) => {
-                let k = keeper(cluster, role).await;
+                let (k, label) = keeper(cluster, role).await;
                 cluster.freeze_keeper(k, true);
                 (
-                    format!("freeze {} ({})", cluster.keepers[k].uid, role.name()),
+                    format!("freeze {} ({label})", cluster.keepers[k].uid),
                     Undo::Thaw(k),
                 )
             }
             Fault::KillKeeper(role) => {
-                let k = keeper(cluster, role).await;
+                let (k, label) = keeper(cluster, role).await;
                 cluster.kill_keeper(k);
                 (
-                    format!("kill {} ({})", cluster.keepers[k].uid, role.name()),
+                    format!("kill {} ({label})", cluster.keepers[k].uid),
                     Undo::Restart(k),
                 )
             }
@@ -165,14 +165,10 @@ impl Fault {
                 )
             }
             Fault::KeeperDiskFull(role) => {
-                let k = keeper(cluster, role).await;
+                let (k, label) = keeper(cluster, role).await;
                 cluster.fill_keeper_disk(k, true);
                 (
-                    format!(
-                        "fill the disk of {} ({})",
-                        cluster.keepers[k].uid,
-                        role.name()
-                    ),
+                    format!("fill the disk of {} ({label})", cluster.keepers[k].uid),
                     Undo::FreeDisk(k),
                 )
             }
@@ -186,19 +182,14 @@ impl Injected {
         match self.undo {
             Undo::Cuts(cuts) => cuts.into_iter().for_each(|c| cluster.net.heal(c)),
             Undo::Thaw(k) => cluster.freeze_keeper(k, false),
-            Undo::Restart(k) => cluster.start_keeper(k),
+            // Two kills may overlap: the first heal starts the keeper, the second finds it
+            // running.
+            Undo::Restart(k) if cluster.keepers[k].process.is_none() => cluster.start_keeper(k),
+            Undo::Restart(_) => {}
             Undo::ThawSentinel(s) => signal(&cluster.sentinels[s].process, Signal::SIGCONT),
-            Undo::RestartEtcd(i) => cluster.start_etcd(i),
+            Undo::RestartEtcd(i) if cluster.etcd[i].process.is_none() => cluster.start_etcd(i),
+            Undo::RestartEtcd(_) => {}
             Undo::FreeDisk(k) => cluster.fill_keeper_disk(k, false),
-        }
-    }
-}
-
-impl KeeperRole {
-    fn name(self) -> &'static str {
-        match self {
-            KeeperRole::Primary => "primary",
-            KeeperRole::Standby => "standby",
         }
     }
 }
@@ -229,15 +220,20 @@ fn isolate(cluster: &NetCluster, host: &Host) -> CutId {
     cluster.net.cut(host, &others, Direction::Both)
 }
 
-/// The keeper that has `role` now. With no primary known (the store is unreachable, say),
-/// the first keeper stands for either role.
-async fn keeper(cluster: &NetCluster, role: KeeperRole) -> usize {
-    let primary = cluster.master_keeper().await;
+/// The keeper that has `role` now, and what the run's log calls it. With no primary known
+/// (the store is out of reach, say), the first keeper stands for either role.
+async fn keeper(cluster: &NetCluster, role: KeeperRole) -> (usize, &'static str) {
+    let Some(primary) = cluster.master_keeper().await else {
+        return (0, "role unknown");
+    };
     match role {
-        KeeperRole::Primary => primary.unwrap_or(0),
-        KeeperRole::Standby => (0..cluster.keepers.len())
-            .find(|&k| Some(k) != primary)
-            .unwrap_or(0),
+        KeeperRole::Primary => (primary, "primary"),
+        KeeperRole::Standby => (
+            (0..cluster.keepers.len())
+                .find(|&k| k != primary)
+                .unwrap_or(primary),
+            "standby",
+        ),
     }
 }
 
