@@ -658,11 +658,7 @@ impl TestCluster {
     }
 
     pub async fn cluster_data(&self) -> Option<ClusterData> {
-        stolon_store::read_cluster_data(self.store.as_ref())
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.data)
+        cluster_data_in(self.store.as_ref()).await
     }
 
     /// Waits until the proxies route to a primary (the cluster data says so and the first
@@ -829,6 +825,15 @@ pub(crate) fn print_log_tails(log_dir: &Path) {
             eprintln!("{line}");
         }
     }
+}
+
+/// The cluster data in `store`, if it can be read and holds some.
+pub(crate) async fn cluster_data_in(store: &dyn Store) -> Option<ClusterData> {
+    stolon_store::read_cluster_data(store)
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.data)
 }
 
 /// The pids whose parent is `pid`.

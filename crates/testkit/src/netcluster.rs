@@ -2,8 +2,8 @@
 //! members (a real quorum), the keepers with their postgres, the sentinels and the proxies,
 //! plus a `client` host for the test's own connections, which no fault ever cuts.
 //!
-//! The test's threads must be on the client host: build the cluster with
-//! [`NetCluster::run`], which enters it before it starts a runtime.
+//! The test's connections must come from the client host: [`NetClusterBuilder::run`] runs
+//! the test on a thread of that host, with a runtime of its own.
 
 use crate::cluster::{
     children_of, keeper_command, short_timings, write_password_files, KeeperCommand,
@@ -176,7 +176,6 @@ impl NetClusterBuilder {
                 data_dir,
                 pg_port: free_port(),
                 process: None,
-                starts: 0,
             });
             cluster.start_keeper(i);
         }
@@ -227,7 +226,6 @@ pub struct NetKeeper {
     pub data_dir: PathBuf,
     pub pg_port: u16,
     pub process: Option<Process>,
-    starts: usize,
 }
 
 impl NetKeeper {
@@ -377,9 +375,7 @@ impl NetCluster {
         );
         let name = self.log_name(k.uid.as_str());
         let process = Process::spawn(&name, cmd, &self.log_dir);
-        let k = &mut self.keepers[i];
-        k.starts += 1;
-        k.process = Some(process);
+        self.keepers[i].process = Some(process);
     }
 
     /// Every log of keeper `i`, in start order.
@@ -452,11 +448,7 @@ impl NetCluster {
     }
 
     pub async fn cluster_data(&self) -> Option<ClusterData> {
-        stolon_store::read_cluster_data(self.store())
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.data)
+        crate::cluster::cluster_data_in(self.store()).await
     }
 
     pub fn keeper_index(&self, uid: &KeeperUid) -> usize {
