@@ -68,6 +68,28 @@ pub struct PgState {
     /// The parameters initdb wrote, for `mergePgParameters`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub init_pg_parameters: std::collections::BTreeMap<String, String>,
+    /// The filesystem of the keeper's data directory; absent from keepers that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk: Option<DataDisk>,
+}
+
+/// Room on the filesystem that holds the data directory, as an unprivileged user sees it
+/// (the blocks reserved for root are not postgres's to use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataDisk {
+    pub available_bytes: u64,
+    pub size_bytes: u64,
+}
+
+impl DataDisk {
+    /// One WAL segment at its default size: with less room postgres can neither start a
+    /// new segment nor, soon after, extend a table, and every write fails.
+    pub const FULL_BELOW: u64 = 16 << 20;
+
+    pub fn full(&self) -> bool {
+        self.available_bytes < Self::FULL_BELOW
+    }
 }
 
 /// The last record a cleanly stopped postgres wrote: its WAL ends with this record.
@@ -126,6 +148,38 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_disk_is_full_below_one_wal_segment_of_room() {
+        let disk = |available_bytes| DataDisk {
+            available_bytes,
+            size_bytes: 1 << 30,
+        };
+        assert!(disk(0).full());
+        assert!(disk(DataDisk::FULL_BELOW - 1).full());
+        assert!(!disk(DataDisk::FULL_BELOW).full());
+        assert!(!disk(1 << 29).full());
+    }
+
+    #[test]
+    fn the_data_disk_is_published_and_may_be_missing() {
+        let state = PgState {
+            data_disk: Some(DataDisk {
+                available_bytes: 5,
+                size_bytes: 10,
+            }),
+            ..PgState::default()
+        };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(
+            json["dataDisk"],
+            serde_json::json!({"availableBytes": 5, "sizeBytes": 10})
+        );
+        let mut older = json;
+        older.as_object_mut().unwrap().remove("dataDisk");
+        let parsed: PgState = serde_json::from_value(older).unwrap();
+        assert_eq!(parsed.data_disk, None);
     }
 }
 

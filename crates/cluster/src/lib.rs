@@ -18,7 +18,9 @@ pub use data::{
 };
 pub use duration::GoDuration;
 pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
-pub use info::{KeeperInfo, PgState, ProxyInfo, SentinelInfo, ShutdownCheckpoint, TimelineSwitch};
+pub use info::{
+    DataDisk, KeeperInfo, PgState, ProxyInfo, SentinelInfo, ShutdownCheckpoint, TimelineSwitch,
+};
 pub use spec::{
     ArchiveRecoverySettings, ClusterRole, ClusterSpec, ClusterSpecInitMode, ExistingConfig,
     NewConfig, PitrConfig, RecoveryTargetSettings, SpecError, StandbyConfig, StandbySettings,

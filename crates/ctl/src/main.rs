@@ -6,8 +6,8 @@ use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use stolon_cluster::{
-    ClusterData, ClusterRole, ClusterSpec, ClusterUid, DbRole, GoDuration, KeeperInfo, KeeperUid,
-    ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
+    ClusterData, ClusterRole, ClusterSpec, ClusterUid, DataDisk, DbRole, GoDuration, KeeperInfo,
+    KeeperUid, ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
 };
 use stolon_daemon::{CommonArgs, KubeClientArgs};
 use stolon_engine::sentinel::{choose_new_master, election_rules, switchover_plan};
@@ -553,6 +553,9 @@ struct KeeperStatus {
     role: String,
     timeline: u32,
     xlog_pos: String,
+    /// The room on the data directory's filesystem, as the keeper last measured it.
+    data_disk: Option<DataDisk>,
+    data_disk_full: bool,
     /// Whether the sentinel would promote it if the primary failed now, and why not.
     master_eligibility: String,
 }
@@ -666,6 +669,9 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
                     .unwrap_or_else(|| "not eligible".to_string()),
             };
             let info = infos.iter().find(|i| i.uid == keeper.uid);
+            let data_disk = info
+                .and_then(|i| i.postgres_state.as_ref())
+                .and_then(|s| s.data_disk);
             keepers.push(KeeperStatus {
                 uid: keeper.uid.to_string(),
                 listen_address: db
@@ -688,6 +694,8 @@ async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
                     .and_then(|i| i.postgres_state.as_ref())
                     .map(|s| s.x_log_pos.to_string())
                     .unwrap_or_default(),
+                data_disk,
+                data_disk_full: data_disk.is_some_and(|d| d.full()),
                 master_eligibility,
             });
         }
@@ -725,6 +733,35 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// Free room of total, in binary units; a full disk says so first.
+fn describe_disk(disk: DataDisk) -> String {
+    let room = format!(
+        "{}/{}",
+        binary_size(disk.available_bytes),
+        binary_size(disk.size_bytes)
+    );
+    if disk.full() {
+        format!("FULL {room}")
+    } else {
+        room
+    }
+}
+
+fn binary_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", units[unit])
+    }
+}
+
 fn render_status(s: &Status) -> String {
     let mut out = String::from("=== Active sentinels ===\n\n");
     out += &table(
@@ -754,6 +791,7 @@ fn render_status(s: &Status) -> String {
             "ROLE",
             "TIMELINE",
             "XLOGPOS",
+            "DISK FREE",
             "AS NEW PRIMARY",
         ],
         s.keepers
@@ -769,6 +807,7 @@ fn render_status(s: &Status) -> String {
                     k.role.clone(),
                     k.timeline.to_string(),
                     k.xlog_pos.clone(),
+                    k.data_disk.map(describe_disk).unwrap_or_default(),
                     k.master_eligibility.clone(),
                 ]
             })
@@ -812,8 +851,23 @@ fn render_status(s: &Status) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::merge_patch;
+    use super::{describe_disk, merge_patch};
     use serde_json::json;
+    use stolon_cluster::DataDisk;
+
+    #[test]
+    fn a_disk_is_described_by_its_room_and_when_full_says_so() {
+        let disk = |available_bytes, size_bytes| {
+            describe_disk(DataDisk {
+                available_bytes,
+                size_bytes,
+            })
+        };
+        assert_eq!(disk(700 << 20, 1 << 30), "700.0MiB/1.0GiB");
+        assert_eq!(disk(3 << 20, 1 << 30), "FULL 3.0MiB/1.0GiB");
+        assert_eq!(disk(0, 1000), "FULL 0B/1000B");
+        assert_eq!(disk(5 << 40, 10 << 40), "5.0TiB/10.0TiB");
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {

@@ -5,15 +5,20 @@
 //! until there is none, and publishes what it observed as its keeper info. It never decides
 //! on its own to become a primary: only the db spec the sentinel wrote can say so.
 
+mod act;
+mod disk;
 mod fence;
+mod publish;
 mod restore;
 mod state;
 mod status;
 mod timeline;
 
 use anyhow::Context;
+use disk::DiskWatch;
 use fence::Fence;
 pub use fence::StoreLoss;
+use publish::same_but_position;
 use state::{DataDir, DbState};
 use status::Status;
 use std::net::SocketAddr;
@@ -21,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, Db, DbRole, DbUid, Generation, KeeperInfo, KeeperUid, Lsn, PgState,
-    ShutdownCheckpoint, SuReplAccessMode, TimelineId, TimelineSwitch,
+    ClusterData, DataDisk, Db, DbRole, DbUid, Generation, KeeperUid, Lsn, PgState,
+    ShutdownCheckpoint, SuReplAccessMode, TimelineId,
 };
 use stolon_engine::keeper::{
     followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
@@ -33,10 +38,9 @@ use stolon_pg::conf::{
     render_pg_hba, render_postgresql_conf, AuthMethod, ConfInput, HbaUsers, StandbySettings,
     SuReplSources,
 };
-use stolon_pg::ctl::{InitOptions, OsUser, PgCtl, Upstream};
+use stolon_pg::ctl::{OsUser, PgCtl};
 use stolon_pg::probe::{LocalConn, Observed};
-use stolon_pg::PgError;
-use stolon_store::{ChangeWaiter, InfoKind, Store, WatchScope};
+use stolon_store::{ChangeWaiter, Store, WatchScope};
 use timeline::StandbyTimeline;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -141,6 +145,7 @@ pub async fn run(
         failed_starts: (None, 0),
         last_pending_restart: Vec::new(),
         standby_timeline: StandbyTimeline::default(),
+        disk: DiskWatch::new(),
         restartpoint: None,
     };
     // A postgres left running by a previous keeper acts on decisions we did not see: stop
@@ -201,6 +206,7 @@ struct Keeper {
     /// The parameters last reported as waiting for a restart, to log them once.
     last_pending_restart: Vec<String>,
     standby_timeline: StandbyTimeline,
+    disk: DiskWatch,
     /// A restartpoint asked for in the background, so that a slow one delays no heartbeat.
     restartpoint: Option<tokio::task::JoinHandle<()>>,
 }
@@ -211,6 +217,7 @@ struct Seen {
     probe: Option<Observed>,
     /// Where the WAL of the stopped instance ends, when it was stopped for a switchover.
     shutdown_checkpoint: Option<ShutdownCheckpoint>,
+    data_disk: Option<DataDisk>,
 }
 
 impl Keeper {
@@ -258,6 +265,7 @@ impl Keeper {
                 seen.instance.in_recovery,
                 seen.instance.pending_restart,
                 self.sync_gate,
+                seen.data_disk,
             );
             let mut lifted = false;
             if let Some(cd) = data {
@@ -464,6 +472,7 @@ impl Keeper {
         };
         Seen {
             shutdown_checkpoint,
+            data_disk: self.disk.measure(&self.data.root),
             instance: Instance {
                 initialized,
                 running,
@@ -509,66 +518,6 @@ impl Keeper {
 
     fn local_conn(&self) -> LocalConn {
         local_conn(&self.config, self.request_timeout)
-    }
-
-    fn pg_state(&self, seen: &Seen) -> Option<PgState> {
-        let db = self.data.db_state().ok()?;
-        if db.uid.is_empty() {
-            return None;
-        }
-        let probe = seen.probe.as_ref();
-        Some(PgState {
-            db_uid: db.uid.as_str().into(),
-            generation: Generation(db.generation),
-            healthy: probe.is_some() && !db.initializing,
-            down: !seen.instance.running,
-            in_recovery: probe.is_some_and(|p| p.in_recovery),
-            system_id: probe.map(|p| p.system_id.clone()).unwrap_or_default(),
-            timeline_id: TimelineId(probe.map(|p| p.timeline_id).unwrap_or(0)),
-            x_log_pos: probe.and_then(|p| Lsn::parse(&p.lsn)).unwrap_or_default(),
-            listen_address: self.config.advertise_address.clone(),
-            port: self.config.advertise_port,
-            synchronous_standbys: probe.map(in_sync_dbs).unwrap_or_default(),
-            older_wal_file: probe.map(|p| p.oldest_wal_file.clone()).unwrap_or_default(),
-            init_pg_parameters: db.init_pg_parameters.clone(),
-            shutdown_checkpoint: seen.shutdown_checkpoint,
-            timelines_history: probe
-                .filter(|p| !p.in_recovery && p.timeline_id > 1)
-                .and_then(|p| {
-                    self.pg
-                        .read_file(&format!("pg_wal/{:08X}.history", p.timeline_id))
-                })
-                .map(|text| TimelineSwitch::parse_history(&text))
-                .unwrap_or_default(),
-        })
-    }
-
-    async fn publish(
-        &self,
-        cd: &ClusterData,
-        state: Option<PgState>,
-        heartbeat: Duration,
-    ) -> anyhow::Result<()> {
-        let info = KeeperInfo {
-            info_uid: stolon_daemon::random_uid(),
-            uid: self.uid.clone(),
-            cluster_uid: cd.cluster.uid.clone(),
-            boot_uuid: self.boot_uuid.clone(),
-            can_be_master: self.config.can_be_master,
-            can_be_synchronous_replica: self.config.can_be_synchronous_replica,
-            priority: self.config.priority,
-            postgres_state: state,
-        };
-        let ttl = (3 * heartbeat).max(Duration::from_secs(3));
-        stolon_store::publish_info(
-            self.store.as_ref(),
-            InfoKind::Keeper,
-            self.uid.as_str(),
-            &info,
-            ttl,
-        )
-        .await?;
-        Ok(())
     }
 
     fn my_db<'a>(&self, cd: Option<&'a ClusterData>) -> anyhow::Result<&'a Db> {
@@ -719,229 +668,8 @@ impl Keeper {
         }
         Ok(())
     }
-
-    async fn act(&mut self, cd: Option<&ClusterData>, action: &Action) -> anyhow::Result<()> {
-        match action {
-            Action::Idle | Action::Wait(_) => {}
-            Action::Stop(reason) => {
-                tracing::info!("{reason}: stopping database");
-                self.pg.stop(self.db_wait_ready_timeout).await?;
-            }
-            Action::InitNew { db } => {
-                tracing::info!(db = %db, "initializing the database cluster");
-                self.begin_new_db(db).await?;
-                self.pg.wipe_and_create_pgdata()?;
-                let options = self
-                    .my_db(cd)?
-                    .spec
-                    .new_config
-                    .as_ref()
-                    .map(|c| InitOptions {
-                        su_auth: self.config.su_auth,
-                        locale: c.locale.clone(),
-                        encoding: c.encoding.clone(),
-                        data_checksums: c.data_checksums.unwrap_or(false),
-                    })
-                    .unwrap_or(InitOptions {
-                        su_auth: self.config.su_auth,
-                        ..Default::default()
-                    });
-                self.pg
-                    .initdb(
-                        &self.config.su_username,
-                        &self.config.su_password,
-                        &options,
-                        self.db_wait_ready_timeout,
-                    )
-                    .await?;
-                // initdb's own choices for this machine.
-                self.record_initial_parameters(db)?;
-                self.write_files(cd)?;
-                tracing::info!("starting database");
-                self.pg.start(self.db_wait_ready_timeout).await?;
-                tracing::info!("setting roles");
-                self.local_conn()
-                    .setup_roles(&self.config.repl_username, &self.config.repl_password)
-                    .await?;
-                self.finish_new_db(db)?;
-                tracing::info!(db = %db, "database cluster initialized");
-            }
-            Action::Restore { db } => self.restore(cd, db).await?,
-            Action::Adopt { db } => {
-                tracing::info!(db = %db, "adopting the existing database cluster (initMode existing)");
-                let init_parameters = stolon_pg::conf::parse_parameters(
-                    &self.pg.read_file("postgresql.conf").unwrap_or_default(),
-                );
-                let previous = self.data.db_state()?;
-                let init_parameters = if previous.uid.is_empty() {
-                    init_parameters
-                } else {
-                    // Our own former db: its parameters are the spec's, already in our file.
-                    previous.init_pg_parameters
-                };
-                self.data.save_db_state(&DbState {
-                    uid: db.to_string(),
-                    generation: 0,
-                    initializing: false,
-                    system_id: self.pg.system_id().unwrap_or_default(),
-                    init_pg_parameters: init_parameters,
-                })?;
-                self.write_files(cd)?;
-                if self.pg.is_running(self.request_timeout).await? {
-                    self.pg.reload(self.request_timeout).await?;
-                }
-            }
-            Action::Resync {
-                db,
-                from,
-                slot,
-                rewind,
-            } => {
-                tracing::info!(db = %db, from = %format!("{}:{}", from.host, from.port), "resyncing the database cluster");
-                self.begin_new_db(db).await?;
-                let started = Instant::now();
-                if !(*rewind && self.try_rewind(from).await) {
-                    self.pg.wipe_and_create_pgdata()?;
-                    tracing::info!(slot = %slot, "syncing from followed db: running pg_basebackup");
-                    let copied = self
-                        .pg
-                        .basebackup(
-                            &Upstream {
-                                host: &from.host,
-                                port: from.port,
-                                user: &self.config.repl_username,
-                                password: &self.config.repl_password,
-                            },
-                            slot,
-                            Duration::from_secs(24 * 3600),
-                        )
-                        .await;
-                    match copied {
-                        // The primary's keeper creates our slot when it sees us among its
-                        // followers; until then there is nothing to copy from.
-                        Err(PgError::Tool { stderr, .. })
-                            if stderr.contains("replication slot")
-                                && stderr.contains("does not exist") =>
-                        {
-                            tracing::info!(slot = %slot, "the primary has not created our replication slot yet: retrying");
-                            return Ok(());
-                        }
-                        copied => copied?,
-                    }
-                }
-                // Both tools leave the source's configuration behind: ours replaces it.
-                self.pg.write_file("standby.signal", "")?;
-                self.pg.remove_file("postgresql.auto.conf")?;
-                self.write_files(cd)?;
-                self.finish_new_db(db)?;
-                tracing::info!(db = %db, elapsed = ?started.elapsed(), "sync succeeded");
-            }
-            Action::Start { .. } => {
-                let db = self.my_db(cd)?;
-                if db.spec.role == DbRole::Master && db.spec.synchronous_replication {
-                    tracing::info!("not allowing connection as normal users since synchronous replication is enabled and instance was down");
-                    self.sync_gate = true;
-                }
-                self.write_files(cd)?;
-                tracing::info!(standby = self.pg.has_standby_signal(), "starting database");
-                self.pg.start(self.db_wait_ready_timeout).await?;
-            }
-            Action::Promote => {
-                tracing::info!("promoting to master");
-                self.pg.promote(self.db_wait_ready_timeout).await?;
-                self.write_files(cd)?;
-                self.pg.reload(self.request_timeout).await?;
-            }
-            Action::Halt => {
-                tracing::info!("switchover: checkpoint, then stopping the old primary");
-                if let Err(e) = self.local_conn().checkpoint().await {
-                    // Only the shutdown gets longer: its own checkpoint writes everything.
-                    tracing::warn!(error = %e, "checkpoint before the switchover failed");
-                }
-                self.pg.stop(self.db_wait_ready_timeout).await?;
-            }
-            Action::Reconfigure => {
-                tracing::info!("postgres parameters changed, reloading postgres instance");
-                self.write_files(cd)?;
-                self.pg.reload(self.request_timeout).await?;
-                let db = self.my_db(cd)?;
-                if db.spec.role == DbRole::Master && db.spec.synchronous_replication {
-                    // Commits waiting for a standby just listed go as soon as it replies.
-                    if let Err(e) = self.local_conn().nudge_standbys().await {
-                        tracing::warn!(error = %e, "cannot nudge the synchronous standbys");
-                    }
-                }
-            }
-            Action::Restart => {
-                tracing::info!(parameters = %self.last_pending_restart.join(","), "restarting postgres to apply parameters that need it (automaticPgRestart)");
-                self.write_files(cd)?;
-                self.pg.stop(self.db_wait_ready_timeout).await?;
-                self.pg.start(self.db_wait_ready_timeout).await?;
-            }
-            Action::SyncSlots { create, drop } => {
-                let conn = self.local_conn();
-                for slot in create {
-                    tracing::info!(slot = %slot, "creating replication slot");
-                    conn.create_slot(slot).await?;
-                }
-                for slot in drop {
-                    tracing::info!(slot = %slot, "dropping replication slot");
-                    // A standby still attached keeps its slot busy; the next loop retries.
-                    if let Err(e) = conn.drop_slot(slot).await {
-                        tracing::warn!(slot = %slot, error = %e, "cannot drop replication slot yet");
-                    }
-                }
-            }
-            Action::MarkApplied(generation) => {
-                let mut state = self.data.db_state()?;
-                state.generation = generation.0;
-                self.data.save_db_state(&state)?;
-                tracing::info!(generation = %generation, "db spec applied");
-            }
-        }
-        Ok(())
-    }
-
-    /// pg_rewind from the primary; false (logged) when it fails, for a base backup instead.
-    async fn try_rewind(&self, from: &Endpoint) -> bool {
-        tracing::info!("syncing using pg_rewind");
-        let _ = self.pg.remove_file("postgresql.auto.conf");
-        let source = Upstream {
-            host: &from.host,
-            port: from.port,
-            user: &self.config.su_username,
-            password: &self.config.su_password,
-        };
-        if let Err(e) = stolon_pg::probe::checkpoint(
-            source.host,
-            source.port,
-            source.user,
-            source.password,
-            self.db_wait_ready_timeout,
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "cannot checkpoint the primary before pg_rewind: falling back to pg_basebackup");
-            return false;
-        }
-        match self
-            .pg
-            .rewind(
-                &source,
-                self.db_wait_ready_timeout.max(Duration::from_secs(600)),
-            )
-            .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "error syncing with pg_rewind: falling back to pg_basebackup");
-                false
-            }
-        }
-    }
 }
 
-/// Where a configuration file makes the instance stream from, if anywhere.
 /// Identifies one run of postgres under this keeper: the engine acts only on cluster data
 /// that records the current one.
 fn new_boot_uuid() -> String {
@@ -952,6 +680,7 @@ fn new_boot_uuid() -> String {
     )
 }
 
+/// Where a configuration file makes the instance stream from, if anywhere.
 fn upstream_of(conf: Option<&str>) -> Option<Endpoint> {
     conf.and_then(stolon_pg::conf::parse_upstream)
         .map(|(host, port)| Endpoint { host, port })
@@ -970,17 +699,3 @@ fn in_sync_dbs(probe: &Observed) -> Vec<DbUid> {
 /// Logged once when the keeper stops restarting postgres.
 const GAVE_UP_STARTING: &str =
     "postgres failed to start repeatedly: not trying again until the db spec changes or the keeper restarts";
-
-/// Two reports that differ only by WAL position: not worth an early publish.
-fn same_but_position(a: Option<&PgState>, b: Option<&PgState>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            PgState {
-                x_log_pos: b.x_log_pos,
-                ..a.clone()
-            } == *b
-        }
-        (None, None) => true,
-        _ => false,
-    }
-}

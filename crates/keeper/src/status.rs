@@ -11,7 +11,7 @@ use crate::fence::Fence;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use stolon_cluster::{DbRole, KeeperUid};
+use stolon_cluster::{DataDisk, DbRole, KeeperUid};
 use stolon_daemon::http::{Answer, Handler, Request, Response};
 use stolon_daemon::metrics::{unix_seconds, Exposition};
 use stolon_engine::health::{answer, Check, Facts};
@@ -51,6 +51,7 @@ struct Known {
     running: bool,
     in_recovery: Option<bool>,
     needs_restart: bool,
+    data_disk: Option<DataDisk>,
     converged_at: Option<SystemTime>,
     actions: u64,
     failed_actions: u64,
@@ -89,8 +90,10 @@ impl Status {
         in_recovery: Option<bool>,
         needs_restart: bool,
         sync_gate: bool,
+        data_disk: Option<DataDisk>,
     ) {
         let mut known = self.known.lock().unwrap();
+        known.data_disk = data_disk;
         known.running = running;
         known.in_recovery = in_recovery;
         known.needs_restart = needs_restart;
@@ -255,6 +258,18 @@ impl Status {
             "stolon_keeper_fenced",
             "1 while the keeper keeps its postgres stopped because it could not store its info (--store-loss fence).",
             f64::from(u8::from(self.fence.as_ref().is_some_and(|f| f.fenced()))),
+        )
+        .gauge(
+            "stolon_keeper_data_disk_available_bytes",
+            "Room left on the data directory's filesystem for postgres (NaN: not measured).",
+            known
+                .data_disk
+                .map_or(f64::NAN, |d| d.available_bytes as f64),
+        )
+        .gauge(
+            "stolon_keeper_data_disk_size_bytes",
+            "The size of the data directory's filesystem (NaN: not measured).",
+            known.data_disk.map_or(f64::NAN, |d| d.size_bytes as f64),
         )
         .gauge(
             "stolon_keeper_sleep_interval",

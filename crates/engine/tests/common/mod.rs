@@ -365,6 +365,7 @@ impl World {
             },
             init_pg_parameters: Default::default(),
             shutdown_checkpoint: None,
+            data_disk: None,
         };
         // A db halted for a switchover is stopped cleanly where its WAL ends.
         if db.spec.halt && db.spec.role == DbRole::Master {
