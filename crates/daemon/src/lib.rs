@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::GoDuration;
 use stolon_store::Store;
-use stolon_store_etcd::EtcdStore;
+use stolon_store_etcd::{EtcdAccess, EtcdStore, TlsFiles};
 use stolon_store_k8s::{KubeOptions, KubeStore};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,29 @@ pub struct CommonArgs {
     /// Timeout of each store request.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub store_timeout: Duration,
+    /// With https:// etcd endpoints: the CA that signed the members' certificates (the
+    /// system's CAs without it). Read again at each new connection.
+    #[arg(long)]
+    pub store_ca_file: Option<std::path::PathBuf>,
+    /// The client certificate for etcd members that ask for one (--client-cert-auth).
+    #[arg(long)]
+    pub store_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long)]
+    pub store_key: Option<std::path::PathBuf>,
+    /// Accept any certificate from etcd: the traffic is encrypted, but anyone on the path
+    /// can pose as the store.
+    #[arg(long)]
+    pub store_skip_tls_verify: bool,
+    /// An etcd user, for members with authentication enabled (not in Stolon).
+    #[arg(long)]
+    pub store_username: Option<String>,
+    /// The etcd user's password (not in Stolon); prefer --store-passwordfile.
+    #[arg(long)]
+    pub store_password: Option<String>,
+    /// A file holding the etcd user's password (not in Stolon).
+    #[arg(long)]
+    pub store_passwordfile: Option<std::path::PathBuf>,
     /// debug, info, warn or error.
     #[arg(long, default_value = "info")]
     pub log_level: LogLevel,
@@ -197,11 +220,12 @@ pub async fn connect_store(args: &CommonArgs) -> anyhow::Result<Arc<dyn Store>> 
     }
     Ok(match backend {
         Backend::EtcdV3 => Arc::new(
-            EtcdStore::connect(
+            EtcdStore::connect_with(
                 &args.store_endpoints,
                 &args.store_prefix,
                 &args.cluster_name,
                 args.store_timeout,
+                &etcd_access(args)?,
             )
             .await
             .with_context(|| format!("connecting to etcd at {}", args.store_endpoints.join(",")))?,
@@ -221,8 +245,35 @@ pub async fn connect_store(args: &CommonArgs) -> anyhow::Result<Arc<dyn Store>> 
     })
 }
 
+fn etcd_access(args: &CommonArgs) -> anyhow::Result<EtcdAccess> {
+    let user = match &args.store_username {
+        Some(name) => Some((
+            name.clone(),
+            read_password(
+                "store",
+                "--store-password",
+                args.store_password.as_deref(),
+                args.store_passwordfile.as_deref(),
+            )?,
+        )),
+        None if args.store_password.is_some() || args.store_passwordfile.is_some() => {
+            bail!("a store password was given without --store-username")
+        }
+        None => None,
+    };
+    Ok(EtcdAccess {
+        tls: TlsFiles {
+            ca_file: args.store_ca_file.clone(),
+            cert_file: args.store_cert_file.clone(),
+            key_file: args.store_key.clone(),
+            skip_verify: args.store_skip_tls_verify,
+        },
+        user,
+    })
+}
+
 /// Connects, retrying until the store answers or shutdown is asked: a daemon started
-/// before its store waits for it.
+/// before its store waits for it. A store misconfigured is an error at once.
 pub async fn connect_store_retrying(
     args: &CommonArgs,
     shutdown: &CancellationToken,
@@ -231,6 +282,7 @@ pub async fn connect_store_retrying(
     loop {
         match connect_store(args).await {
             Ok(store) => return Ok(Some(store)),
+            Err(e) if misconfigured(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot connect to the store, retrying")
             }
@@ -240,6 +292,15 @@ pub async fn connect_store_retrying(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+fn misconfigured(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<stolon_store::StoreError>(),
+            Some(stolon_store::StoreError::Misconfigured(_))
+        )
+    })
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
@@ -259,10 +320,11 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-/// A password from a flag or a file. A file's trailing newline is removed with a warning;
-/// a password left empty is an error.
+/// A password from a flag (`flag`) or a file (`flag` + `file`). A file's trailing newline is
+/// removed with a warning; a password left empty is an error.
 pub fn read_password(
     what: &str,
+    flag: &str,
     inline: Option<&str>,
     file: Option<&Path>,
 ) -> anyhow::Result<String> {
@@ -287,24 +349,12 @@ pub fn read_password(
             }
             trimmed.to_string()
         }
-        (None, None) => bail!(
-            "a {what} password is required (--pg-{}-password or --pg-{}-passwordfile)",
-            short(what),
-            short(what)
-        ),
+        (None, None) => bail!("a {what} password is required ({flag} or {flag}file)"),
     };
     if password.is_empty() {
         bail!("{what} password is empty after removing trailing new line");
     }
     Ok(password)
-}
-
-fn short(what: &str) -> &'static str {
-    if what == "superuser" {
-        "su"
-    } else {
-        "repl"
-    }
 }
 
 /// A random identity: 8 lowercase hex characters, valid as a replication slot suffix.
@@ -339,16 +389,23 @@ mod tests {
         let good = dir.path().join("good");
         std::fs::write(&good, "secret\n").unwrap();
         assert_eq!(
-            read_password("superuser", None, Some(&good)).unwrap(),
+            read_password("superuser", "--pg-su-password", None, Some(&good)).unwrap(),
             "secret"
         );
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
-        let err = read_password("superuser", None, Some(&empty))
+        let err = read_password("superuser", "--pg-su-password", None, Some(&empty))
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("empty after removing trailing new line"),
+            "{err}"
+        );
+        let err = read_password("store", "--store-password", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(--store-password or --store-passwordfile)"),
             "{err}"
         );
     }
@@ -361,6 +418,13 @@ mod tests {
             store_endpoints: vec![],
             store_prefix: "p".into(),
             store_timeout: Duration::from_secs(1),
+            store_ca_file: None,
+            store_cert_file: None,
+            store_key: None,
+            store_skip_tls_verify: false,
+            store_username: None,
+            store_password: None,
+            store_passwordfile: None,
             log_level: LogLevel::Info,
             kube_client: KubeClientArgs::default(),
         }

@@ -191,3 +191,48 @@ async fn a_watch_ends_when_the_api_server_goes_and_works_again_after() {
         .expect("a new watch sees changes")
         .expect("open");
 }
+
+/// The API server's certificate is verified with the kubeconfig's CA, as kubectl does: one
+/// signed by another CA is refused, and the error says so in one line.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_server_of_a_ca_not_trusted_is_refused() {
+    let server = start();
+    let other = stolon_testkit::tls::TestCa::new(server._dir.path(), "other");
+    let trusted = options(&server, ADMIN_USER);
+    let kubeconfig = trusted.kubeconfig.clone().unwrap();
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let untrusting = server._dir.path().join("untrusting.kubeconfig");
+    let ca_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("certificate-authority:"))
+        .unwrap();
+    std::fs::write(
+        &untrusting,
+        text.replace(
+            ca_line,
+            &format!("    certificate-authority: {}", other.cert.display()),
+        ),
+    )
+    .unwrap();
+    let refused = async {
+        let store = KubeStore::connect(
+            "untrusting",
+            &KubeOptions {
+                kubeconfig: Some(untrusting),
+                ..trusted.clone()
+            },
+        )
+        .await?;
+        store.get_cluster_data().await.map(|_| ())
+    };
+    let e = refused.await.expect_err("a server of a CA not trusted");
+    eprintln!("{e}");
+    let text = e.to_string();
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+    store(&server, "trusting")
+        .await
+        .get_cluster_data()
+        .await
+        .unwrap();
+}

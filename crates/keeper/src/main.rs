@@ -113,12 +113,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let su_username = cli.pg_su_username.clone().unwrap_or(os_user_name);
     let su_password = password_for(
         "superuser",
+        "--pg-su-password",
         cli.pg_su_auth_method,
         cli.pg_su_password.as_deref(),
         cli.pg_su_passwordfile.as_deref(),
     )?;
     let repl_password = password_for(
         "replication",
+        "--pg-repl-password",
         cli.pg_repl_auth_method,
         cli.pg_repl_password.as_deref(),
         cli.pg_repl_passwordfile.as_deref(),
@@ -186,6 +188,7 @@ fn uid_from_pod(prefix: &str, pod: &str) -> Option<String> {
 /// ignored), required otherwise.
 fn password_for(
     what: &str,
+    flag: &str,
     method: AuthMethod,
     inline: Option<&str>,
     file: Option<&std::path::Path>,
@@ -196,7 +199,7 @@ fn password_for(
         }
         return Ok(String::new());
     }
-    stolon_daemon::read_password(what, inline, file)
+    stolon_daemon::read_password(what, flag, inline, file)
 }
 
 #[cfg(test)]

@@ -7,9 +7,13 @@
 //! background).
 
 use async_trait::async_trait;
+mod tls;
+
+pub use tls::TlsFiles;
+
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions, Txn, TxnOp,
-    WatchOptions,
+    Channel, Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions,
+    Txn, TxnOp, WatchOptions,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -25,43 +29,138 @@ pub struct EtcdStore {
     campaign_client: Client,
     base: String,
     timeout: Duration,
+    /// With TLS: what the transport saw go wrong, which the gRPC client's errors omit.
+    connector: Option<tls::Connector>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// How often an idle connection is checked; a member that does not answer within the
+/// store timeout is given up for another.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// A gRPC channel whose connections [`tls::Connector`] makes. The URI only fills the
+/// requests' headers: the connector chooses the member.
+fn tls_channel(
+    connector: tls::Connector,
+    timeout: Duration,
+    request_timeout: Option<Duration>,
+) -> tonic::transport::Channel {
+    let mut endpoint = tonic::transport::Endpoint::from_static("http://etcd")
+        .connect_timeout(timeout)
+        .http2_keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(timeout)
+        .keep_alive_while_idle(true);
+    if let Some(t) = request_timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    endpoint.connect_with_connector_lazy(connector)
+}
+
+/// How the store reaches etcd besides its endpoints: TLS, and etcd's own users.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccess {
+    pub tls: TlsFiles,
+    /// An etcd user and its password, for members with authentication enabled.
+    pub user: Option<(String, String)>,
+}
+
 impl EtcdStore {
-    /// Connects to `endpoints`; `prefix` is used exactly as given (Stolon's etcdv3 habit),
-    /// and `timeout` bounds every request.
+    /// Connects to `endpoints` as anyone, without TLS.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
         cluster_name: &str,
         timeout: Duration,
     ) -> Result<EtcdStore, StoreError> {
-        let options = ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(2), timeout);
-        let connect = |options: ConnectOptions| async move {
-            tokio::time::timeout(timeout, Client::connect(endpoints, Some(options)))
-                .await
-                .map_err(|_| unavailable(format!("connecting to etcd at {endpoints:?} timed out")))?
-                .map_err(unavailable)
-        };
-        let client = connect(options.clone()).await?;
-        let campaign_client = connect(
-            ConnectOptions::new()
-                .with_connect_timeout(timeout)
-                .with_keep_alive(Duration::from_secs(2), timeout),
+        Self::connect_with(
+            endpoints,
+            prefix,
+            cluster_name,
+            timeout,
+            &EtcdAccess::default(),
         )
-        .await?;
+        .await
+    }
+
+    /// Connects to `endpoints`, all `http://` or all `https://`; `prefix` is used exactly
+    /// as given (Stolon's etcdv3 habit), and `timeout` bounds every request.
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        cluster_name: &str,
+        timeout: Duration,
+        access: &EtcdAccess,
+    ) -> Result<EtcdStore, StoreError> {
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        let tls = match (https, access.tls.any()) {
+            (0, false) => None,
+            (0, true) => {
+                return Err(StoreError::Misconfigured(
+                    "TLS files were given for etcd, but its endpoints are http://: use https:// endpoints".into(),
+                ))
+            }
+            (n, _) if n == endpoints.len() => Some(
+                tls::Connector::new(endpoints, access.tls.clone(), timeout)
+                    .map_err(StoreError::Misconfigured)?,
+            ),
+            _ => {
+                return Err(StoreError::Misconfigured(format!(
+                    "etcd endpoints mix http:// and https://: {}",
+                    endpoints.join(",")
+                )))
+            }
+        };
+        let options = |request_timeout: Option<Duration>| {
+            let mut options = ConnectOptions::new()
+                .with_connect_timeout(timeout)
+                .with_keep_alive(KEEP_ALIVE, timeout);
+            if let Some(t) = request_timeout {
+                options = options.with_timeout(t);
+            }
+            if let Some((name, password)) = &access.user {
+                options = options.with_user(name, password);
+            }
+            options
+        };
+        let connect = |request_timeout: Option<Duration>| {
+            let options = options(request_timeout);
+            let tls = tls.clone();
+            async move {
+                let client = match tls {
+                    None => Client::connect(endpoints, Some(options)).await,
+                    Some(connector) => {
+                        Client::from_channel(
+                            Channel::Tonic(tls_channel(connector, timeout, request_timeout)),
+                            Some(options),
+                        )
+                        .await
+                    }
+                };
+                client.map_err(|e| unavailable(stolon_store::describe_error(&e)))
+            }
+        };
+        let bounded = |request_timeout| async move {
+            tokio::time::timeout(timeout, connect(request_timeout))
+                .await
+                .map_err(|_| {
+                    unavailable(format!("connecting to etcd at {endpoints:?} timed out"))
+                })?
+        };
+        let client = bounded(Some(timeout)).await?;
+        // Without a request timeout: a campaign waits as long as another candidate leads.
+        let campaign_client = bounded(None).await?;
         Ok(EtcdStore {
             client,
             campaign_client,
             base: format!("{}/{}", prefix.trim_end_matches('/'), cluster_name),
             timeout,
+            connector: tls,
         })
     }
 
@@ -82,7 +181,16 @@ impl EtcdStore {
         tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| unavailable("etcd request timed out"))?
-            .map_err(unavailable)
+            .map_err(|e| unavailable(self.explain(&e)))
+    }
+
+    /// What the connection saw go wrong, when it did (no member has sent anything since,
+    /// so the gRPC error can only be its consequence); the gRPC error otherwise.
+    fn explain(&self, e: &etcd_client::Error) -> String {
+        self.connector
+            .as_ref()
+            .and_then(|c| c.last_failure())
+            .unwrap_or_else(|| stolon_store::describe_error(e))
     }
 }
 
@@ -232,7 +340,7 @@ impl Store for EtcdStore {
             Err(e) => {
                 renewer.abort();
                 let _ = client.lease_revoke(lease).await;
-                return Err(unavailable(e));
+                return Err(unavailable(self.explain(&e)));
             }
         };
         let mut resign_client = self.client.clone();

@@ -229,7 +229,7 @@ fn store_error(e: kube::Error, what: &str) -> StoreError {
             "{} ({} {})",
             status.message, status.code, status.reason
         )),
-        other => StoreError::Unavailable(other.to_string()),
+        other => StoreError::Unavailable(stolon_store::describe_error(&other)),
     }
 }
 

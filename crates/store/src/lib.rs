@@ -37,6 +37,26 @@ pub enum StoreError {
     /// will not help until that is fixed. The message says what to fix.
     #[error("store refused the request: {0}")]
     Refused(String),
+    /// How to reach the store makes no sense (flags that contradict each other): no retry
+    /// can help.
+    #[error("store misconfigured: {0}")]
+    Misconfigured(String),
+}
+
+/// An error with its causes, in one line: client libraries' own words ("transport error",
+/// "client error (Connect)") say nothing of a refused certificate or an unreachable
+/// server, their sources do.
+pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !line.contains(&cause_text) {
+            line = format!("{line}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
 }
 
 /// What a cluster data write expects to find.
@@ -237,5 +257,40 @@ impl ChangeWaiter {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_error;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_is_told_with_its_causes_in_one_line() {
+        let e = Layer(
+            "client error (Connect)",
+            Some(Box::new(Layer(
+                "Connect",
+                Some(Box::new(Layer("invalid peer\ncertificate", None))),
+            ))),
+        );
+        assert_eq!(
+            describe_error(&e),
+            "client error (Connect): invalid peer certificate"
+        );
     }
 }

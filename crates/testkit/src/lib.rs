@@ -12,6 +12,7 @@ mod kube;
 pub mod net;
 mod netcluster;
 mod process;
+pub mod tls;
 
 pub use checker::{AckedCommit, Checker, CheckerReport, WriterKind, CONVERGE_LIMIT};
 pub use cluster::{
@@ -20,7 +21,7 @@ pub use cluster::{
 };
 pub use kube::{kube_bin_dir, kube_program, KubeApiServer, ADMIN_USER, USERS};
 pub use netcluster::{NetCluster, NetClusterBuilder, NetDaemon, NetEtcd, NetKeeper};
-pub use process::{EtcdServer, Process};
+pub use process::{EtcdServer, EtcdTls, Process};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -93,21 +93,37 @@ pub struct EtcdServer {
     log_dir: PathBuf,
     client: u16,
     peer: u16,
+    tls: Option<EtcdTls>,
+}
+
+/// An etcd serving its clients over TLS, and only those with a certificate its CA signed
+/// (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub server: crate::tls::CertFiles,
+    pub trusted_ca: PathBuf,
 }
 
 impl EtcdServer {
     pub fn start(dir: &Path, log_dir: &Path) -> EtcdServer {
+        Self::start_with(dir, log_dir, None)
+    }
+
+    /// With `tls`, the endpoint is `https://127.0.0.1:<port>`.
+    pub fn start_with(dir: &Path, log_dir: &Path, tls: Option<EtcdTls>) -> EtcdServer {
         let client = crate::free_port();
         let peer = crate::free_port();
         let data_dir = dir.join("etcd");
-        let process = Self::spawn(&data_dir, log_dir, client, peer);
+        let process = Self::spawn(&data_dir, log_dir, client, peer, tls.as_ref());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         EtcdServer {
-            endpoint: format!("http://127.0.0.1:{client}"),
+            endpoint: format!("{scheme}://127.0.0.1:{client}"),
             process,
             data_dir,
             log_dir: log_dir.to_path_buf(),
             client,
             peer,
+            tls,
         }
     }
 
@@ -118,11 +134,24 @@ impl EtcdServer {
 
     /// Starts etcd again on the same data and ports.
     pub fn restart(&mut self) {
-        self.process = Self::spawn(&self.data_dir, &self.log_dir, self.client, self.peer);
+        self.process = Self::spawn(
+            &self.data_dir,
+            &self.log_dir,
+            self.client,
+            self.peer,
+            self.tls.as_ref(),
+        );
     }
 
-    fn spawn(data_dir: &Path, log_dir: &Path, client: u16, peer: u16) -> Process {
-        let endpoint = format!("http://127.0.0.1:{client}");
+    fn spawn(
+        data_dir: &Path,
+        log_dir: &Path,
+        client: u16,
+        peer: u16,
+        tls: Option<&EtcdTls>,
+    ) -> Process {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut cmd = Command::new("etcd");
         cmd.arg("--name")
@@ -139,6 +168,15 @@ impl EtcdServer {
             .arg(&peer_url)
             .arg("--initial-cluster")
             .arg(format!("test={peer_url}"));
+        if let Some(tls) = tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.trusted_ca)
+                .arg("--client-cert-auth");
+        }
         let process = Process::spawn("etcd", cmd, log_dir);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
