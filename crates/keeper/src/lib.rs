@@ -541,11 +541,13 @@ impl Keeper {
             .then(|| followed_endpoint(cd, db).or_else(|| following.cloned()))
             .flatten();
         let app_name = slot_name(&db.uid);
+        let passfile = self.pg.replication_passfile();
+        let passfile = passfile.to_string_lossy();
         let standby = follow.as_ref().map(|ep| StandbySettings {
             host: &ep.host,
             port: ep.port,
             user: &self.config.repl_username,
-            password: &self.config.repl_password,
+            passfile: &passfile,
             application_name: &app_name,
             slot: &app_name,
         });
@@ -613,6 +615,8 @@ impl Keeper {
         let db = cd.db_of_keeper(&self.uid).context("no db assigned")?;
         let following = upstream_of(self.pg.read_file("postgresql.conf").as_deref());
         let (conf, hba) = self.desired_files(cd, db, following.as_ref());
+        self.pg
+            .write_replication_passfile(&self.config.repl_username, &self.config.repl_password)?;
         self.pg.write_file("postgresql.conf", &conf)?;
         self.pg.write_file("pg_hba.conf", &hba)?;
         self.pg.block_alter_system()?;

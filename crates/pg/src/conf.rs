@@ -25,7 +25,10 @@ pub struct StandbySettings<'a> {
     pub host: &'a str,
     pub port: u16,
     pub user: &'a str,
-    pub password: &'a str,
+    /// The password file the connection reads its password from ([`crate::ctl::PgCtl::write_replication_passfile`]):
+    /// `primary_conninfo` can be read by any superuser (`SHOW`, `pg_settings`), a file
+    /// only by the postgres user.
+    pub passfile: &'a str,
     pub application_name: &'a str,
     pub slot: &'a str,
 }
@@ -86,11 +89,11 @@ pub const DEAD_UPSTREAM_PARAMS: &str = "connect_timeout=10 tcp_user_timeout=1500
 
 pub fn primary_conninfo(s: &StandbySettings<'_>) -> String {
     format!(
-        "host={} port={} user={} password={} application_name={} sslmode=prefer {DEAD_UPSTREAM_PARAMS}",
+        "host={} port={} user={} passfile={} application_name={} sslmode=prefer {DEAD_UPSTREAM_PARAMS}",
         conninfo_value(s.host),
         s.port,
         conninfo_value(s.user),
-        conninfo_value(s.password),
+        conninfo_value(s.passfile),
         conninfo_value(s.application_name),
     )
 }
@@ -433,12 +436,17 @@ mod tests {
             host: "127.0.0.1",
             port: 5432,
             user: "repl",
-            password: "it's secret",
+            passfile: "/data/keeper's/replication.pgpass",
             application_name: "stolon_abc",
             slot: "stolon_abc",
         });
         let conf = render_postgresql_conf(&i);
         assert!(conf.contains("primary_slot_name = 'stolon_abc'"), "{conf}");
+        assert!(!conf.contains("password"), "{conf}");
+        assert!(
+            conf.contains(r"passfile=''/data/keeper\\''s/replication.pgpass''"),
+            "{conf}"
+        );
         assert_eq!(parse_upstream(&conf), Some(("127.0.0.1".to_string(), 5432)));
     }
 

@@ -213,11 +213,7 @@ impl PgCtl {
         let passfile = self.secret_file(
             scratch,
             ".basebackup-pgpass",
-            &format!(
-                "*:*:*:{}:{}\n",
-                from.user,
-                from.password.replace(':', "\\:")
-            ),
+            &pgpass_line(from.user, from.password),
         )?;
         let mut cmd = self.command("pg_basebackup");
         cmd.env("PGPASSFILE", &passfile.0)
@@ -262,11 +258,7 @@ impl PgCtl {
         let passfile = self.secret_file(
             scratch,
             ".rewind-pgpass",
-            &format!(
-                "*:*:*:{}:{}\n",
-                source.user,
-                source.password.replace(':', "\\:")
-            ),
+            &pgpass_line(source.user, source.password),
         )?;
         let mut cmd = self.command("pg_rewind");
         cmd.env("PGPASSFILE", &passfile.0)
@@ -296,6 +288,29 @@ impl PgCtl {
     /// Makes `ALTER SYSTEM` fail: its file becomes a link to /dev/null, which PostgreSQL
     /// reads as empty and cannot replace (it fsyncs the old file first, and /dev/null
     /// refuses). The keeper owns the whole configuration.
+    /// Where a standby's replication connection finds its password: beside the data
+    /// directory, so that no backup or copy of it carries the password along.
+    pub fn replication_passfile(&self) -> PathBuf {
+        self.pgdata
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .join("replication.pgpass")
+    }
+
+    /// Writes the replication password file (mode 0600, owned by the postgres user) when
+    /// it does not already hold `user`'s `password`.
+    pub fn write_replication_passfile(&self, user: &str, password: &str) -> Result<(), PgError> {
+        let path = self.replication_passfile();
+        let line = pgpass_line(user, password);
+        if std::fs::read_to_string(&path).is_ok_and(|now| now == line) {
+            return Ok(());
+        }
+        let dir = path.parent().unwrap_or(Path::new("/tmp"));
+        let written = self.secret_file(dir, ".replication.pgpass.tmp", &line)?;
+        std::fs::rename(&written.0, &path)
+            .map_err(PgError::io(format!("renaming to {}", path.display())))
+    }
+
     pub fn block_alter_system(&self) -> Result<(), PgError> {
         let path = self.pgdata.join("postgresql.auto.conf");
         if self.alter_system_blocked() {
@@ -506,6 +521,12 @@ fn parse_shutdown_checkpoint(controldata: &str) -> Option<(u32, String)> {
 
 struct SecretFile(PathBuf);
 
+/// A password file's line for `user` on any server (its `:` and `\` escaped).
+fn pgpass_line(user: &str, password: &str) -> String {
+    let escape = |field: &str| field.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{}:{}\n", escape(user), escape(password))
+}
+
 impl Drop for SecretFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -514,7 +535,13 @@ impl Drop for SecretFile {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_shutdown_checkpoint;
+    use super::{parse_shutdown_checkpoint, pgpass_line};
+
+    #[test]
+    fn a_password_file_line_escapes_its_separators() {
+        assert_eq!(pgpass_line("repl", "plain"), "*:*:*:repl:plain\n");
+        assert_eq!(pgpass_line("re:pl", r"a:b\c"), "*:*:*:re\\:pl:a\\:b\\\\c\n");
+    }
 
     const STOPPED: &str = "pg_control version number:            1300
 Database cluster state:               shut down
