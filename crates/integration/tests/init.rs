@@ -1,7 +1,9 @@
 //! Cluster initialisation: users, password files, the initial spec, initdb options.
 
 use std::time::Duration;
-use stolon_testkit::{connect, wait_for_service, wait_until, ClusterBuilder, SU_PASSWORD, SU_USER};
+use stolon_testkit::{
+    connect, wait_for_service, wait_until, ClusterBuilder, TestCluster, SU_PASSWORD, SU_USER,
+};
 
 const BOOT: Duration = Duration::from_secs(90);
 
@@ -143,15 +145,43 @@ async fn new_config_initdb_options_are_applied() {
     assert_eq!(encoding, "UTF8");
 }
 
-/// scram-sha-256 for the superuser and the replication user: the keepers' own connections,
-/// base backups, streaming and clients through the proxy all work with it.
+/// How the superuser's and the replication user's passwords are stored, by role.
+async fn stored_passwords(port: u16) -> Vec<(String, String)> {
+    let client = connect(port).await.unwrap();
+    client
+        .query(
+            "select rolname::text, rolpassword from pg_authid where rolpassword is not null order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// scram-sha-256 by default for the superuser and the replication user: the keepers' own
+/// connections, base backups, streaming and clients through the proxy all work with it,
+/// and both passwords are stored as SCRAM verifiers.
 #[tokio::test(flavor = "multi_thread")]
-async fn scram_sha_256_authentication() {
+async fn scram_sha_256_authentication_is_the_default() {
+    let cluster = ClusterBuilder::new().keepers(2).start().await;
+    auth_method_is_used(&cluster, "scram-sha-256", "SCRAM-SHA-256$").await;
+}
+
+/// md5 stays selectable: the pg_hba lines say md5, and the replication user's password is
+/// stored as an md5 hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn md5_authentication_stays_selectable() {
     let cluster = ClusterBuilder::new()
         .keepers(2)
-        .auth_method("scram-sha-256")
+        .auth_method("md5")
         .start()
         .await;
+    auth_method_is_used(&cluster, "md5", "md5").await;
+}
+
+async fn auth_method_is_used(cluster: &TestCluster, method: &str, stored_prefix: &str) {
     let master = cluster.wait_for_master(BOOT).await;
     cluster.wait_for_standbys(1, BOOT).await;
     let hba = std::fs::read_to_string(
@@ -160,27 +190,28 @@ async fn scram_sha_256_authentication() {
             .join("postgres/pg_hba.conf"),
     )
     .unwrap();
+    for line in [
+        format!("host replication {} 0.0.0.0/0 {method}", cluster.repl_user),
+        format!("host all {SU_USER} 0.0.0.0/0 {method}"),
+    ] {
+        assert!(hba.contains(&line), "{line} is not in\n{hba}");
+    }
+    let stored = stored_passwords(cluster.proxy_port()).await;
     assert!(
-        hba.contains(&format!(
-            "host replication {} 0.0.0.0/0 scram-sha-256",
-            cluster.repl_user
-        )),
-        "{hba}"
+        stored.iter().any(|(role, _)| role == &cluster.repl_user),
+        "{stored:?}"
     );
-    assert!(
-        hba.contains(&format!("host all {SU_USER} 0.0.0.0/0 scram-sha-256")),
-        "{hba}"
-    );
-    let client = connect(cluster.proxy_port()).await.unwrap();
-    let method: String = client
-        .query_one(
-            "select rolpassword from pg_authid where rolname = $1",
-            &[&SU_USER],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(method.starts_with("SCRAM-SHA-256$"), "stored as scram");
+    if method == "scram-sha-256" {
+        for (role, password) in &stored {
+            assert!(password.starts_with(stored_prefix), "{role}: {password}");
+        }
+    } else {
+        let (_, repl) = stored
+            .iter()
+            .find(|(role, _)| role == &cluster.repl_user)
+            .unwrap();
+        assert!(repl.starts_with(stored_prefix), "{repl}");
+    }
 }
 
 /// mergePgParameters (default true) copies the parameters initdb chose into the spec, under

@@ -14,7 +14,9 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 pending.push(entry.path());
             } else if kind.is_file() {
@@ -76,9 +78,11 @@ async fn only_the_private_password_files_hold_a_password() {
     cluster.start_keeper(old);
     cluster.wait_rejoined_never_primary(old, BOOT).await;
     let new_port = cluster.keepers[new].pg_port;
-    wait_until("the old primary to stream from the new one", BOOT, || async {
-        (streaming_standbys(new_port).await? == 1).then_some(())
-    })
+    wait_until(
+        "the old primary to stream from the new one",
+        BOOT,
+        || async { (streaming_standbys(new_port).await? == 1).then_some(()) },
+    )
     .await;
 
     let mut allowed = Vec::new();

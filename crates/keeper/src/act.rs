@@ -56,7 +56,11 @@ impl Keeper {
                 self.pg.start(self.db_wait_ready_timeout).await?;
                 tracing::info!("setting roles");
                 self.local_conn()
-                    .setup_roles(&self.config.repl_username, &self.config.repl_password)
+                    .setup_roles(
+                        &self.config.repl_username,
+                        &self.config.repl_password,
+                        self.config.repl_auth,
+                    )
                     .await?;
                 self.finish_new_db(db)?;
                 tracing::info!(db = %db, "database cluster initialized");

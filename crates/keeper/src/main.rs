@@ -44,13 +44,13 @@ struct Cli {
     pg_su_password: Option<String>,
     #[arg(long)]
     pg_su_passwordfile: Option<PathBuf>,
-    /// md5, scram-sha-256 or trust (no password).
-    #[arg(long, default_value = "md5", value_parser = AuthMethod::parse)]
+    /// scram-sha-256, md5 or trust (no password).
+    #[arg(long, default_value = "scram-sha-256", value_parser = AuthMethod::parse)]
     pg_su_auth_method: AuthMethod,
     #[arg(long)]
     pg_repl_username: String,
-    /// md5, scram-sha-256 or trust (no password).
-    #[arg(long, default_value = "md5", value_parser = AuthMethod::parse)]
+    /// scram-sha-256, md5 or trust (no password).
+    #[arg(long, default_value = "scram-sha-256", value_parser = AuthMethod::parse)]
     pg_repl_auth_method: AuthMethod,
     #[arg(long)]
     pg_repl_password: Option<String>,

@@ -240,8 +240,8 @@ pub fn render_pg_hba(
 /// How the superuser and the replication user authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuthMethod {
-    #[default]
     Md5,
+    #[default]
     ScramSha256,
     /// No password at all: only for networks the operator trusts.
     Trust,
@@ -256,6 +256,19 @@ impl AuthMethod {
             other => Err(format!(
                 "unknown auth method {other:?} (md5, scram-sha-256 or trust)"
             )),
+        }
+    }
+
+    /// What a role's password is stored as, computed here so that the password itself never
+    /// reaches the server (where a failed statement would log it), and so that it matches
+    /// the method whatever `password_encryption` says; `None` for trust.
+    pub fn verifier(self, user: &str, password: &str) -> Option<String> {
+        match self {
+            AuthMethod::Md5 => Some(postgres_protocol::password::md5(password.as_bytes(), user)),
+            AuthMethod::ScramSha256 => Some(postgres_protocol::password::scram_sha_256(
+                password.as_bytes(),
+            )),
+            AuthMethod::Trust => None,
         }
     }
 

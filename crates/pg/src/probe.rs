@@ -189,18 +189,27 @@ impl LocalConn {
             .map(drop)
     }
 
-    /// Gives the replication user its role: the superuser itself when they are the same.
-    pub async fn setup_roles(&self, repl_user: &str, repl_password: &str) -> Result<(), PgError> {
+    /// Gives the replication user its role (the superuser itself when they are the same),
+    /// its password stored for `auth`.
+    pub async fn setup_roles(
+        &self,
+        repl_user: &str,
+        repl_password: &str,
+        auth: crate::conf::AuthMethod,
+    ) -> Result<(), PgError> {
         let client = self.connect().await?;
         let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
         let sql = if repl_user == self.user {
             format!("alter role {} replication", ident(repl_user))
         } else {
+            let password = auth
+                .verifier(repl_user, repl_password)
+                .map(|v| format!(" password {}", literal(&v)))
+                .unwrap_or_default();
             format!(
-                "create role {} login replication password {}",
-                ident(repl_user),
-                literal(repl_password)
+                "create role {} login replication{password}",
+                ident(repl_user)
             )
         };
         self.bounded(client.batch_execute(&sql)).await

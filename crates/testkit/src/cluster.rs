@@ -81,7 +81,7 @@ impl ClusterBuilder {
     pub fn new() -> ClusterBuilder {
         ClusterBuilder {
             backend: StoreBackend::Etcd,
-            auth_method: "md5".to_string(),
+            auth_method: "scram-sha-256".to_string(),
             repl_user: REPL_USER.to_string(),
             repl_password: REPL_PASSWORD.to_string(),
             keepers: Vec::new(),
@@ -116,7 +116,8 @@ impl ClusterBuilder {
         self
     }
 
-    /// How the superuser and the replication user authenticate (md5, scram-sha-256).
+    /// How the superuser and the replication user authenticate (scram-sha-256, the
+    /// keeper's default, or md5).
     pub fn auth_method(mut self, method: &str) -> Self {
         self.auth_method = method.to_string();
         self

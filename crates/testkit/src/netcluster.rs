@@ -368,7 +368,7 @@ impl NetCluster {
                 pg_bin_dir: &pg_bin_dir(),
                 secrets_dir: self.root(),
                 repl_user: crate::REPL_USER,
-                auth_method: "md5",
+                auth_method: "scram-sha-256",
                 options: &options,
                 http: SocketAddr::from((k.host.ip, 8080)),
             },
