@@ -1,10 +1,11 @@
 //! Where the passwords go: a standby streams with its replication password read from a
 //! private password file, and after a failover with pg_rewind and a rejoin no other file of
-//! the keepers' data directories, and no log line of any program, holds a password.
+//! the keepers' data directories, no log line of any program, and no answer of a keeper's
+//! HTTP endpoints holds a password (nor do those show query text).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use stolon_testkit::{connect, wait_until, ClusterBuilder, REPL_PASSWORD, SU_PASSWORD};
+use stolon_testkit::{connect, http_get, wait_until, ClusterBuilder, REPL_PASSWORD, SU_PASSWORD};
 
 const BOOT: Duration = Duration::from_secs(90);
 
@@ -112,6 +113,22 @@ async fn only_the_private_password_files_hold_a_password() {
         2,
         "each keeper has its replication password file: {allowed:?}"
     );
+    for keeper in &cluster.keepers {
+        for path in ["/metrics", "/health", "/primary", "/replica"] {
+            let (status, body) = http_get(keeper.http_port, path).await.expect(path);
+            let answer = format!("{status}\n{body}");
+            for secret in [SU_PASSWORD, REPL_PASSWORD] {
+                assert!(
+                    !answer.contains(secret),
+                    "{path} shows a password: {answer}"
+                );
+            }
+            assert!(
+                !answer.to_lowercase().contains("select "),
+                "{path} shows query text: {answer}"
+            );
+        }
+    }
     for log in files_under(&cluster.root().join("logs")) {
         for secret in [SU_PASSWORD, REPL_PASSWORD] {
             assert!(
