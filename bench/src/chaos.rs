@@ -61,12 +61,17 @@ struct Run {
 
 impl Run {
     fn broken(&self, sync: bool) -> bool {
-        (sync && !self.report.lost.is_empty())
-            || !self.report.split_brain.is_empty()
-            || self.report.lost_beyond_lag > 0
-            || self.report.converged.is_none()
-            || !self.report.read_back
+        broken(&self.report, sync)
     }
+}
+
+/// Whether a run broke a rule the checker holds the cluster to.
+fn broken(report: &CheckerReport, sync: bool) -> bool {
+    (sync && !report.lost.is_empty())
+        || !report.split_brain.is_empty()
+        || report.lost_beyond_lag > 0
+        || report.converged.is_none()
+        || !report.read_back
 }
 
 pub fn chaos(args: &[String]) {
@@ -95,7 +100,13 @@ pub fn chaos(args: &[String]) {
                 settle(&cluster).await;
                 let checker = Checker::start(&cluster).await;
                 let done = play(&mut cluster, &plan).await;
-                (done, checker.finish(&cluster, MAX_STANDBY_LAG).await)
+                let report = checker.finish(&cluster, MAX_STANDBY_LAG).await;
+                // A run that broke a rule may not break it again when replayed (timings
+                // differ): its logs are all there is to explain it.
+                if broken(&report, options.sync) {
+                    cluster.keep_files();
+                }
+                (done, report)
             });
         println!("{}", report.json(seed, mode, &faults));
         let run = Run {

@@ -135,6 +135,7 @@ impl NetClusterBuilder {
             dir: Some(dir),
             mounts: Vec::new(),
             net,
+            keep_files: false,
         };
         for (i, host) in etcd_hosts.into_iter().enumerate() {
             cluster.etcd.push(NetEtcd {
@@ -255,9 +256,15 @@ pub struct NetCluster {
     dir: Option<tempfile::TempDir>,
     mounts: Vec<PathBuf>,
     pub net: Network,
+    keep_files: bool,
 }
 
 impl NetCluster {
+    /// Keeps the logs and data directories for a post-mortem, as `STOLON_TEST_KEEP` does.
+    pub fn keep_files(&mut self) {
+        self.keep_files = true;
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.as_ref().unwrap().path()
     }
@@ -554,7 +561,9 @@ impl Drop for NetCluster {
             }
         }
         self.net.heal_all();
-        let keep = std::env::var_os("STOLON_TEST_KEEP").is_some() || std::thread::panicking();
+        let keep = self.keep_files
+            || std::env::var_os("STOLON_TEST_KEEP").is_some()
+            || std::thread::panicking();
         for mount in &self.mounts {
             if keep {
                 // The data dirs go with the mounts; keep a copy for the post-mortem.
