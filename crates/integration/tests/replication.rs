@@ -1133,11 +1133,11 @@ async fn failed_pg_rewind_falls_back_to_a_base_backup() {
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
 
-/// A postgres that cannot start (a parameter it rejects) is tried a bounded number of
-/// times, and the keeper says it gave up; it reports the db unhealthy meanwhile. Removing
-/// the parameter recovers.
+/// A postgres that cannot start (a parameter it rejects) is tried five times at once, then
+/// again after ten seconds (the waits doubling up to a minute), not in a tight loop; the
+/// keeper says so and reports the db unhealthy meanwhile. Removing the parameter recovers.
 #[tokio::test(flavor = "multi_thread")]
-async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
+async fn postgres_that_cannot_start_is_retried_with_growing_waits() {
     let cluster = ClusterBuilder::new()
         .keepers(1)
         .spec("failInterval", "60s".into())
@@ -1164,20 +1164,37 @@ async fn postgres_that_cannot_start_is_given_up_after_bounded_attempts() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_until("the keeper to give up", BOOT, || async {
+    let failed_starts = || {
         cluster
             .keeper_log(master)
-            .contains("postgres failed to start repeatedly")
-            .then_some(())
+            .matches("action failed action=Start")
+            .count()
+    };
+    wait_until(
+        "the keeper to start waiting between starts",
+        BOOT,
+        || async {
+            cluster
+                .keeper_log(master)
+                .contains("postgres failed to start repeatedly: trying again in 10s")
+                .then_some(())
+        },
+    )
+    .await;
+    let waiting_since = Instant::now();
+    assert_eq!(failed_starts(), 5, "{}", cluster.keeper_log(master));
+    wait_until("a sixth start, after the wait", BOOT, || async {
+        (failed_starts() == 6).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let log = cluster.keeper_log(master);
-    assert_eq!(
-        log.matches("action failed action=Start").count(),
-        5,
-        "{log}"
+    assert!(
+        waiting_since.elapsed() >= Duration::from_secs(8),
+        "the sixth start came {:?} after the fifth",
+        waiting_since.elapsed()
     );
+    assert!(cluster
+        .keeper_log(master)
+        .contains("postgres failed to start repeatedly: trying again in 20s"));
     let cd = cluster.cluster_data().await.unwrap();
     let info: Vec<stolon_cluster::KeeperInfo> =
         stolon_store::read_infos(cluster.store.as_ref(), stolon_store::InfoKind::Keeper)

@@ -10,6 +10,7 @@ mod disk;
 mod fence;
 mod publish;
 mod restore;
+mod starts;
 mod state;
 mod status;
 mod timeline;
@@ -19,6 +20,7 @@ use disk::DiskWatch;
 use fence::Fence;
 pub use fence::StoreLoss;
 use publish::same_but_position;
+use starts::{FailedStarts, StartKey};
 use state::{DataDir, DbState};
 use status::Status;
 use std::net::SocketAddr;
@@ -26,8 +28,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, DataDisk, Db, DbRole, DbUid, Generation, KeeperUid, Lsn, PgState,
-    ShutdownCheckpoint, SuReplAccessMode, TimelineId,
+    ClusterData, DataDisk, Db, DbRole, DbUid, KeeperUid, Lsn, PgState, ShutdownCheckpoint,
+    SuReplAccessMode, TimelineId,
 };
 use stolon_engine::keeper::{
     followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
@@ -53,9 +55,6 @@ const DEFAULT_SLEEP_INTERVAL: Duration = Duration::from_secs(5);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// The most actions one loop takes before publishing what it has done.
 const MAX_ACTIONS_PER_LOOP: usize = 8;
-/// Failed starts of the same db spec before the keeper stops trying (and the sentinel,
-/// seeing the db unhealthy, fails it over).
-const MAX_START_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct KeeperConfig {
@@ -142,7 +141,7 @@ pub async fn run(
         db_wait_ready_timeout: Duration::from_secs(60),
         sync_timeout: None,
         sync_gate: false,
-        failed_starts: (None, 0),
+        failed_starts: FailedStarts::default(),
         last_pending_restart: Vec::new(),
         standby_timeline: StandbyTimeline::default(),
         disk: DiskWatch::new(),
@@ -201,8 +200,7 @@ struct Keeper {
     /// Set when a synchronous primary starts: only internal roles may connect until its
     /// synchronous standbys are in sync again.
     sync_gate: bool,
-    /// Consecutive failed starts, per (db, generation).
-    failed_starts: (Option<(DbUid, Generation)>, u32),
+    failed_starts: FailedStarts,
     /// The parameters last reported as waiting for a restart, to log them once.
     last_pending_restart: Vec<String>,
     standby_timeline: StandbyTimeline,
@@ -356,17 +354,27 @@ impl Keeper {
                 }
                 _ => self.last_wait = None,
             }
-            if matches!(action, Action::Start { .. }) && !self.may_start(cd) {
-                if self.last_wait != Some(GAVE_UP_STARTING) {
-                    tracing::error!("{GAVE_UP_STARTING} (attempts={MAX_START_ATTEMPTS})");
-                    self.last_wait = Some(GAVE_UP_STARTING);
-                }
+            let starting = matches!(action, Action::Start { .. });
+            if starting
+                && !self
+                    .failed_starts
+                    .wait(&self.start_key(cd), Instant::now())
+                    .is_zero()
+            {
                 return seen;
             }
             let result = self.act(cd, &action).await;
             self.status.acted(result.is_ok());
-            if matches!(action, Action::Start { .. }) {
-                self.count_start(cd, result.is_ok());
+            if starting {
+                let retry_in =
+                    self.failed_starts
+                        .record(self.start_key(cd), result.is_ok(), Instant::now());
+                if let Some(retry_in) = retry_in {
+                    tracing::error!(
+                        failures = self.failed_starts.failures(),
+                        "postgres failed to start repeatedly: trying again in {retry_in:?} (at once if the db spec changes)"
+                    );
+                }
             }
             if let Err(e) = result {
                 tracing::error!(action = ?action, error = %format!("{e:#}"), "action failed");
@@ -379,25 +387,9 @@ impl Keeper {
     }
 
     /// The db and generation a start is for: failed starts are counted per spec.
-    fn start_key(&self, cd: Option<&ClusterData>) -> Option<(DbUid, Generation)> {
+    fn start_key(&self, cd: Option<&ClusterData>) -> StartKey {
         cd.and_then(|cd| cd.db_of_keeper(&self.uid))
             .map(|db| (db.uid.clone(), db.generation))
-    }
-
-    fn may_start(&self, cd: Option<&ClusterData>) -> bool {
-        let (key, failures) = &self.failed_starts;
-        *key != self.start_key(cd) || *failures < MAX_START_ATTEMPTS
-    }
-
-    fn count_start(&mut self, cd: Option<&ClusterData>, succeeded: bool) {
-        let key = self.start_key(cd);
-        if succeeded {
-            self.failed_starts = (key, 0);
-        } else if self.failed_starts.0 == key {
-            self.failed_starts.1 += 1;
-        } else {
-            self.failed_starts = (key, 1);
-        }
     }
 
     async fn observe(&mut self, cd: Option<&ClusterData>) -> Seen {
@@ -699,7 +691,3 @@ fn in_sync_dbs(probe: &Observed) -> Vec<DbUid> {
         .map(DbUid::new)
         .collect()
 }
-
-/// Logged once when the keeper stops restarting postgres.
-const GAVE_UP_STARTING: &str =
-    "postgres failed to start repeatedly: not trying again until the db spec changes or the keeper restarts";
