@@ -110,6 +110,7 @@ impl Keeper {
                                 port: from.port,
                                 user: &self.config.repl_username,
                                 password: &self.config.repl_password,
+                                tls: &self.config.repl_tls,
                             },
                             slot,
                             Duration::from_secs(24 * 3600),
@@ -210,6 +211,7 @@ impl Keeper {
             port: from.port,
             user: &self.config.su_username,
             password: &self.config.su_password,
+            tls: &self.config.repl_tls,
         };
         if let Err(e) = stolon_pg::probe::checkpoint(
             source.host,

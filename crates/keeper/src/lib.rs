@@ -37,8 +37,8 @@ use stolon_engine::keeper::{
 };
 use stolon_engine::store_loss::Timing;
 use stolon_pg::conf::{
-    render_pg_hba, render_postgresql_conf, AuthMethod, ConfInput, HbaUsers, StandbySettings,
-    SuReplSources,
+    render_pg_hba, render_postgresql_conf, AuthMethod, ConfInput, HbaUsers, ReplicationTls,
+    StandbySettings, SuReplSources,
 };
 use stolon_pg::ctl::{OsUser, PgCtl};
 use stolon_pg::probe::{LocalConn, Observed};
@@ -73,6 +73,8 @@ pub struct KeeperConfig {
     pub repl_username: String,
     pub repl_password: String,
     pub repl_auth: AuthMethod,
+    /// TLS of the connections to the primary: streaming, pg_basebackup and pg_rewind.
+    pub repl_tls: ReplicationTls,
     pub can_be_master: bool,
     pub can_be_synchronous_replica: bool,
     /// Among equally advanced failover candidates, the higher priority wins.
@@ -540,6 +542,7 @@ impl Keeper {
             port: ep.port,
             user: &self.config.repl_username,
             passfile: &passfile,
+            tls: &self.config.repl_tls,
             application_name: &app_name,
             slot: &app_name,
         });

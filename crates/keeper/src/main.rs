@@ -3,7 +3,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use stolon_daemon::CommonArgs;
 use stolon_keeper::{KeeperConfig, StoreLoss};
-use stolon_pg::conf::AuthMethod;
+use stolon_pg::conf::{AuthMethod, ReplicationTls, SslMode};
 use stolon_pg::ctl::OsUser;
 
 /// Manages one PostgreSQL instance of a stolon cluster.
@@ -56,6 +56,14 @@ struct Cli {
     pg_repl_password: Option<String>,
     #[arg(long)]
     pg_repl_passwordfile: Option<PathBuf>,
+    /// TLS of the connections to the primary (streaming, pg_basebackup, pg_rewind), as
+    /// libpq's sslmode: disable, allow, prefer, require, verify-ca or verify-full.
+    #[arg(long, default_value = "prefer", value_parser = SslMode::parse)]
+    pg_repl_sslmode: SslMode,
+    /// The CA that signed the primaries' certificates: required by verify-ca and
+    /// verify-full.
+    #[arg(long)]
+    pg_repl_sslrootcert: Option<PathBuf>,
     /// Whether this keeper may be elected primary on failover.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     can_be_master: bool,
@@ -162,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         repl_username: cli.pg_repl_username.clone(),
         repl_password,
         repl_auth: cli.pg_repl_auth_method,
+        repl_tls: replication_tls(cli.pg_repl_sslmode, cli.pg_repl_sslrootcert.as_deref())?,
         can_be_master: cli.can_be_master,
         can_be_synchronous_replica: cli.can_be_synchronous_replica,
         priority: cli.priority,
@@ -182,6 +191,29 @@ fn uid_from_pod(prefix: &str, pod: &str) -> Option<String> {
     let (_, ordinal) = pod.rsplit_once('-')?;
     let ordinal: u32 = ordinal.parse().ok()?;
     Some(format!("{prefix}{ordinal}"))
+}
+
+/// The verify modes check the primary's certificate against a CA, which must be given:
+/// libpq would otherwise look in the postgres user's home, a file no one manages.
+fn replication_tls(
+    mode: SslMode,
+    root_cert: Option<&std::path::Path>,
+) -> anyhow::Result<ReplicationTls> {
+    if mode.verifies() && root_cert.is_none() {
+        bail!(
+            "--pg-repl-sslmode {} needs --pg-repl-sslrootcert (the CA that signed the primaries' certificates)",
+            mode.as_str()
+        );
+    }
+    if let Some(path) = root_cert {
+        if !path.is_file() {
+            bail!("--pg-repl-sslrootcert {}: no such file", path.display());
+        }
+    }
+    Ok(ReplicationTls {
+        mode,
+        root_cert: root_cert.map(|p| p.to_string_lossy().into_owned()),
+    })
 }
 
 /// The password of a user: none with trust (giving one is an error, as it would be silently

@@ -29,6 +29,7 @@ pub struct StandbySettings<'a> {
     /// `primary_conninfo` can be read by any superuser (`SHOW`, `pg_settings`), a file
     /// only by the postgres user.
     pub passfile: &'a str,
+    pub tls: &'a ReplicationTls,
     pub application_name: &'a str,
     pub slot: &'a str,
 }
@@ -89,13 +90,80 @@ pub const DEAD_UPSTREAM_PARAMS: &str = "connect_timeout=10 tcp_user_timeout=1500
 
 pub fn primary_conninfo(s: &StandbySettings<'_>) -> String {
     format!(
-        "host={} port={} user={} passfile={} application_name={} sslmode=prefer {DEAD_UPSTREAM_PARAMS}",
+        "host={} port={} user={} passfile={} application_name={} {} {DEAD_UPSTREAM_PARAMS}",
         conninfo_value(s.host),
         s.port,
         conninfo_value(s.user),
         conninfo_value(s.passfile),
         conninfo_value(s.application_name),
+        s.tls.conninfo(),
     )
+}
+
+/// libpq's `sslmode`, for the replication connections to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    #[default]
+    Prefer,
+    Require,
+    /// The primary's certificate is signed by the CA given.
+    VerifyCa,
+    /// ... and holds the host name or address the standby connects to.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(text: &str) -> Result<SslMode, String> {
+        Ok(match text {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "unknown sslmode {other:?} (disable, allow, prefer, require, verify-ca or verify-full)"
+                ))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+/// TLS of the replication connections (streaming, pg_basebackup, pg_rewind).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicationTls {
+    pub mode: SslMode,
+    /// The CA that signed the primaries' certificates, for the verify modes.
+    pub root_cert: Option<String>,
+}
+
+impl ReplicationTls {
+    /// The connection string's TLS part.
+    pub fn conninfo(&self) -> String {
+        let mut conninfo = format!("sslmode={}", self.mode.as_str());
+        if let Some(root_cert) = &self.root_cert {
+            conninfo += &format!(" sslrootcert={}", conninfo_value(root_cert));
+        }
+        conninfo
+    }
 }
 
 /// The whole `postgresql.conf`.
@@ -444,18 +512,27 @@ mod tests {
     #[test]
     fn standby_conf_names_its_upstream_and_parses_back() {
         let params = BTreeMap::new();
+        let tls = ReplicationTls {
+            mode: SslMode::VerifyFull,
+            root_cert: Some("/etc/ca.pem".into()),
+        };
         let mut i = input(&params);
         i.standby = Some(StandbySettings {
             host: "127.0.0.1",
             port: 5432,
             user: "repl",
             passfile: "/data/keeper's/replication.pgpass",
+            tls: &tls,
             application_name: "stolon_abc",
             slot: "stolon_abc",
         });
         let conf = render_postgresql_conf(&i);
         assert!(conf.contains("primary_slot_name = 'stolon_abc'"), "{conf}");
         assert!(!conf.contains("password"), "{conf}");
+        assert!(
+            conf.contains("sslmode=verify-full sslrootcert=/etc/ca.pem"),
+            "{conf}"
+        );
         assert!(
             conf.contains(r"passfile=''/data/keeper\\''s/replication.pgpass''"),
             "{conf}"

@@ -53,6 +53,7 @@ pub struct Upstream<'a> {
     pub port: u16,
     pub user: &'a str,
     pub password: &'a str,
+    pub tls: &'a crate::conf::ReplicationTls,
 }
 
 impl PgCtl {
@@ -221,10 +222,11 @@ impl PgCtl {
             .arg(&self.pgdata)
             .arg("-d")
             .arg(format!(
-                "host={} port={} user={} {}",
+                "host={} port={} user={} {} {}",
                 from.host,
                 from.port,
                 from.user,
+                from.tls.conninfo(),
                 crate::conf::DEAD_UPSTREAM_PARAMS
             ))
             .arg("-X")
@@ -265,10 +267,11 @@ impl PgCtl {
             .arg("-D")
             .arg(&self.pgdata)
             .arg(format!(
-                "--source-server=host={} port={} user={} dbname=postgres {}",
+                "--source-server=host={} port={} user={} dbname=postgres {} {}",
                 source.host,
                 source.port,
                 source.user,
+                source.tls.conninfo(),
                 crate::conf::DEAD_UPSTREAM_PARAMS
             ));
         if let Some(dir) = &self.bin_dir {

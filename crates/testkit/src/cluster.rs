@@ -241,7 +241,7 @@ pub(crate) fn short_timings() -> serde_json::Value {
     })
 }
 
-fn postgres_os_user() -> Option<(u32, u32)> {
+pub(crate) fn postgres_os_user() -> Option<(u32, u32)> {
     let user = nix::unistd::User::from_name("postgres").ok().flatten()?;
     Some((user.uid.as_raw(), user.gid.as_raw()))
 }

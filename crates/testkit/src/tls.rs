@@ -93,7 +93,8 @@ impl TestCa {
     }
 }
 
-/// Mode 0600 from the start: PostgreSQL refuses a key others can read.
+/// Mode 0600 from the start, and owned by the postgres OS user when there is one:
+/// PostgreSQL refuses a key others can read, or that it cannot.
 fn write_private(path: &Path, text: &str) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -105,4 +106,7 @@ fn write_private(path: &Path, text: &str) {
         .open(path)
         .expect("creating a key file");
     file.write_all(text.as_bytes()).expect("writing a key file");
+    if let Some((uid, gid)) = crate::cluster::postgres_os_user() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown of a key file");
+    }
 }
