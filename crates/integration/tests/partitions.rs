@@ -261,3 +261,36 @@ fn s_part_08_an_isolated_primary_is_fully_stopped_before_the_heal() {
             assert!(report.converged.is_some(), "{}", report.explain());
         });
 }
+
+/// S-PART-09 (campaign seed 4012): a standby's keeper restarted while its disk is full
+/// cannot write its configuration, so every start of postgres fails at once, five of them
+/// in a second. Once the disk has room again the keeper starts postgres by itself and the
+/// standby streams again (a keeper used to give up after five failed starts until the db
+/// spec changed, and that standby never came back).
+#[test]
+fn s_part_09_a_keeper_restarted_on_a_full_disk_starts_postgres_once_there_is_room() {
+    let report = NetClusterBuilder::new()
+        .spec("synchronousReplication", false.into())
+        .run(|mut cluster| async move {
+            settle(&cluster).await;
+            let checker = Checker::start(&cluster).await;
+            let primary = cluster.master_keeper().await.expect("a primary");
+            let standby = (primary + 1) % cluster.keepers.len();
+            cluster.kill_keeper(standby);
+            cluster.fill_keeper_disk(standby, true);
+            cluster.start_keeper(standby);
+            stolon_testkit::wait_until("five failed starts on the full disk", HOLD * 2, || async {
+                (cluster
+                    .keeper_log(standby)
+                    .matches("action failed action=Start")
+                    .count()
+                    >= 5)
+                    .then_some(())
+            })
+            .await;
+            cluster.fill_keeper_disk(standby, false);
+            checker.finish(&cluster, MAX_STANDBY_LAG).await
+        });
+    held_through_proxies(&report);
+    held(&report, false);
+}

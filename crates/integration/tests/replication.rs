@@ -1134,7 +1134,7 @@ async fn failed_pg_rewind_falls_back_to_a_base_backup() {
 }
 
 /// A postgres that cannot start (a parameter it rejects) is tried five times at once, then
-/// again after ten seconds (the waits doubling up to a minute), not in a tight loop; the
+/// again after ten seconds (then twenty, then every thirty), not in a tight loop; the
 /// keeper says so and reports the db unhealthy meanwhile. Removing the parameter recovers.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_that_cannot_start_is_retried_with_growing_waits() {

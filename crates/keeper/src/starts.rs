@@ -1,6 +1,6 @@
 //! Failed starts of postgres, counted per db spec. The first few are retried at once (a
 //! start can fail for a moment: a port still held, a file system not yet mounted); after
-//! that each retry waits longer, up to a minute, so that a postgres that cannot start (a
+//! that each retry waits longer, up to half a minute, so that a postgres that cannot start (a
 //! bad parameter, a full disk) is not restarted in a tight loop, yet comes back by itself
 //! once the cause is gone. A new db spec starts the count afresh.
 
@@ -11,7 +11,7 @@ use tokio::time::Instant;
 /// Starts tried without waiting.
 const QUICK_ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The db spec a start is for.
 pub(crate) type StartKey = Option<(DbUid, Generation)>;
@@ -57,7 +57,7 @@ impl FailedStarts {
 }
 
 /// The wait after `failures` failed starts in a row: none for the quick attempts, then
-/// doubling from ten seconds to a minute.
+/// 10, 20, then 30 seconds.
 fn backoff(failures: u32) -> Option<Duration> {
     let beyond = failures.checked_sub(QUICK_ATTEMPTS)?;
     Some(
@@ -76,7 +76,7 @@ mod tests {
     }
 
     #[test]
-    fn the_quick_attempts_wait_for_nothing_then_the_waits_double_up_to_a_minute() {
+    fn the_quick_attempts_wait_for_nothing_then_ten_twenty_and_thirty_seconds() {
         let waits: Vec<Option<u64>> = (1..=9).map(|n| backoff(n).map(|d| d.as_secs())).collect();
         assert_eq!(
             waits,
@@ -87,9 +87,9 @@ mod tests {
                 None,
                 Some(10),
                 Some(20),
-                Some(40),
-                Some(60),
-                Some(60)
+                Some(30),
+                Some(30),
+                Some(30)
             ]
         );
         assert_eq!(backoff(u32::MAX), Some(MAX_BACKOFF));

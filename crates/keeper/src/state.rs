@@ -54,8 +54,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
@@ -114,6 +115,7 @@ impl DataDir {
     ) -> anyhow::Result<String> {
         let path = self.root.join("keeperstate");
         let stored: Option<KeeperState> = read_json(&path)?;
+        let known = stored.is_some();
         let uid = match (stored, wanted) {
             (Some(s), Some(w)) if s.uid != w => bail!(
                 "keeper uid {w:?} differs from the uid {:?} saved in the data dir {}: a data \
@@ -132,10 +134,13 @@ impl DataDir {
         {
             bail!("invalid keeper uid {uid:?}: only a-z, 0-9 and _ are allowed");
         }
-        write_atomic(
-            &path,
-            &serde_json::to_vec(&KeeperState { uid: uid.clone() })?,
-        )?;
+        // Written once: a keeper restarted on a full disk must still start, and report it.
+        if !known {
+            write_atomic(
+                &path,
+                &serde_json::to_vec(&KeeperState { uid: uid.clone() })?,
+            )?;
+        }
         Ok(uid)
     }
 
