@@ -46,6 +46,18 @@ impl Bed {
         }
     }
 
+    /// A client certificate of the CA etcd does not trust, at paths a fixed one can later
+    /// be copied over.
+    fn install_foreign_client_certificate(&self) -> CertFiles {
+        let foreign = self.other.issue("client", Usage::Client, &["stolon"]);
+        let installed = CertFiles {
+            cert: self.dir.path().join("installed.pem"),
+            key: self.dir.path().join("installed-key.pem"),
+        };
+        copy(&foreign, &installed);
+        installed
+    }
+
     /// Verifies the server with the trusted CA, and shows `client`.
     fn files(&self, client: Option<&CertFiles>) -> TlsFiles {
         TlsFiles {
@@ -232,12 +244,7 @@ fn copy(from: &CertFiles, to: &CertFiles) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_replaced_on_disk_is_used_without_a_restart() {
     let bed = Bed::new();
-    let foreign = bed.other.issue("client", Usage::Client, &["stolon"]);
-    let installed = CertFiles {
-        cert: bed.dir.path().join("installed.pem"),
-        key: bed.dir.path().join("installed-key.pem"),
-    };
-    copy(&foreign, &installed);
+    let installed = bed.install_foreign_client_certificate();
     let access = EtcdAccess {
         tls: bed.files(Some(&installed)),
         user: None,
@@ -271,12 +278,7 @@ fn sentinel(bed: &Bed, installed: &CertFiles, log_dir: &Path) -> Process {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sentinel_waits_out_a_refused_certificate_and_leads_once_it_is_fixed() {
     let bed = Bed::new();
-    let foreign = bed.other.issue("client", Usage::Client, &["stolon"]);
-    let installed = CertFiles {
-        cert: bed.dir.path().join("installed.pem"),
-        key: bed.dir.path().join("installed-key.pem"),
-    };
-    copy(&foreign, &installed);
+    let installed = bed.install_foreign_client_certificate();
     let mut sentinel = sentinel(&bed, &installed, bed.dir.path());
     stolon_testkit::wait_until(
         "the sentinel to say etcd refuses it",

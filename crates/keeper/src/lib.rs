@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, DataDisk, Db, DbRole, DbUid, KeeperUid, Lsn, PgState, ShutdownCheckpoint,
-    SuReplAccessMode, TimelineId,
+    ClusterData, ClusterPhase, DataDisk, Db, DbRole, DbUid, KeeperUid, Lsn, PgState,
+    ShutdownCheckpoint, SuReplAccessMode, TimelineId,
 };
 use stolon_engine::keeper::{
     followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
@@ -246,10 +246,13 @@ impl Keeper {
                 self.db_wait_ready_timeout = cd.spec.db_wait_ready_timeout;
                 self.sync_timeout = cd.spec.sync_timeout;
                 if let Some(fence) = &self.fence {
-                    let master = cd
-                        .data
-                        .db_of_keeper(&self.uid)
-                        .is_some_and(|db| db.spec.role == DbRole::Master);
+                    // While the cluster initialises, no failover can replace this keeper,
+                    // whose loop may be busy in initdb for longer than the fence's limit.
+                    let master = cd.data.cluster.status.phase == ClusterPhase::Normal
+                        && cd
+                            .data
+                            .db_of_keeper(&self.uid)
+                            .is_some_and(|db| db.spec.role == DbRole::Master);
                     fence.read(Timing::of(&cd.spec), master, self.db_wait_ready_timeout);
                 }
             }
