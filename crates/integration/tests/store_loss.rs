@@ -230,3 +230,29 @@ async fn store_loss_ignore_keeps_postgres_running() {
     same_primary_back(&cluster, primary, &db, &mut direct).await;
     cluster.assert_no_unexpected_errors(EXPECTED);
 }
+
+/// The first primary's keeper spends longer in initdb than failInterval - heartbeat without
+/// publishing: while the cluster initialises no failover can replace it, so its fence must
+/// not stop the instance it is making (it used to, and the init failed and started over).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_initdb_is_not_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = stolon_testkit::slow_pg_bin_dir(dir.path(), "initdb", Duration::from_secs(4));
+    let cluster = stolon_testkit::ClusterBuilder::new()
+        .keeper(stolon_testkit::KeeperOptions {
+            pg_bin_dir: Some(slow),
+            ..Default::default()
+        })
+        .spec("failInterval", "3s".into())
+        .start()
+        .await;
+    cluster.wait_for_master(Duration::from_secs(90)).await;
+    let log = cluster.keeper_log(0);
+    assert!(!log.contains("fencing postgres"), "{log}");
+    assert_eq!(
+        log.matches("initializing the database cluster").count(),
+        1,
+        "{log}"
+    );
+    cluster.assert_no_unexpected_errors(&[]);
+}

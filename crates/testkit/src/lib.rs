@@ -16,8 +16,8 @@ pub mod tls;
 
 pub use checker::{AckedCommit, Checker, CheckerReport, WriterKind, CONVERGE_LIMIT};
 pub use cluster::{
-    failing_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, StoreBackend, TestCluster,
-    KUBE_NAMESPACE, REPL_PASSWORD, REPL_USER, SU_PASSWORD, SU_USER,
+    failing_pg_bin_dir, slow_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, StoreBackend,
+    TestCluster, KUBE_NAMESPACE, REPL_PASSWORD, REPL_USER, SU_PASSWORD, SU_USER,
 };
 pub use kube::{kube_bin_dir, kube_program, KubeApiServer, ADMIN_USER, USERS};
 pub use netcluster::{NetCluster, NetClusterBuilder, NetDaemon, NetEtcd, NetKeeper};
