@@ -341,13 +341,12 @@ pub fn read_password(
                     tracing::warn!(file = %path.display(), mode = %format!("{mode:o}"), "{what} password file can be read or written by every user: use mode 0600, or 0440 for a group that must read it");
                 }
             }
-            let raw = std::fs::read_to_string(path)
+            let (password, had_newline) = password_file_content(path)
                 .with_context(|| format!("reading the {what} password file {}", path.display()))?;
-            let trimmed = raw.trim_end_matches(['\n', '\r']);
-            if trimmed.len() != raw.len() {
+            if had_newline {
                 tracing::warn!("{what} password contain trailing new line, removing");
             }
-            trimmed.to_string()
+            password
         }
         (None, None) => bail!("a {what} password is required ({flag} or {flag}file)"),
     };
@@ -355,6 +354,23 @@ pub fn read_password(
         bail!("{what} password is empty after removing trailing new line");
     }
     Ok(password)
+}
+
+/// A password file read again, to see whether it changed: quietly, as at every loop.
+pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
+    let (password, _) = password_file_content(path)
+        .with_context(|| format!("reading the password file {}", path.display()))?;
+    if password.is_empty() {
+        bail!("the password file {} is empty", path.display());
+    }
+    Ok(password)
+}
+
+/// A password file's content without its trailing newline, and whether it had one.
+fn password_file_content(path: &Path) -> std::io::Result<(String, bool)> {
+    let raw = std::fs::read_to_string(path)?;
+    let password = raw.trim_end_matches(['\n', '\r']);
+    Ok((password.to_string(), password.len() != raw.len()))
 }
 
 /// A random identity: 8 lowercase hex characters, valid as a replication slot suffix.

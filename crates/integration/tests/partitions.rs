@@ -184,6 +184,8 @@ fn primary_disk_full(sync: bool) {
                 "the primary's keeper to report its disk full",
                 HOLD,
                 || async {
+                    // The checkpointer may remove old WAL segments: keep the disk full.
+                    cluster.fill_keeper_disk(old, true);
                     let infos: Vec<KeeperInfo> =
                         stolon_store::read_infos(cluster.store(), InfoKind::Keeper)
                             .await

@@ -1,11 +1,14 @@
 //! Where the passwords go: a standby streams with its replication password read from a
 //! private password file, and after a failover with pg_rewind and a rejoin no other file of
 //! the keepers' data directories, no log line of any program, and no answer of a keeper's
-//! HTTP endpoints holds a password (nor do those show query text).
+//! HTTP endpoints holds a password (nor do those show query text). And how they change:
+//! rewritten password files are taken on a live cluster, without a restart.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use stolon_testkit::{connect, http_get, wait_until, ClusterBuilder, REPL_PASSWORD, SU_PASSWORD};
+use stolon_testkit::{
+    connect, http_get, wait_until, ClusterBuilder, REPL_PASSWORD, REPL_USER, SU_PASSWORD, SU_USER,
+};
 
 const BOOT: Duration = Duration::from_secs(90);
 
@@ -138,4 +141,157 @@ async fn only_the_private_password_files_hold_a_password() {
             );
         }
     }
+}
+
+const NEW_SU_PASSWORD: &str = "rotated su pw";
+const NEW_REPL_PASSWORD: &str = "rotated:repl\\pw";
+/// As a passfile line spells it: its separator and escape character escaped.
+const NEW_REPL_PASSWORD_ESCAPED: &str = r"rotated\:repl\\pw";
+
+/// Whether the superuser logs in to the instance on `port` with `password`.
+async fn su_logs_in(port: u16, password: &str) -> bool {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(SU_USER)
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(3));
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok((_client, connection)) => {
+            drop(connection);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// What the instance on `port` stores as `role`'s password, read as the superuser.
+async fn stored_password(port: u16, su_password: &str, role: &str) -> Option<String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(SU_USER)
+        .password(su_password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(connection);
+    client
+        .query_one(
+            "select rolpassword from pg_authid where rolname = $1",
+            &[&role],
+        )
+        .await
+        .ok()?
+        .get(0)
+}
+
+/// The documented rotation: the password files are replaced on every keeper; the primary's
+/// keeper sets both roles' new passwords, the standby replays them and its keeper writes the
+/// new replication password to its passfile, and the standby streams again with it after
+/// its connection breaks. The old passwords are refused; no keeper restarted, no log line
+/// holds a new password.
+#[tokio::test(flavor = "multi_thread")]
+async fn rewritten_password_files_are_taken_by_the_live_cluster() {
+    let cluster = ClusterBuilder::new().keepers(2).start().await;
+    let primary = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    let standby = 1 - primary;
+    let primary_port = cluster.keepers[primary].pg_port;
+    let standby_port = cluster.keepers[standby].pg_port;
+    wait_until("the standby to stream", BOOT, || async {
+        (streaming_standbys(primary_port).await? == 1).then_some(())
+    })
+    .await;
+    let keeper_pids = || -> Vec<Option<i32>> {
+        cluster
+            .keepers
+            .iter()
+            .map(|k| k.process.as_ref().and_then(|p| p.pid()))
+            .collect()
+    };
+    let pids = keeper_pids();
+
+    cluster.rewrite_password_files(NEW_SU_PASSWORD, NEW_REPL_PASSWORD);
+    for (what, port) in [("primary", primary_port), ("standby", standby_port)] {
+        let repl = wait_until(
+            &format!("the {what} to hold both new passwords"),
+            BOOT,
+            || async {
+                let repl = stored_password(port, NEW_SU_PASSWORD, REPL_USER).await?;
+                stolon_pg::secret::verifier_accepts(&repl, REPL_USER, NEW_REPL_PASSWORD)
+                    .then_some(repl)
+            },
+        )
+        .await;
+        assert!(
+            !stolon_pg::secret::verifier_accepts(&repl, REPL_USER, REPL_PASSWORD),
+            "the {what}'s replication role still takes the old password"
+        );
+        assert!(
+            !su_logs_in(port, SU_PASSWORD).await,
+            "the {what} still takes the superuser's old password"
+        );
+    }
+    let passfile = cluster.keepers[standby].data_dir.join("replication.pgpass");
+    wait_until(
+        "the standby's passfile to name the new password",
+        BOOT,
+        || async { holds(&passfile, NEW_REPL_PASSWORD_ESCAPED).then_some(()) },
+    )
+    .await;
+    assert!(!holds(&passfile, REPL_PASSWORD), "{}", passfile.display());
+
+    // The walreceiver logs in again: with the new password, as the old one is refused.
+    let client = new_su_client(primary_port).await;
+    let cut: String = client
+        .query_one("select now()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "select pg_terminate_backend(pid) from pg_stat_replication where application_name like 'stolon_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    wait_until("the standby to stream again", BOOT, || async {
+        let row = client
+            .query_one(
+                "select count(*) from pg_stat_replication where state = 'streaming' and application_name like 'stolon_%' and backend_start > $1::text::timestamptz",
+                &[&cut],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(keeper_pids(), pids, "a keeper restarted");
+    for log in files_under(&cluster.root().join("logs")) {
+        for secret in [NEW_SU_PASSWORD, NEW_REPL_PASSWORD] {
+            assert!(
+                !holds(&log, secret),
+                "{} logs the password {secret:?}",
+                log.display()
+            );
+        }
+    }
+}
+
+async fn new_su_client(port: u16) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(SU_USER)
+        .password(NEW_SU_PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
 }

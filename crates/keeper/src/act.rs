@@ -32,19 +32,19 @@ impl Keeper {
                     .new_config
                     .as_ref()
                     .map(|c| InitOptions {
-                        su_auth: self.config.su_auth,
+                        su_auth: self.config.su.auth,
                         locale: c.locale.clone(),
                         encoding: c.encoding.clone(),
                         data_checksums: c.data_checksums.unwrap_or(false),
                     })
                     .unwrap_or(InitOptions {
-                        su_auth: self.config.su_auth,
+                        su_auth: self.config.su.auth,
                         ..Default::default()
                     });
                 self.pg
                     .initdb(
-                        &self.config.su_username,
-                        &self.config.su_password,
+                        &self.config.su.role,
+                        &self.config.su.password.current(),
                         &options,
                         self.db_wait_ready_timeout,
                     )
@@ -57,9 +57,9 @@ impl Keeper {
                 tracing::info!("setting roles");
                 self.local_conn()
                     .setup_roles(
-                        &self.config.repl_username,
-                        &self.config.repl_password,
-                        self.config.repl_auth,
+                        &self.config.repl.role,
+                        &self.config.repl.password.current(),
+                        self.config.repl.auth,
                     )
                     .await?;
                 self.finish_new_db(db)?;
@@ -108,8 +108,8 @@ impl Keeper {
                             &Upstream {
                                 host: &from.host,
                                 port: from.port,
-                                user: &self.config.repl_username,
-                                password: &self.config.repl_password,
+                                user: &self.config.repl.role,
+                                password: &self.config.repl.password.current(),
                                 tls: &self.config.repl_tls,
                             },
                             slot,
@@ -206,11 +206,12 @@ impl Keeper {
     async fn try_rewind(&self, from: &Endpoint) -> bool {
         tracing::info!("syncing using pg_rewind");
         let _ = self.pg.remove_file("postgresql.auto.conf");
+        let su_password = self.config.su.password.current();
         let source = Upstream {
             host: &from.host,
             port: from.port,
-            user: &self.config.su_username,
-            password: &self.config.su_password,
+            user: &self.config.su.role,
+            password: &su_password,
             tls: &self.config.repl_tls,
         };
         if let Err(e) = stolon_pg::probe::checkpoint(

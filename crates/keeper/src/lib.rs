@@ -8,6 +8,7 @@
 mod act;
 mod disk;
 mod fence;
+mod passwords;
 mod publish;
 mod restore;
 mod starts;
@@ -19,6 +20,8 @@ use anyhow::Context;
 use disk::DiskWatch;
 use fence::Fence;
 pub use fence::StoreLoss;
+use passwords::Passwords;
+pub use passwords::RolePassword;
 use publish::same_but_position;
 use starts::{FailedStarts, StartKey};
 use state::{DataDir, DbState};
@@ -37,8 +40,8 @@ use stolon_engine::keeper::{
 };
 use stolon_engine::store_loss::Timing;
 use stolon_pg::conf::{
-    render_pg_hba, render_postgresql_conf, AuthMethod, ConfInput, HbaUsers, ReplicationTls,
-    StandbySettings, SuReplSources,
+    render_pg_hba, render_postgresql_conf, ConfInput, HbaUsers, ReplicationTls, StandbySettings,
+    SuReplSources,
 };
 use stolon_pg::ctl::{OsUser, PgCtl};
 use stolon_pg::probe::{LocalConn, Observed};
@@ -66,13 +69,10 @@ pub struct KeeperConfig {
     /// The port the other components use (default: `port`).
     pub advertise_port: u16,
     pub bin_dir: Option<PathBuf>,
-    pub su_username: String,
-    /// Empty with the trust method.
-    pub su_password: String,
-    pub su_auth: AuthMethod,
-    pub repl_username: String,
-    pub repl_password: String,
-    pub repl_auth: AuthMethod,
+    /// The superuser: its password empty with the trust method.
+    pub su: RolePassword,
+    /// The replication user: the superuser's own password when they are one role.
+    pub repl: RolePassword,
     /// TLS of the connections to the primary: streaming, pg_basebackup and pg_rewind.
     pub repl_tls: ReplicationTls,
     pub can_be_master: bool,
@@ -94,8 +94,8 @@ fn local_conn(config: &KeeperConfig, timeout: Duration) -> LocalConn {
     LocalConn {
         socket_dir: SOCKET_DIR.to_string(),
         port: config.port,
-        user: config.su_username.clone(),
-        password: config.su_password.clone(),
+        user: config.su.role.clone(),
+        password: config.su.password.clone(),
         timeout,
     }
 }
@@ -129,6 +129,7 @@ pub async fn run(
     if let Some(address) = config.http {
         stolon_daemon::http::serve(address, status.clone().handler(), shutdown.clone()).await?;
     }
+    let passwords = Passwords::new(config.su.clone(), config.repl.clone());
     let mut keeper = Keeper {
         uid,
         status,
@@ -147,6 +148,7 @@ pub async fn run(
         last_pending_restart: Vec::new(),
         standby_timeline: StandbyTimeline::default(),
         disk: DiskWatch::new(),
+        passwords,
         restartpoint: None,
     };
     // A postgres left running by a previous keeper acts on decisions we did not see: stop
@@ -207,6 +209,7 @@ struct Keeper {
     last_pending_restart: Vec<String>,
     standby_timeline: StandbyTimeline,
     disk: DiskWatch,
+    passwords: Passwords,
     /// A restartpoint asked for in the background, so that a slow one delays no heartbeat.
     restartpoint: Option<tokio::task::JoinHandle<()>>,
 }
@@ -406,11 +409,13 @@ impl Keeper {
                 false
             }
         };
+        self.passwords.reread();
         let probe = if running {
             match self.local_conn().observe(SLOT_PREFIX).await {
                 Ok(mut p) => {
                     p.timeline_id = self.standby_timeline.observe(&p);
                     self.restartpoint_if_due(&p);
+                    self.sync_passwords(&p).await;
                     Some(p)
                 }
                 Err(e) => {
@@ -517,6 +522,20 @@ impl Keeper {
         local_conn(&self.config, self.request_timeout)
     }
 
+    /// Keeps the roles and the replication passfile in step with the password files; a
+    /// new passfile takes effect at the walreceiver's next connection.
+    async fn sync_passwords(&mut self, probe: &Observed) {
+        let conn = self.local_conn();
+        if self.passwords.sync(&conn, probe).await {
+            if let Err(e) = self
+                .pg
+                .write_replication_passfile(&self.config.repl.role, self.passwords.passfile())
+            {
+                tracing::warn!(error = %e, "cannot write the replication passfile");
+            }
+        }
+    }
+
     fn my_db<'a>(&self, cd: Option<&'a ClusterData>) -> anyhow::Result<&'a Db> {
         cd.and_then(|cd| cd.db_of_keeper(&self.uid))
             .context("no db assigned")
@@ -543,7 +562,7 @@ impl Keeper {
         let standby = follow.as_ref().map(|ep| StandbySettings {
             host: &ep.host,
             port: ep.port,
-            user: &self.config.repl_username,
+            user: &self.config.repl.role,
             passfile: &passfile,
             tls: &self.config.repl_tls,
             application_name: &app_name,
@@ -596,10 +615,10 @@ impl Keeper {
         };
         let hba = render_pg_hba(
             &HbaUsers {
-                su: &self.config.su_username,
-                su_auth: self.config.su_auth,
-                repl: &self.config.repl_username,
-                repl_auth: self.config.repl_auth,
+                su: &self.config.su.role,
+                su_auth: self.config.su.auth,
+                repl: &self.config.repl.role,
+                repl_auth: self.config.repl.auth,
             },
             &sources,
             spec.pg_hba.as_deref(),
@@ -614,7 +633,7 @@ impl Keeper {
         let following = upstream_of(self.pg.read_file("postgresql.conf").as_deref());
         let (conf, hba) = self.desired_files(cd, db, following.as_ref());
         self.pg
-            .write_replication_passfile(&self.config.repl_username, &self.config.repl_password)?;
+            .write_replication_passfile(&self.config.repl.role, self.passwords.passfile())?;
         self.pg.write_file("postgresql.conf", &conf)?;
         self.pg.write_file("pg_hba.conf", &hba)?;
         self.pg.block_alter_system()?;

@@ -2,9 +2,10 @@ use anyhow::bail;
 use clap::Parser;
 use std::path::PathBuf;
 use stolon_daemon::CommonArgs;
-use stolon_keeper::{KeeperConfig, StoreLoss};
+use stolon_keeper::{KeeperConfig, RolePassword, StoreLoss};
 use stolon_pg::conf::{AuthMethod, ReplicationTls, SslMode};
 use stolon_pg::ctl::OsUser;
+use stolon_pg::secret::Password;
 
 /// Manages one PostgreSQL instance of a stolon cluster.
 #[derive(Debug, Parser)]
@@ -42,6 +43,8 @@ struct Cli {
     pg_su_username: Option<String>,
     #[arg(long)]
     pg_su_password: Option<String>,
+    /// Reread at every loop: a new password is set on the role (by the primary's keeper)
+    /// without a restart, the previous one used until the instance holds the new one.
     #[arg(long)]
     pg_su_passwordfile: Option<PathBuf>,
     /// scram-sha-256, md5 or trust (no password).
@@ -54,6 +57,7 @@ struct Cli {
     pg_repl_auth_method: AuthMethod,
     #[arg(long)]
     pg_repl_password: Option<String>,
+    /// Reread at every loop, as --pg-su-passwordfile.
     #[arg(long)]
     pg_repl_passwordfile: Option<PathBuf>,
     /// TLS of the connections to the primary (streaming, pg_basebackup, pg_rewind), as
@@ -133,7 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.pg_repl_password.as_deref(),
         cli.pg_repl_passwordfile.as_deref(),
     )?;
-    if su_username == cli.pg_repl_username {
+    let same_role = su_username == cli.pg_repl_username;
+    if same_role {
         if cli.pg_su_auth_method != cli.pg_repl_auth_method {
             bail!("provided superuser name and replication user name are the same but provided auth methods are different");
         }
@@ -141,6 +146,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bail!("provided superuser name and replication user name are the same but provided passwords are different");
         }
     }
+    let su = RolePassword {
+        role: su_username,
+        auth: cli.pg_su_auth_method,
+        password: Password::new(su_password),
+        file: cli.pg_su_passwordfile.clone(),
+    };
     let uid = match &cli.uid_prefix {
         Some(prefix) => {
             let pod = std::env::var("POD_NAME").unwrap_or_default();
@@ -164,12 +175,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         port: cli.pg_port,
         advertise_port: cli.pg_advertise_port.unwrap_or(cli.pg_port),
         bin_dir: cli.pg_bin_path.clone(),
-        su_username,
-        su_password,
-        su_auth: cli.pg_su_auth_method,
-        repl_username: cli.pg_repl_username.clone(),
-        repl_password,
-        repl_auth: cli.pg_repl_auth_method,
+        repl: if same_role {
+            su.clone()
+        } else {
+            RolePassword {
+                role: cli.pg_repl_username.clone(),
+                auth: cli.pg_repl_auth_method,
+                password: Password::new(repl_password),
+                file: cli.pg_repl_passwordfile.clone(),
+            }
+        },
+        su,
         repl_tls: replication_tls(cli.pg_repl_sslmode, cli.pg_repl_sslrootcert.as_deref())?,
         can_be_master: cli.can_be_master,
         can_be_synchronous_replica: cli.can_be_synchronous_replica,

@@ -9,6 +9,7 @@
 pub mod conf;
 pub mod ctl;
 pub mod probe;
+pub mod secret;
 
 /// Failures of a PostgreSQL operation, each with what the tool printed.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +31,19 @@ pub enum PgError {
         #[source]
         source: std::io::Error,
     },
-    #[error("sql: {0}")]
+    #[error("sql: {}", sql_error_text(.0))]
     Sql(#[from] tokio_postgres::Error),
     #[error("unexpected answer from postgres: {0}")]
     Unexpected(String),
+}
+
+/// A server's error with its message ("password authentication failed for user ..."),
+/// which the client error's own text ("db error") leaves out.
+fn sql_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 impl PgError {

@@ -1,7 +1,9 @@
 //! SQL against the local instance: what it is, and the few changes made through SQL.
 
+use crate::secret::Password;
 use crate::PgError;
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls};
 
 /// How the keeper reaches its own instance: the unix socket, as the superuser.
@@ -10,7 +12,7 @@ pub struct LocalConn {
     pub socket_dir: String,
     pub port: u16,
     pub user: String,
-    pub password: String,
+    pub password: Password,
     pub timeout: Duration,
 }
 
@@ -40,13 +42,28 @@ pub struct Observed {
 }
 
 impl LocalConn {
+    /// Logs in with the current password or, while a rotation is under way, with one it
+    /// replaced that the instance still holds.
     pub async fn connect(&self) -> Result<Client, PgError> {
+        let mut candidates = self.password.candidates().into_iter().peekable();
+        loop {
+            let password = candidates.next().unwrap_or_default();
+            match self.connect_with(&password).await {
+                Err(PgError::Sql(e))
+                    if e.code() == Some(&SqlState::INVALID_PASSWORD)
+                        && candidates.peek().is_some() => {}
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn connect_with(&self, password: &str) -> Result<Client, PgError> {
         let mut config = Config::new();
         config
             .host_path(&self.socket_dir)
             .port(self.port)
             .user(&self.user)
-            .password(&self.password)
+            .password(password)
             .dbname("postgres")
             .application_name("stolon-keeper")
             .connect_timeout(self.timeout);
@@ -198,22 +215,57 @@ impl LocalConn {
         auth: crate::conf::AuthMethod,
     ) -> Result<(), PgError> {
         let client = self.connect().await?;
-        let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
         let sql = if repl_user == self.user {
-            format!("alter role {} replication", ident(repl_user))
+            format!("alter role {} replication", quote_ident(repl_user))
         } else {
             let password = auth
                 .verifier(repl_user, repl_password)
-                .map(|v| format!(" password {}", literal(&v)))
+                .map(|v| format!(" password {}", quote_literal(&v)))
                 .unwrap_or_default();
             format!(
                 "create role {} login replication{password}",
-                ident(repl_user)
+                quote_ident(repl_user)
             )
         };
         self.bounded(client.batch_execute(&sql)).await
     }
+
+    /// What each of `roles` stores as its password (`None`: no password, or no such role).
+    pub async fn role_passwords(
+        &self,
+        roles: &[&str],
+    ) -> Result<Vec<(String, Option<String>)>, PgError> {
+        let client = self.connect().await?;
+        let names: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let rows = self
+            .bounded(client.query(
+                "select rolname::text, rolpassword from pg_authid where rolname = any($1)",
+                &[&names],
+            ))
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Stores `verifier` as `role`'s password. The change waits for no synchronous
+    /// standby: one lost in a failover is set again by the next primary's keeper, which
+    /// finds its role holding another password than its file.
+    pub async fn set_role_password(&self, role: &str, verifier: &str) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        let sql = format!(
+            "begin; set local synchronous_commit = local; alter role {} password {}; commit;",
+            quote_ident(role),
+            quote_literal(verifier)
+        );
+        self.bounded(client.batch_execute(&sql)).await
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Asks a (remote) primary for a checkpoint. A freshly promoted primary records its new

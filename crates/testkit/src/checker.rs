@@ -42,6 +42,10 @@ pub struct AckedCommit {
     pub server: String,
     pub system_id: i64,
     pub timeline: u32,
+    /// Where that timeline began on that server (from its history file), when it could be
+    /// read. Two servers promoted from the same timeline both name the next one alike:
+    /// the beginning tells the branches apart.
+    pub timeline_begin: Option<u64>,
     /// Where the server's WAL insert position was right after the row.
     pub lsn: u64,
     pub sent: Instant,
@@ -139,16 +143,16 @@ impl Checker {
                 .filter(|a| !last.ids.contains(&a.id))
                 .cloned()
                 .collect();
-            let ended_at = |a: &AckedCommit| last.switchpoints.get(&a.timeline).copied();
+            let left = |a: &AckedCommit| last.lineage.left(a.timeline, a.timeline_begin);
             report.rewound = report
                 .lost
                 .iter()
-                .filter(|a| ended_at(a).is_some_and(|switch| a.lsn > switch))
+                .filter(|a| left(a).is_some_and(|switch| a.lsn > switch))
                 .count();
             report.lost_beyond_lag = report
                 .lost
                 .iter()
-                .filter(|a| ended_at(a).is_none_or(|switch| a.lsn > switch + max_standby_lag))
+                .filter(|a| left(a).is_none_or(|switch| a.lsn > switch + max_standby_lag))
                 .count();
         }
         report
@@ -166,6 +170,8 @@ async fn write_forever(
 ) {
     let mut seq: i64 = 0;
     loop {
+        // The timeline this session last wrote on, and where it began.
+        let mut branch: Option<(u32, Option<u64>)> = None;
         let mut client = match tokio::time::timeout(WRITE_TIMEOUT, connect_to(address)).await {
             Ok(Ok(client)) => client,
             _ => {
@@ -178,17 +184,29 @@ async fn write_forever(
             let id = (n << 40) | seq;
             let sent = Instant::now();
             match tokio::time::timeout(WRITE_TIMEOUT, write_one(&mut client, id, &name)).await {
-                Ok(Ok(at)) => acks.lock().unwrap().push(AckedCommit {
-                    writer: name.clone(),
-                    kind,
-                    id,
-                    server: at.server,
-                    system_id: at.system_id,
-                    timeline: at.timeline,
-                    lsn: at.lsn,
-                    sent,
-                    acked: Instant::now(),
-                }),
+                Ok(Ok(at)) => {
+                    let acked = Instant::now();
+                    let timeline_begin = match branch {
+                        Some((timeline, begin)) if timeline == at.timeline => begin,
+                        _ => {
+                            let begin = timeline_begin(&client, at.timeline).await;
+                            branch = Some((at.timeline, begin));
+                            begin
+                        }
+                    };
+                    acks.lock().unwrap().push(AckedCommit {
+                        writer: name.clone(),
+                        kind,
+                        id,
+                        server: at.server,
+                        system_id: at.system_id,
+                        timeline: at.timeline,
+                        timeline_begin,
+                        lsn: at.lsn,
+                        sent,
+                        acked,
+                    })
+                }
                 // A standby refuses the write: try again on the same session.
                 Ok(Err(e)) if !is_connection_loss(&e) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -236,6 +254,31 @@ async fn write_one(
     })
 }
 
+/// Where `timeline` began on the server of `client`: the last switch point of its history
+/// file (the first timeline begins at 0).
+async fn timeline_begin(client: &tokio_postgres::Client, timeline: u32) -> Option<u64> {
+    if timeline <= 1 {
+        return Some(0);
+    }
+    let history: Option<String> = tokio::time::timeout(
+        WRITE_TIMEOUT,
+        client.query_one(
+            &format!("select pg_read_file('pg_wal/{timeline:08X}.history', 0, 1000000, true)"),
+            &[],
+        ),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .get(0);
+    // Timelines grow along a history: its parent, where this one began, is its last line.
+    parse_history(&history?).values().next_back().copied()
+}
+
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
 fn parse_lsn(text: &str) -> u64 {
     let (hi, lo) = text.split_once('/').unwrap_or(("0", "0"));
     (u64::from_str_radix(hi, 16).unwrap_or(0) << 32) | u64::from_str_radix(lo, 16).unwrap_or(0)
@@ -244,8 +287,45 @@ fn parse_lsn(text: &str) -> u64 {
 /// What the final primary holds.
 struct FinalState {
     ids: BTreeSet<i64>,
+    lineage: Lineage,
+}
+
+/// The timelines the final primary descends from, with where each began and ended.
+#[derive(Debug)]
+struct Lineage {
     /// For each timeline its history left behind, the position where it ended.
-    switchpoints: BTreeMap<u32, u64>,
+    ended: BTreeMap<u32, u64>,
+    /// The final primary's own timeline.
+    current: u32,
+}
+
+impl Lineage {
+    fn began(&self, timeline: u32) -> u64 {
+        self.ended
+            .range(..timeline)
+            .next_back()
+            .map_or(0, |(_, &at)| at)
+    }
+
+    /// Where the final history left the branch a commit was written on (timeline
+    /// `timeline`, begun at `begin`): what a failover kept of it ends there. `None` when
+    /// it never left it: the branch is the final primary's own.
+    fn left(&self, timeline: u32, begin: Option<u64>) -> Option<u64> {
+        if timeline == self.current || self.ended.contains_key(&timeline) {
+            let began = self.began(timeline);
+            match begin {
+                Some(begin) if begin != began => {
+                    // Another server promoted from the same parent and named its timeline
+                    // alike: the two part where the first of them began.
+                    Some(begin.min(began))
+                }
+                _ => self.ended.get(&timeline).copied(),
+            }
+        } else {
+            // A branch the history never took: it parted from it where it began.
+            begin
+        }
+    }
 }
 
 async fn final_state(cluster: &NetCluster) -> Option<FinalState> {
@@ -269,17 +349,21 @@ async fn final_state(cluster: &NetCluster) -> Option<FinalState> {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let history: Option<String> = client
+        let row = client
             .query_one(
-                "select pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) || '.history', 0, 1000000, true)",
+                "select substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8), \
+                 pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) || '.history', 0, 1000000, true)",
                 &[],
             )
             .await
-            .ok()?
-            .get(0);
+            .ok()?;
+        let history: Option<String> = row.get(1);
         Some(FinalState {
             ids,
-            switchpoints: parse_history(history.as_deref().unwrap_or("")),
+            lineage: Lineage {
+                ended: parse_history(history.as_deref().unwrap_or("")),
+                current: u32::from_str_radix(row.get(0), 16).ok()?,
+            },
         })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -306,7 +390,9 @@ fn parse_history(text: &str) -> BTreeMap<u32, u64> {
 }
 
 /// The acknowledgements of a server that was no longer the primary: another server had
-/// already acknowledged a commit on a later timeline before this one was even sent.
+/// already acknowledged a commit on a newer branch before this one was even sent. A
+/// newer branch is on a later timeline, or on the same one (two servers promoted from the
+/// same parent) with a later first acknowledgement.
 fn split_brain(acks: &[AckedCommit]) -> Vec<AckedCommit> {
     // The first acknowledgement on each (timeline, server).
     let mut first: BTreeMap<(u32, &str), Instant> = BTreeMap::new();
@@ -316,8 +402,10 @@ fn split_brain(acks: &[AckedCommit]) -> Vec<AckedCommit> {
     }
     acks.iter()
         .filter(|a| {
+            let began = first[&(a.timeline, a.server.as_str())];
             first.iter().any(|(&(timeline, server), &at)| {
-                timeline > a.timeline && server != a.server && at < a.sent
+                let newer = timeline > a.timeline || (timeline == a.timeline && at > began);
+                newer && server != a.server && at < a.sent
             })
         })
         .cloned()
@@ -348,10 +436,12 @@ pub struct CheckerReport {
     /// Acknowledged commits the final primary does not hold.
     pub lost: Vec<AckedCommit>,
     /// Of those, the ones written past the point where the final history left their
-    /// timeline: acknowledged by a primary whose later commits were rewound away.
+    /// branch (a timeline on one server): acknowledged by a primary whose later commits
+    /// were rewound away.
     pub rewound: usize,
-    /// Of those, the ones not explained by an asynchronous failover: not on a timeline the
-    /// final history left, or further than maxStandbyLag past where it left it.
+    /// Of those, the ones not explained by an asynchronous failover: on the final
+    /// primary's own branch, or further than maxStandbyLag past where the history left
+    /// theirs.
     pub lost_beyond_lag: usize,
     /// Commits acknowledged by a server that was not the primary any more.
     pub split_brain: Vec<AckedCommit>,
@@ -406,13 +496,13 @@ impl CheckerReport {
         for (what, acks) in [("lost", &self.lost), ("split brain", &self.split_brain)] {
             for a in acks.iter().take(10) {
                 out.push_str(&format!(
-                    "\n  {what}: id {} by {} acked by {} on timeline {} at {:X}/{:X}",
+                    "\n  {what}: id {} by {} acked by {} on timeline {} (begun at {}) at {}",
                     a.id,
                     a.writer,
                     a.server,
                     a.timeline,
-                    a.lsn >> 32,
-                    a.lsn & 0xffff_ffff
+                    a.timeline_begin.map_or("?".into(), lsn_text),
+                    lsn_text(a.lsn),
                 ));
             }
         }
@@ -438,6 +528,7 @@ mod tests {
             server: server.into(),
             system_id: 1,
             timeline,
+            timeline_begin: None,
             lsn: 0,
             sent: t0 + Duration::from_millis(sent_ms),
             acked: t0 + Duration::from_millis(acked_ms),
@@ -468,6 +559,43 @@ mod tests {
             commit("b", 2, 200, 205, t0),
         ];
         assert!(split_brain(&acks).is_empty());
+    }
+
+    #[test]
+    fn a_second_server_promoted_to_the_same_timeline_is_newer() {
+        let t0 = Instant::now();
+        let acks = [
+            commit("a", 1, 0, 5, t0),
+            commit("b", 2, 100, 105, t0),
+            commit("c", 2, 200, 205, t0),
+            commit("b", 2, 250, 255, t0),
+        ];
+        let split = split_brain(&acks);
+        assert_eq!(split.len(), 1);
+        assert_eq!(split[0].server, "b");
+        assert_eq!(split[0].sent, t0 + Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_lost_commit_is_placed_on_its_own_branch() {
+        // 1 ended at 0x1000, 2 at 0x5000; the final primary is on 3.
+        let lineage = Lineage {
+            ended: parse_history("1\t0/1000\tx\n2\t0/5000\tx\n"),
+            current: 3,
+        };
+        assert_eq!(lineage.began(2), 0x1000);
+        assert_eq!(lineage.began(3), 0x5000);
+        // The tail of a timeline the history left, whether its beginning is known or not.
+        assert_eq!(lineage.left(2, Some(0x1000)), Some(0x5000));
+        assert_eq!(lineage.left(2, None), Some(0x5000));
+        // Another 2, begun on 1 at 0x800 by a server the sentinel gave up on.
+        assert_eq!(lineage.left(2, Some(0x800)), Some(0x800));
+        // Another 3, begun on 2 past where the final primary was promoted.
+        assert_eq!(lineage.left(3, Some(0x5200)), Some(0x5000));
+        // The final primary's own branch: nothing left it.
+        assert_eq!(lineage.left(3, Some(0x5000)), None);
+        // A 4 begun on 3 that the history never took.
+        assert_eq!(lineage.left(4, Some(0x6000)), Some(0x6000));
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl ClusterBuilder {
         };
         let spec_path = dir.path().join("cluster-spec.json");
         std::fs::write(&spec_path, self.spec.to_string()).unwrap();
-        write_password_files(dir.path(), &self.repl_password);
+        write_password_files(dir.path(), SU_PASSWORD, &self.repl_password);
         let mut cluster = TestCluster {
             auth_method: self.auth_method.clone(),
             repl_user: self.repl_user.clone(),
@@ -213,18 +213,20 @@ impl ClusterBuilder {
 }
 
 /// The superuser's and the replication user's password files in `dir`, readable by the
-/// postgres OS user only.
-pub(crate) fn write_password_files(dir: &Path, repl_password: &str) {
+/// postgres OS user only; each replaced whole, as a rotated secret is.
+pub(crate) fn write_password_files(dir: &Path, su_password: &str, repl_password: &str) {
     for (name, content) in [
-        ("su-password", SU_PASSWORD),
+        ("su-password", su_password),
         ("repl-password", repl_password),
     ] {
         let path = dir.join(name);
-        std::fs::write(&path, content).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let written = dir.join(format!(".{name}.new"));
+        std::fs::write(&written, content).unwrap();
+        std::fs::set_permissions(&written, std::fs::Permissions::from_mode(0o600)).unwrap();
         if let Some(pg) = postgres_os_user() {
-            std::os::unix::fs::chown(&path, Some(pg.0), Some(pg.1)).unwrap();
+            std::os::unix::fs::chown(&written, Some(pg.0), Some(pg.1)).unwrap();
         }
+        std::fs::rename(&written, &path).unwrap();
     }
 }
 
@@ -361,6 +363,12 @@ pub struct TestCluster {
 impl TestCluster {
     pub fn root(&self) -> &Path {
         self.dir.as_ref().unwrap().path()
+    }
+
+    /// Replaces the password files every keeper was started with, as an operator rotating
+    /// the passwords does.
+    pub fn rewrite_password_files(&self, su_password: &str, repl_password: &str) {
+        write_password_files(self.root(), su_password, repl_password);
     }
 
     /// The store flags of every program; a daemon also gets `pod`, the name of the Pod

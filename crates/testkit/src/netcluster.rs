@@ -111,7 +111,7 @@ impl NetClusterBuilder {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let log_dir = dir.path().join("logs");
         std::fs::create_dir_all(&log_dir).unwrap();
-        write_password_files(dir.path(), crate::REPL_PASSWORD);
+        write_password_files(dir.path(), crate::SU_PASSWORD, crate::REPL_PASSWORD);
         let spec_path = dir.path().join("cluster-spec.json");
         std::fs::write(&spec_path, self.spec.to_string()).unwrap();
         let etcd_hosts: Vec<Host> = (0..3)
@@ -433,25 +433,29 @@ impl NetCluster {
         }
     }
 
-    /// Fills the file system of keeper `i`'s data directory (or, with `false`, frees it).
+    /// Fills the file system of keeper `i`'s data directory (or, with `false`, frees it);
+    /// calling it again tops the filler up with whatever postgres freed meanwhile.
     pub fn fill_keeper_disk(&self, i: usize, full: bool) {
         let filler = self.keepers[i].data_dir.join("disk-full-filler");
         if !full {
             let _ = std::fs::remove_file(&filler);
             return;
         }
-        let stat = nix::sys::statvfs::statvfs(&self.keepers[i].data_dir).expect("statvfs");
-        let free = stat.blocks_available() as i64 * stat.fragment_size() as i64;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&filler)
             .expect("creating the filler file");
-        let len = std::fs::metadata(&filler)
-            .map(|m| m.len() as i64)
-            .unwrap_or(0);
-        // Whatever is left after the allocation (a partial block) is below one page.
-        let _ = nix::fcntl::posix_fallocate(&file, len, free);
+        // A tmpfs gives back the whole of an allocation that does not fit, and postgres
+        // writes while this runs: one allocation of the free space seen a moment before
+        // could fill nothing. Chunks, halved at each refusal, leave less than a page.
+        let mut chunk: i64 = 64 << 20;
+        while chunk >= 4096 {
+            let len = file.metadata().map(|m| m.len() as i64).unwrap_or(0);
+            if nix::fcntl::posix_fallocate(&file, len, chunk).is_err() {
+                chunk /= 2;
+            }
+        }
     }
 
     pub async fn cluster_data(&self) -> Option<ClusterData> {
