@@ -1,7 +1,6 @@
 //! stolonctl: the operator's command line over the store.
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -9,122 +8,9 @@ use stolon_cluster::{
     ClusterData, ClusterRole, ClusterSpec, ClusterUid, DataDisk, DbRole, GoDuration, KeeperInfo,
     KeeperUid, ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
 };
-use stolon_daemon::{CommonArgs, KubeClientArgs};
+use stolon_ctl::cli::{Cli, ClusterdataCmd, Cmd, Format, ENV_PREFIX};
 use stolon_engine::sentinel::{choose_new_master, election_rules, switchover_plan};
 use stolon_store::{Expect, InfoKind, ReadClusterData, Store, StoreError};
-
-#[derive(Debug, Parser)]
-#[command(name = "stolonctl", version, about = "Manage a stolon-rs cluster")]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    kube: KubeClientArgs,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Initialize a new cluster (replacing the current one, after confirmation).
-    Init {
-        /// The cluster spec as JSON (default: {"initMode":"new"}).
-        spec: Option<String>,
-        /// Read the spec from a file ("-" for standard input).
-        #[arg(short = 'f', long = "file", conflicts_with = "spec")]
-        file: Option<PathBuf>,
-        /// Do not ask for confirmation.
-        #[arg(short = 'y', long = "yes")]
-        yes: bool,
-        /// When the store already holds a cluster, leave it as it is and succeed: for an
-        /// install step that may run again over a cluster whose keepers hold data.
-        #[arg(long, conflicts_with = "yes")]
-        keep_existing: bool,
-    },
-    /// Make the sentinel treat a keeper as failed for one round (forces a failover when it
-    /// holds the primary and another db can be elected).
-    Failkeeper {
-        /// The keeper's uid.
-        keeper: String,
-    },
-    /// Remove a keeper and its db from the cluster data (never the primary's keeper).
-    Removekeeper {
-        /// The keeper's uid.
-        keeper: String,
-    },
-    /// Print the cluster spec (with --defaults, every field with its default filled in).
-    Spec {
-        #[arg(long)]
-        defaults: bool,
-    },
-    /// Replace the cluster spec, or with --patch merge a JSON merge patch (RFC 7386: null
-    /// deletes a field) into it. A rejected update changes nothing.
-    Update {
-        /// The new spec or the patch, as JSON.
-        spec: Option<String>,
-        /// Read it from a file ("-" for standard input).
-        #[arg(short = 'f', long = "file", conflicts_with = "spec")]
-        file: Option<PathBuf>,
-        #[arg(short = 'p', long = "patch")]
-        patch: bool,
-    },
-    /// Hand the primary role to a standby without losing an acknowledged write: new client
-    /// connections wait at the proxies meanwhile and then go to the new primary.
-    Switchover {
-        /// The keeper to hand over to (default: the best eligible standby).
-        #[arg(long)]
-        to: Option<String>,
-        /// How long the target may take to catch up before the switchover is abandoned and
-        /// the old primary restored.
-        #[arg(long, default_value = "30s", value_parser = GoDuration::parse)]
-        timeout: GoDuration,
-        /// How long existing client sessions may run once new ones are held: in-flight
-        /// transactions finish rather than fail.
-        #[arg(long, default_value = "1s", value_parser = GoDuration::parse)]
-        grace: GoDuration,
-        /// Return once the request is written instead of waiting for the outcome.
-        #[arg(long)]
-        no_wait: bool,
-    },
-    /// Promote a standby cluster to a primary cluster (spec role master).
-    Promote {
-        #[arg(short = 'y', long = "yes")]
-        yes: bool,
-    },
-    /// Read or write the raw cluster data (to move it between stores).
-    Clusterdata {
-        #[command(subcommand)]
-        action: ClusterdataCmd,
-    },
-    /// Show the cluster's components and databases.
-    Status {
-        #[arg(short = 'f', long = "format", default_value = "text")]
-        format: Format,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ClusterdataCmd {
-    /// Print the cluster data.
-    Read {
-        #[arg(long)]
-        pretty: bool,
-    },
-    /// Write cluster data read from a file or standard input (refused over existing data
-    /// without --yes).
-    Write {
-        #[arg(short = 'f', long = "file")]
-        file: Option<PathBuf>,
-        #[arg(short = 'y', long = "yes")]
-        yes: bool,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Text,
-    Json,
-}
 
 fn main() {
     // The one command that needs no cluster.
@@ -132,7 +18,7 @@ fn main() {
         println!("stolonctl version {}", env!("CARGO_PKG_VERSION"));
         return;
     }
-    let cli: Cli = stolon_daemon::parse_with_env_prefix("STOLONCTL");
+    let cli: Cli = stolon_daemon::parse_with_env_prefix(ENV_PREFIX);
     stolon_daemon::init_tracing(stolon_daemon::LogLevel::Warn);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = runtime.block_on(run(cli)) {

@@ -138,9 +138,14 @@ fn raise_open_files_limit() {
 /// environment as `<PREFIX>_<FLAG_NAME>` (for example `STKEEPER_DATA_DIR`); the command
 /// line wins.
 pub fn parse_with_env_prefix<T: FromArgMatches + clap::CommandFactory>(prefix: &str) -> T {
-    let cmd = env_prefixed(T::command(), prefix);
-    let matches: ArgMatches = cmd.get_matches();
+    let matches: ArgMatches = command_with_env::<T>(prefix).get_matches();
     T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The command line of `T`, each flag also read from `<prefix>_<FLAG>`: what the program
+/// parses, and what its manual page and shell completions describe.
+pub fn command_with_env<T: clap::CommandFactory>(prefix: &str) -> Command {
+    env_prefixed(T::command(), prefix)
 }
 
 fn env_prefixed(cmd: Command, prefix: &str) -> Command {

@@ -69,6 +69,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("stolon-integration", &[]),
+    (
+        "stolon-dist",
+        &[
+            "stolon-keeper",
+            "stolon-sentinel",
+            "stolon-proxy",
+            "stolon-ctl",
+            "stolon-daemon",
+        ],
+    ),
     ("stolon-bench", &["stolon-testkit"]),
 ];
 

@@ -6,6 +6,7 @@
 //! on its own to become a primary: only the db spec the sentinel wrote can say so.
 
 mod act;
+pub mod cli;
 mod disk;
 mod fence;
 mod passwords;

@@ -10,6 +10,7 @@
 //! existing ones after the grace period the cluster data gives. The kernel moves each
 //! session's bytes where it allows (`splice`); elsewhere a userspace relay does.
 
+pub mod cli;
 mod splice;
 
 use std::net::SocketAddr;

@@ -5,6 +5,8 @@
 //! and proxies' infos, asks the engine's planner ([`stolon_engine::sentinel::step`]) for the
 //! next cluster data, and writes it with compare-and-swap against the revision it read.
 
+pub mod cli;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

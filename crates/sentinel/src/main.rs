@@ -1,26 +1,10 @@
 use anyhow::Context;
-use clap::Parser;
-use std::path::PathBuf;
 use stolon_cluster::{ClusterSpec, SentinelUid};
-use stolon_daemon::CommonArgs;
+use stolon_sentinel::cli::{Cli, ENV_PREFIX};
 use stolon_sentinel::SentinelConfig;
 
-/// Watches the keepers and proxies of a stolon cluster and decides its shape.
-#[derive(Debug, Parser)]
-#[command(name = "stolon-sentinel", version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// A cluster spec (JSON file) written as a new cluster when the store has no cluster data.
-    #[arg(long)]
-    initial_cluster_spec: Option<PathBuf>,
-    /// Where to serve Prometheus `/metrics` (host:port); not served when not given.
-    #[arg(long)]
-    metrics_listen_address: Option<std::net::SocketAddr>,
-}
-
 fn main() {
-    stolon_daemon::daemon_main("STSENTINEL", |cli: &Cli| cli.common.log_level, run);
+    stolon_daemon::daemon_main(ENV_PREFIX, |cli: &Cli| cli.common.log_level, run);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
