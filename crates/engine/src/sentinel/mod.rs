@@ -1,0 +1,534 @@
+//! The leader sentinel's planner: from the cluster data it read and what the keepers and
+//! proxies published, compute the next cluster data.
+//!
+//! Failover is a handshake spread over several steps, each one a separate compare-and-swap
+//! write, so that there is never a moment where a proxy may route to a primary other than
+//! the one the cluster data names:
+//! 1. the primary's db is unhealthy for `failInterval` (or does not converge): choose the
+//!    best standby, remove the old primary's db, name the candidate as `cluster.status.master`
+//!    and clear the proxies' target (a new proxy generation); the candidate stays a standby;
+//! 2. once every live proxy has published that generation (or has been silent for longer than
+//!    its proxyTimeout, and so has fenced itself), give the candidate the master role;
+//! 3. once it reports itself as a converged primary, point the proxies at it.
+
+use crate::Event;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use stolon_cluster::{
+    ClusterData, ClusterPhase, Db, DbRole, DbSpec, DbStatus, DbUid, FollowConfig, Generation, Hold,
+    InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, ProxyInfo, ProxyUid, Switchover,
+    SwitchoverOutcome, SwitchoverPhase, ValidSpec, FAKE_STANDBY_NAME,
+};
+
+mod bootstrap;
+mod clocks;
+mod failover;
+mod generations;
+mod standbys;
+mod switchover;
+
+pub use failover::{choose_new_master, election_rules, Choice, ElectionRules};
+pub use switchover::{switchover_candidate, switchover_plan};
+
+/// How long after a proxy's proxyTimeout the sentinel takes it as fenced. The proxy counts
+/// its timeout from the start of the check whose info the sentinel saw after, so the margin
+/// only covers the proxy's fence timer (it looks every 100 ms) and closing its connections.
+/// It does not depend on sleepInterval: the sentinel wakes when the wait runs out.
+pub const PROXY_FENCE_MARGIN: Duration = Duration::from_secs(1);
+
+/// What the sentinel read from the store besides the cluster data.
+#[derive(Debug, Clone, Copy)]
+pub struct Observations<'a> {
+    pub keepers: &'a [KeeperInfo],
+    pub proxies: &'a [ProxyInfo],
+}
+
+/// When an info last changed, as seen by this sentinel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Heartbeat {
+    info_uid: String,
+    changed_at: Duration,
+}
+
+/// What the leader remembers between steps. It lives only in memory and starts empty after
+/// every leadership change, so failure detection restarts from zero on a new leader: a
+/// conservative choice, since a new leader cannot know how long a component has been silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Memory {
+    keepers: BTreeMap<KeeperUid, Heartbeat>,
+    proxies: BTreeMap<ProxyUid, (Heartbeat, Duration)>,
+    db_errors: BTreeMap<DbUid, Duration>,
+    convergence: BTreeMap<DbUid, (Generation, Duration)>,
+    failed_init_keepers: BTreeSet<KeeperUid>,
+    db_uids_used: BTreeSet<DbUid>,
+    /// Per db, its last reported WAL position and since when it has been the same.
+    wal_progress: BTreeMap<DbUid, (Lsn, Duration)>,
+    /// Per db, since when its live keeper has reported its postgres down.
+    db_down: BTreeMap<DbUid, Duration>,
+    /// Orders against a keeper's data (give its db up, give it a db to resync), per keeper
+    /// and reason: when the keeper's report that first called for the order was seen. The
+    /// order waits until the primary has reported after it.
+    pending_orders: BTreeMap<(KeeperUid, &'static str), Duration>,
+    switchover: Option<SwitchoverClock>,
+}
+
+/// When this leader first saw the switchover in progress, and when every proxy held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SwitchoverClock {
+    id: String,
+    started: Duration,
+    held_since: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepOutput {
+    pub data: ClusterData,
+    pub events: Vec<Event>,
+    /// The next instant at which a judgment may change with no new observation (a
+    /// failInterval falling due, a timeout expiring): the caller should step again then.
+    pub wake_at: Option<Duration>,
+}
+
+/// Computes the next cluster data. `now` is a monotonic instant of the caller's choosing,
+/// `seed` feeds the names of new dbs. The input is never modified.
+pub fn step(
+    now: Duration,
+    cd: &ClusterData,
+    spec: &ValidSpec,
+    obs: Observations<'_>,
+    memory: &mut Memory,
+    seed: u64,
+) -> StepOutput {
+    let mut planner = Planner {
+        now,
+        spec,
+        cd: cd.clone(),
+        memory,
+        events: Vec::new(),
+        seed,
+        uids_made: 0,
+        proxies: obs.proxies,
+        reported_sync: BTreeMap::new(),
+        reported_oldest_wal: BTreeMap::new(),
+        failed_master: None,
+        infos: BTreeMap::new(),
+        merged_parameters: None,
+        orders_called_for: BTreeSet::new(),
+    };
+    planner.infos = obs
+        .keepers
+        .iter()
+        .filter(|i| i.cluster_uid == cd.cluster.uid)
+        .map(|i| (i.uid.clone(), i.clone()))
+        .collect();
+    planner.memory.db_uids_used.extend(cd.dbs.keys().cloned());
+    planner.observe_keepers();
+    planner.observe_dbs();
+    planner.observe_proxies(obs.proxies);
+    match planner.cd.cluster.status.phase {
+        ClusterPhase::Initializing => planner.initialize(),
+        ClusterPhase::Normal => planner.run_normal(),
+    }
+    let called_for = std::mem::take(&mut planner.orders_called_for);
+    planner
+        .memory
+        .pending_orders
+        .retain(|key, _| called_for.contains(key));
+    planner.copy_cluster_spec_into_dbs();
+    planner.bump_changed_generations(cd);
+    planner.track_convergence();
+    let wake_at = planner.next_deadline();
+    StepOutput {
+        data: planner.cd,
+        events: planner.events,
+        wake_at,
+    }
+}
+
+struct Planner<'m> {
+    now: Duration,
+    spec: &'m ValidSpec,
+    cd: ClusterData,
+    memory: &'m mut Memory,
+    events: Vec<Event>,
+    seed: u64,
+    uids_made: u64,
+    proxies: &'m [ProxyInfo],
+    /// Per db, the synchronous standbys its keeper reports in sync now.
+    reported_sync: BTreeMap<DbUid, Vec<DbUid>>,
+    /// Per db, the oldest WAL segment its keeper reports in `pg_wal`.
+    reported_oldest_wal: BTreeMap<DbUid, String>,
+    /// The primary this step found failed and could not replace.
+    failed_master: Option<DbUid>,
+    /// The keepers' infos of this cluster, as read for this step.
+    infos: BTreeMap<KeeperUid, KeeperInfo>,
+    /// The cluster's parameters if this step merged initdb's into them.
+    merged_parameters: Option<BTreeMap<String, String>>,
+    /// The pending orders this step still found called for.
+    orders_called_for: BTreeSet<(KeeperUid, &'static str)>,
+}
+
+/// A standby the planner would not promote, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub keeper: KeeperUid,
+    pub reason: &'static str,
+}
+
+impl Planner<'_> {
+    fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    fn observe_keepers(&mut self) {
+        let infos = std::mem::take(&mut self.infos);
+        for info in infos.values() {
+            let changed = match self.memory.keepers.get(&info.uid) {
+                Some(hb) => hb.info_uid != info.info_uid,
+                None => true,
+            };
+            if changed {
+                self.memory.keepers.insert(
+                    info.uid.clone(),
+                    Heartbeat {
+                        info_uid: info.info_uid.clone(),
+                        changed_at: self.now,
+                    },
+                );
+            }
+            // Only a keeper alive now joins: the leftover info of a keeper removed as dead
+            // must not bring it back.
+            if !self.cd.keepers.contains_key(&info.uid) && changed {
+                self.emit(Event::info("new keeper registered").with("keeper", &info.uid));
+                self.cd.keepers.insert(
+                    info.uid.clone(),
+                    Keeper {
+                        uid: info.uid.clone(),
+                        status: KeeperStatus::default(),
+                    },
+                );
+            }
+        }
+        let now = self.now;
+        let uids: Vec<KeeperUid> = self.cd.keepers.keys().cloned().collect();
+        for uid in uids {
+            // A keeper we have never heard from since we became leader gets a full
+            // failInterval from now before it is judged.
+            let hb = self.memory.keepers.entry(uid.clone()).or_insert(Heartbeat {
+                info_uid: String::new(),
+                changed_at: now,
+            });
+            let healthy = now.saturating_sub(hb.changed_at) <= self.spec.fail_interval;
+            let fresh = self.info_is_fresh(&uid, &infos);
+            let keeper = self.cd.keepers.get_mut(&uid).expect("listed above");
+            // `stolonctl failkeeper`: failed for this one round, then judged as usual.
+            let forced = std::mem::take(&mut keeper.status.force_fail);
+            keeper.status.healthy = healthy && !forced;
+            if let (true, Some(info)) = (fresh, infos.get(&uid)) {
+                keeper.status.boot_uuid = info.boot_uuid.clone();
+                keeper.status.can_be_master = info.can_be_master;
+                keeper.status.can_be_synchronous_replica = info.can_be_synchronous_replica;
+                keeper.status.priority = info.priority;
+            }
+            if forced {
+                self.emit(
+                    Event::warn("keeper forced to fail (stolonctl failkeeper)")
+                        .with("keeper", &uid),
+                );
+            }
+        }
+        self.infos = infos;
+    }
+
+    /// An info is fresh when it is in the store and changed within two heartbeats: a live
+    /// keeper publishes once per [`ValidSpec::keeper_heartbeat`].
+    fn info_is_fresh(&self, uid: &KeeperUid, infos: &BTreeMap<KeeperUid, KeeperInfo>) -> bool {
+        infos.contains_key(uid)
+            && self.memory.keepers.get(uid).is_some_and(|hb| {
+                self.now.saturating_sub(hb.changed_at) <= 2 * self.spec.keeper_heartbeat()
+            })
+    }
+
+    fn observe_dbs(&mut self) {
+        let uids: Vec<DbUid> = self.cd.dbs.keys().cloned().collect();
+        for uid in uids {
+            self.observe_db(&uid);
+        }
+        self.memory
+            .db_errors
+            .retain(|uid, _| self.cd.dbs.contains_key(uid));
+        self.memory
+            .wal_progress
+            .retain(|uid, _| self.cd.dbs.contains_key(uid));
+        self.memory
+            .db_down
+            .retain(|uid, _| self.cd.dbs.contains_key(uid));
+    }
+
+    /// Updates a db's status from its keeper's report, and its health.
+    fn observe_db(&mut self, uid: &DbUid) {
+        let uid = uid.clone();
+        {
+            let keeper_uid = self.cd.dbs[&uid].spec.keeper_uid.clone();
+            let info = self
+                .infos
+                .get(&keeper_uid)
+                .filter(|_| self.info_is_fresh(&keeper_uid, &self.infos))
+                .cloned();
+            let problem = match info.as_ref().map(|i| &i.postgres_state) {
+                None => Some("no keeper info available"),
+                Some(None) => Some("no db state available"),
+                Some(Some(state)) if state.db_uid != uid => {
+                    Some("received db state for unexpected db uid")
+                }
+                Some(Some(state)) => {
+                    let status = &mut self.cd.dbs.get_mut(&uid).expect("listed").status;
+                    status.current_generation = state.generation;
+                    status.listen_address = state.listen_address.clone();
+                    status.port = state.port;
+                    if state.healthy {
+                        self.reported_sync
+                            .insert(uid.clone(), state.synchronous_standbys.clone());
+                        self.reported_oldest_wal
+                            .insert(uid.clone(), state.older_wal_file.clone());
+                        let now = self.now;
+                        let progress = self
+                            .memory
+                            .wal_progress
+                            .entry(uid.clone())
+                            .or_insert((state.x_log_pos, now));
+                        if progress.0 != state.x_log_pos {
+                            *progress = (state.x_log_pos, now);
+                        }
+                        status.in_recovery = state.in_recovery;
+                        status.system_id = state.system_id.clone();
+                        status.timeline_id = state.timeline_id;
+                        status.x_log_pos = state.x_log_pos;
+                        status.timelines_history = state.timelines_history.clone();
+                        None
+                    } else if self.cd.dbs[&uid].spec.halt {
+                        // Stopped on purpose for a switchover, which bounds it.
+                        None
+                    } else {
+                        Some("db is not healthy")
+                    }
+                }
+            };
+            // The keeper is alive and says no postgres runs: it is restarting it, and has
+            // dbRestartTimeout to succeed.
+            let down = problem == Some("db is not healthy")
+                && info
+                    .as_ref()
+                    .and_then(|i| i.postgres_state.as_ref())
+                    .is_some_and(|state| state.down);
+            let down_since = if down {
+                Some(*self.memory.db_down.entry(uid.clone()).or_insert(self.now))
+            } else {
+                self.memory.db_down.remove(&uid);
+                None
+            };
+            let error_since = match problem {
+                None => {
+                    self.memory.db_errors.remove(&uid);
+                    None
+                }
+                Some(reason) => {
+                    self.emit(
+                        Event::warn(reason)
+                            .with("db", &uid)
+                            .with("keeper", &keeper_uid),
+                    );
+                    Some(*self.memory.db_errors.entry(uid.clone()).or_insert(self.now))
+                }
+            };
+            let keeper_healthy = self
+                .cd
+                .keepers
+                .get(&keeper_uid)
+                .is_some_and(|k| k.status.healthy);
+            let within = |since: Option<Duration>, limit: Duration| {
+                since.is_none_or(|since| self.now.saturating_sub(since) <= limit)
+            };
+            let db_ok = within(error_since, self.spec.fail_interval)
+                && within(down_since, self.spec.db_restart_timeout);
+            self.cd.dbs.get_mut(&uid).expect("listed").status.healthy = db_ok && keeper_healthy;
+        }
+    }
+
+    fn observe_proxies(&mut self, proxies: &[ProxyInfo]) {
+        let present: BTreeSet<&ProxyUid> = proxies.iter().map(|p| &p.uid).collect();
+        self.memory.proxies.retain(|uid, _| present.contains(uid));
+        for info in proxies {
+            let changed = self
+                .memory
+                .proxies
+                .get(&info.uid)
+                .is_none_or(|(hb, _)| hb.info_uid != info.info_uid);
+            if changed {
+                self.memory.proxies.insert(
+                    info.uid.clone(),
+                    (
+                        Heartbeat {
+                            info_uid: info.info_uid.clone(),
+                            changed_at: self.now,
+                        },
+                        info.proxy_timeout,
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Proxies that may still be routing: silent for less than their proxyTimeout plus
+    /// [`PROXY_FENCE_MARGIN`]. A proxy silent for longer cannot have read the store
+    /// successfully, so it has closed its connections by itself.
+    fn live_proxies<'p>(&self, proxies: &'p [ProxyInfo]) -> Vec<&'p ProxyInfo> {
+        proxies
+            .iter()
+            .filter(|p| {
+                self.memory
+                    .proxies
+                    .get(&p.uid)
+                    .is_some_and(|(hb, timeout)| {
+                        self.now.saturating_sub(hb.changed_at) <= *timeout + PROXY_FENCE_MARGIN
+                    })
+            })
+            .collect()
+    }
+
+    fn new_db_uid(&mut self) -> DbUid {
+        self.uids_made += 1;
+        let mut z = self
+            .seed
+            .wrapping_add(self.uids_made.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        DbUid(format!("{:08x}", z as u32))
+    }
+
+    fn new_db(&mut self, keeper: &KeeperUid, role: DbRole, init_mode: InitMode) -> DbUid {
+        // A db uid names one incarnation: never hand out one this term has seen, even if
+        // that db was removed since.
+        let uid = loop {
+            let uid = self.new_db_uid();
+            if !self.cd.dbs.contains_key(&uid) && !self.memory.db_uids_used.contains(&uid) {
+                break uid;
+            }
+        };
+        let db = Db {
+            uid: uid.clone(),
+            generation: Generation::INITIAL,
+            spec: DbSpec {
+                keeper_uid: keeper.clone(),
+                role,
+                init_mode,
+                follow_config: None,
+                followers: Vec::new(),
+                max_standbys: self.spec.max_standbys,
+                additional_wal_senders: self.spec.additional_wal_senders,
+                pg_parameters: self.spec.pg_parameters.clone(),
+                pg_hba: self.spec.pg_hba.clone(),
+                synchronous_replication: self.spec.synchronous_replication,
+                synchronous_standbys: Vec::new(),
+                external_synchronous_standbys: Vec::new(),
+                use_pgrewind: self.spec.use_pgrewind,
+                halt: false,
+                additional_replication_slots: Vec::new(),
+                automatic_pg_restart: self.spec.automatic_pg_restart,
+                new_config: (init_mode == InitMode::New)
+                    .then(|| self.spec.new_config.clone())
+                    .flatten(),
+                pitr_config: (init_mode == InitMode::Pitr)
+                    .then(|| self.spec.pitr_config.clone())
+                    .flatten(),
+                default_su_repl_access_mode: self.spec.default_su_repl_access_mode,
+                include_previous_config: matches!(
+                    init_mode,
+                    InitMode::New | InitMode::Existing | InitMode::Pitr
+                ) && self.spec.merge_pg_parameters,
+            },
+            // A new db gets the same grace period as any db without a report yet, so
+            // that the next step computes the same status.
+            status: DbStatus {
+                healthy: true,
+                ..Default::default()
+            },
+        };
+        self.memory.db_uids_used.insert(uid.clone());
+        self.cd.dbs.insert(uid.clone(), db);
+        uid
+    }
+
+    fn run_normal(&mut self) {
+        self.remove_dead_keepers();
+        let Some(master) = self.cd.master_db().cloned() else {
+            self.emit(Event::warn(
+                "cluster has no master db: nothing can be decided",
+            ));
+            return;
+        };
+        if self.drive_switchover(&master) {
+            return;
+        }
+        let failed = if !master.status.healthy {
+            self.emit(Event::warn("master db is failed").with("db", &master.uid));
+            true
+        } else if self.convergence_expired(&master, self.spec.convergence_timeout) {
+            self.emit(Event::warn("db not converged").with("db", &master.uid));
+            true
+        } else {
+            false
+        };
+        if failed {
+            self.fail_over(&master);
+            return;
+        }
+        match master.spec.role {
+            DbRole::Standby => self.promote_when_proxies_fenced(&master),
+            DbRole::Master => {
+                let serving = Self::converged(&master) && !master.status.in_recovery;
+                if serving {
+                    self.end_switchover_when_serving(&master);
+                }
+                self.publish_to_proxies(&master, serving);
+                if serving {
+                    self.cd.cluster.status.deposed_master = None;
+                    self.manage_standbys(&master);
+                }
+            }
+        }
+    }
+
+    /// The keepers that hold a db: one pass over the dbs, where asking each keeper in turn
+    /// would cost a pass per keeper.
+    fn db_owners(&self) -> BTreeSet<KeeperUid> {
+        self.cd
+            .dbs
+            .values()
+            .map(|db| db.spec.keeper_uid.clone())
+            .collect()
+    }
+
+    /// Keepers without a db, silent for deadKeeperRemovalInterval, leave the cluster data.
+    /// A keeper that owns a db stays: its data may still be needed.
+    fn remove_dead_keepers(&mut self) {
+        let owners = self.db_owners();
+        let dead: Vec<KeeperUid> = self
+            .cd
+            .keepers
+            .keys()
+            .filter(|uid| !owners.contains(uid))
+            .filter(|uid| {
+                self.memory.keepers.get(*uid).is_some_and(|hb| {
+                    self.now.saturating_sub(hb.changed_at) > self.spec.dead_keeper_removal_interval
+                })
+            })
+            .cloned()
+            .collect();
+        for uid in dead {
+            self.emit(Event::info("removing old dead keeper").with("keeper", &uid));
+            self.cd.keepers.remove(&uid);
+        }
+    }
+}
