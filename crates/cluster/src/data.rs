@@ -58,6 +58,22 @@ pub struct ClusterStatus {
     /// How the last switchover ended, for `stolonctl switchover` to report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_switchover: Option<SwitchoverOutcome>,
+    /// Maintenance mode (`stolonctl pause`): no failover, no switchover, no change to any
+    /// db's spec, and the keepers leave postgres as it is, until `stolonctl resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+}
+
+/// Who paused the cluster, when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pause {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// `user@host` of the stolonctl that paused it.
+    pub by: String,
+    /// RFC 3339, UTC, by the clock of that stolonctl's machine.
+    pub since: String,
 }
 
 /// A planned change of primary, driven by the sentinel one phase per step.

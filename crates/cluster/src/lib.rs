@@ -13,7 +13,7 @@ mod spec;
 
 pub use data::{
     Cluster, ClusterData, ClusterPhase, ClusterStatus, Db, DbRole, DbSpec, DbStatus, FollowConfig,
-    Hold, InitMode, Keeper, KeeperStatus, Proxy, ProxySpec, Switchover, SwitchoverOutcome,
+    Hold, InitMode, Keeper, KeeperStatus, Pause, Proxy, ProxySpec, Switchover, SwitchoverOutcome,
     SwitchoverPhase, CURRENT_FORMAT_VERSION, FAKE_STANDBY_NAME,
 };
 pub use duration::GoDuration;

@@ -43,6 +43,18 @@ pub enum Cmd {
         /// The keeper's uid.
         keeper: String,
     },
+    /// Maintenance mode: no failover and no switchover, no change to any db, and the
+    /// keepers leave postgres as it is, so that instances can be restarted, upgraded or
+    /// moved by hand; the proxies still stop routing to a primary that fails. Until
+    /// `resume`.
+    Pause {
+        /// Why: shown by `status`, and logged by the sentinel with each held failover.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// End maintenance mode: the sentinel and the keepers act again (a primary that failed
+    /// during the pause is replaced now).
+    Resume,
     /// Remove a keeper and its db from the cluster data (never the primary's keeper).
     Removekeeper {
         /// The keeper's uid.

@@ -1,12 +1,15 @@
 //! stolonctl: the operator's command line over the store.
 
+mod status;
+
 use anyhow::{bail, Context};
 use serde::Serialize;
+use status::{gather_status, render_status};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use stolon_cluster::{
     ClusterData, ClusterRole, ClusterSpec, ClusterUid, DataDisk, DbRole, GoDuration, KeeperInfo,
-    KeeperUid, ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
+    KeeperUid, Pause, ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
 };
 use stolon_ctl::cli::{Cli, ClusterdataCmd, Cmd, Format, ENV_PREFIX};
 use stolon_engine::sentinel::{choose_new_master, election_rules, switchover_plan};
@@ -50,9 +53,51 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             };
             init(store.as_ref(), spec, existing).await
         }
+        Cmd::Pause { reason } => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            let pause = Pause {
+                reason,
+                by: operator(),
+                since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            };
+            update_cluster_data(store.as_ref(), |cd| {
+                not_paused(cd)?;
+                if let Some(so) = &cd.cluster.status.switchover {
+                    bail!(
+                        "a switchover is in progress (id {}): pause once it has ended",
+                        so.id
+                    );
+                }
+                cd.cluster.status.pause = Some(pause.clone());
+                Ok(())
+            })
+            .await?;
+            println!("cluster paused: no failover, no switchover, and the keepers leave postgres as it is until `stolonctl resume`");
+            Ok(())
+        }
+        Cmd::Resume => {
+            let store = stolon_daemon::connect_store(&cli.common).await?;
+            let mut was = None;
+            update_cluster_data(store.as_ref(), |cd| {
+                was = cd.cluster.status.pause.take();
+                if was.is_none() {
+                    bail!("the cluster is not paused");
+                }
+                Ok(())
+            })
+            .await?;
+            if let Some(was) = was {
+                println!(
+                    "cluster resumed ({}): the sentinel and the keepers act again",
+                    describe_pause(&was)
+                );
+            }
+            Ok(())
+        }
         Cmd::Failkeeper { keeper } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
             update_cluster_data(store.as_ref(), |cd| {
+                not_paused(cd)?;
                 let k = cd
                     .keepers
                     .get_mut(&KeeperUid::new(&keeper))
@@ -252,6 +297,36 @@ async fn existing_cluster_data(store: &dyn Store) -> anyhow::Result<ReadClusterD
 
 /// Applies `change` to the current cluster data with compare-and-swap, retrying a few times
 /// when a sentinel wrote in between. A change that fails writes nothing.
+/// Refuses what a paused cluster would only hold back.
+fn not_paused(cd: &ClusterData) -> anyhow::Result<()> {
+    match &cd.cluster.status.pause {
+        Some(pause) => bail!(
+            "the cluster is paused ({}): run `stolonctl resume` first",
+            describe_pause(pause)
+        ),
+        None => Ok(()),
+    }
+}
+
+fn describe_pause(pause: &Pause) -> String {
+    let mut text = format!("since {} by {}", pause.since, pause.by);
+    if !pause.reason.is_empty() {
+        text += &format!(": {}", pause.reason);
+    }
+    text
+}
+
+/// `user@host` of whoever runs stolonctl, for the pause's record.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user}@{host}")
+}
+
 async fn update_cluster_data(
     store: &dyn Store,
     mut change: impl FnMut(&mut ClusterData) -> anyhow::Result<()>,
@@ -284,6 +359,7 @@ async fn switchover(
     let id = stolon_daemon::random_uid();
     let mut plan = String::new();
     update_cluster_data(store, |cd| {
+        not_paused(cd)?;
         if let Some(so) = &cd.cluster.status.switchover {
             bail!("a switchover is already in progress (id {})", so.id);
         }
@@ -408,352 +484,10 @@ fn confirm() -> anyhow::Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
-#[derive(Debug, Serialize)]
-struct Status {
-    sentinels: Vec<SentinelStatus>,
-    proxies: Vec<ProxyStatus>,
-    keepers: Vec<KeeperStatus>,
-    cluster: ClusterStatus,
-}
-
-#[derive(Debug, Serialize)]
-struct SentinelStatus {
-    uid: String,
-    leader: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct ProxyStatus {
-    uid: String,
-    generation: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct KeeperStatus {
-    uid: String,
-    listen_address: String,
-    healthy: bool,
-    pg_healthy: bool,
-    pg_wanted_generation: u64,
-    pg_current_generation: u64,
-    role: String,
-    timeline: u32,
-    xlog_pos: String,
-    /// The room on the data directory's filesystem, as the keeper last measured it.
-    data_disk: Option<DataDisk>,
-    data_disk_full: bool,
-    /// Whether the sentinel would promote it if the primary failed now, and why not.
-    master_eligibility: String,
-}
-
-#[derive(Debug, Serialize)]
-struct ClusterStatus {
-    available: bool,
-    master_keeper_uid: Option<String>,
-    master_db_uid: Option<String>,
-    phase: Option<String>,
-    proxy_generation: Option<u64>,
-    proxies_route_to: Option<String>,
-    master_choice: Option<String>,
-    synchronous_standbys: Vec<String>,
-    /// The switchover in progress, in words.
-    switchover: Option<String>,
-    /// How the last switchover ended.
-    last_switchover: Option<String>,
-}
-
-async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
-    let leader = store.leader().await?;
-    let mut sentinels: Vec<SentinelStatus> =
-        stolon_store::read_infos::<SentinelInfo>(store, InfoKind::Sentinel)
-            .await?
-            .into_iter()
-            .map(|s| SentinelStatus {
-                leader: leader.as_deref() == Some(s.uid.as_str()),
-                uid: s.uid.to_string(),
-            })
-            .collect();
-    sentinels.sort_by(|a, b| a.uid.cmp(&b.uid));
-    let mut proxies: Vec<ProxyStatus> =
-        stolon_store::read_infos::<ProxyInfo>(store, InfoKind::Proxy)
-            .await?
-            .into_iter()
-            .map(|p| ProxyStatus {
-                uid: p.uid.to_string(),
-                generation: p.generation.0,
-            })
-            .collect();
-    proxies.sort_by(|a, b| a.uid.cmp(&b.uid));
-    let infos: Vec<KeeperInfo> = stolon_store::read_infos(store, InfoKind::Keeper).await?;
-    let read = match stolon_store::read_cluster_data(store).await {
-        Ok(read) => read,
-        Err(StoreError::Corrupt(e)) => bail!("cannot use the cluster data: {e}"),
-        Err(e) => return Err(e.into()),
-    };
-    let mut keepers = Vec::new();
-    let mut cluster = ClusterStatus {
-        available: false,
-        master_keeper_uid: None,
-        master_db_uid: None,
-        phase: None,
-        proxy_generation: None,
-        proxies_route_to: None,
-        master_choice: None,
-        synchronous_standbys: Vec::new(),
-        switchover: None,
-        last_switchover: None,
-    };
-    if let Some(read) = &read {
-        let cd = &read.data;
-        cluster.phase = Some(format!("{:?}", cd.cluster.status.phase).to_lowercase());
-        cluster.proxy_generation = Some(cd.proxy.generation.0);
-        cluster.proxies_route_to = cd.proxy.spec.master_db_uid.as_ref().map(|d| d.to_string());
-        cluster.switchover = cd
-            .cluster
-            .status
-            .switchover
-            .as_ref()
-            .map(|so| describe_phase(so.phase).to_string());
-        cluster.last_switchover = cd.cluster.status.last_switchover.as_ref().map(|o| {
-            let how = if o.succeeded { "succeeded" } else { "failed" };
-            format!("{how}: {}", o.message)
-        });
-        if let Some(master) = cd.master_db() {
-            cluster.available =
-                master.status.healthy && cd.proxy.spec.master_db_uid.as_ref() == Some(&master.uid);
-            cluster.master_db_uid = Some(master.uid.to_string());
-            cluster.master_keeper_uid = Some(master.spec.keeper_uid.to_string());
-            cluster.master_choice =
-                Some(cd.cluster.status.master_choice.clone()).filter(|c| !c.is_empty());
-            cluster.synchronous_standbys = master
-                .spec
-                .synchronous_standbys
-                .iter()
-                .filter_map(|db| cd.dbs.get(db))
-                .map(|db| db.spec.keeper_uid.to_string())
-                .collect();
-        }
-        // What a failover decided now would make of each keeper (the sentinel's own rules).
-        let choice = cd.master_db().map(|master| {
-            let rules = election_rules(master, read.spec.max_standby_lag);
-            (master, choose_new_master(cd, master, &rules))
-        });
-        for keeper in cd.keepers.values() {
-            let db = cd.db_of_keeper(&keeper.uid);
-            let master_eligibility = match (&choice, db) {
-                (_, None) => "no db".to_string(),
-                (None, Some(_)) => "no primary to replace".to_string(),
-                (Some((master, _)), Some(db)) if db.uid == master.uid => "primary".to_string(),
-                (Some((_, choice)), Some(db)) if choice.best.as_ref() == Some(&db.uid) => {
-                    format!("would be elected: {}", choice.why)
-                }
-                (Some((_, choice)), Some(_)) => choice
-                    .rejected
-                    .iter()
-                    .find(|r| r.keeper == keeper.uid)
-                    .map(|r| format!("not eligible: {}", r.reason))
-                    .unwrap_or_else(|| "not eligible".to_string()),
-            };
-            let info = infos.iter().find(|i| i.uid == keeper.uid);
-            let data_disk = info
-                .and_then(|i| i.postgres_state.as_ref())
-                .and_then(|s| s.data_disk);
-            keepers.push(KeeperStatus {
-                uid: keeper.uid.to_string(),
-                listen_address: db
-                    .map(|d| format!("{}:{}", d.status.listen_address, d.status.port))
-                    .unwrap_or_else(|| "(unknown)".into()),
-                healthy: keeper.status.healthy,
-                pg_healthy: db.is_some_and(|d| d.status.healthy),
-                pg_wanted_generation: db.map(|d| d.generation.0).unwrap_or(0),
-                pg_current_generation: db.map(|d| d.status.current_generation.0).unwrap_or(0),
-                role: match db.map(|d| d.spec.role) {
-                    Some(DbRole::Master) => "master".into(),
-                    Some(DbRole::Standby) => "standby".into(),
-                    None => "(no db)".into(),
-                },
-                timeline: info
-                    .and_then(|i| i.postgres_state.as_ref())
-                    .map(|s| s.timeline_id.0)
-                    .unwrap_or(0),
-                xlog_pos: info
-                    .and_then(|i| i.postgres_state.as_ref())
-                    .map(|s| s.x_log_pos.to_string())
-                    .unwrap_or_default(),
-                data_disk,
-                data_disk_full: data_disk.is_some_and(|d| d.full()),
-                master_eligibility,
-            });
-        }
-    }
-    Ok(Status {
-        sentinels,
-        proxies,
-        keepers,
-        cluster,
-    })
-}
-
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-            + "\n"
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        out.push_str(&line(row));
-    }
-    out
-}
-
-/// Free room of total, in binary units; a full disk says so first.
-fn describe_disk(disk: DataDisk) -> String {
-    let room = format!(
-        "{}/{}",
-        binary_size(disk.available_bytes),
-        binary_size(disk.size_bytes)
-    );
-    if disk.full() {
-        format!("FULL {room}")
-    } else {
-        room
-    }
-}
-
-fn binary_size(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", units[unit])
-    }
-}
-
-fn render_status(s: &Status) -> String {
-    let mut out = String::from("=== Active sentinels ===\n\n");
-    out += &table(
-        &["ID", "LEADER"],
-        s.sentinels
-            .iter()
-            .map(|x| vec![x.uid.clone(), x.leader.to_string()])
-            .collect(),
-    );
-    out += "\n=== Active proxies ===\n\n";
-    out += &table(
-        &["ID", "GENERATION"],
-        s.proxies
-            .iter()
-            .map(|x| vec![x.uid.clone(), x.generation.to_string()])
-            .collect(),
-    );
-    out += "\n=== Keepers ===\n\n";
-    out += &table(
-        &[
-            "UID",
-            "HEALTHY",
-            "PG LISTENADDRESS",
-            "PG HEALTHY",
-            "PG WANTEDGENERATION",
-            "PG CURRENTGENERATION",
-            "ROLE",
-            "TIMELINE",
-            "XLOGPOS",
-            "DISK FREE",
-            "AS NEW PRIMARY",
-        ],
-        s.keepers
-            .iter()
-            .map(|k| {
-                vec![
-                    k.uid.clone(),
-                    k.healthy.to_string(),
-                    k.listen_address.clone(),
-                    k.pg_healthy.to_string(),
-                    k.pg_wanted_generation.to_string(),
-                    k.pg_current_generation.to_string(),
-                    k.role.clone(),
-                    k.timeline.to_string(),
-                    k.xlog_pos.clone(),
-                    k.data_disk.map(describe_disk).unwrap_or_default(),
-                    k.master_eligibility.clone(),
-                ]
-            })
-            .collect(),
-    );
-    out += "\n=== Cluster Info ===\n\n";
-    match &s.cluster.phase {
-        None => out += "No cluster data available (run stolonctl init)\n",
-        Some(phase) => {
-            out += &format!("Phase: {phase}\n");
-            out += &format!(
-                "Master Keeper: {}\n",
-                s.cluster.master_keeper_uid.as_deref().unwrap_or("(none)")
-            );
-            if let Some(choice) = &s.cluster.master_choice {
-                out += &format!("Master chosen because: {choice}\n");
-            }
-            if !s.cluster.synchronous_standbys.is_empty() {
-                out += &format!(
-                    "Synchronous standby keepers: {}\n",
-                    s.cluster.synchronous_standbys.join(", ")
-                );
-            }
-            out += &format!(
-                "Proxies route to db: {}\n",
-                s.cluster
-                    .proxies_route_to
-                    .as_deref()
-                    .unwrap_or("(none: connections refused)")
-            );
-            if let Some(phase) = &s.cluster.switchover {
-                out += &format!("Switchover in progress: {phase}\n");
-            }
-            if let Some(last) = &s.cluster.last_switchover {
-                out += &format!("Last switchover: {last}\n");
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{describe_disk, merge_patch};
+    use super::merge_patch;
     use serde_json::json;
-    use stolon_cluster::DataDisk;
-
-    #[test]
-    fn a_disk_is_described_by_its_room_and_when_full_says_so() {
-        let disk = |available_bytes, size_bytes| {
-            describe_disk(DataDisk {
-                available_bytes,
-                size_bytes,
-            })
-        };
-        assert_eq!(disk(700 << 20, 1 << 30), "700.0MiB/1.0GiB");
-        assert_eq!(disk(3 << 20, 1 << 30), "FULL 3.0MiB/1.0GiB");
-        assert_eq!(disk(0, 1000), "FULL 0B/1000B");
-        assert_eq!(disk(5 << 40, 10 << 40), "5.0TiB/10.0TiB");
-    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {

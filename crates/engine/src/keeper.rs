@@ -146,6 +146,11 @@ pub fn next_action(
     let Some(cd) = cd else {
         return Action::Wait("no cluster data available, waiting for it to appear");
     };
+    if cd.cluster.status.pause.is_some() {
+        return Action::Wait(
+            "the cluster is paused (stolonctl resume ends it): postgres is left as it is",
+        );
+    }
     let Some(keeper) = cd.keepers.get(me) else {
         return Action::Wait("our keeper data is not available, waiting for it to appear");
     };

@@ -174,3 +174,68 @@ async fn init_keep_existing_leaves_a_running_cluster_alone() {
     assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
     assert_eq!(stored().await, before);
 }
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Maintenance mode (`stolonctl pause` / `resume`): while paused, a killed primary is not
+/// replaced (the sentinel logs that it held the failover back), the proxy stops routing to
+/// it, a switchover is refused, and status shows who paused the cluster and why; after the
+/// resume the standby is elected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_cluster_replaces_its_primary_only_after_the_resume() {
+    let mut cluster = ClusterBuilder::new().keepers(2).start().await;
+    let old = cluster.wait_for_master(BOOT).await;
+    cluster.wait_for_standbys(1, BOOT).await;
+    let paused = cluster.stolonctl(&["pause", "--reason", "disk swap on keeper0"]);
+    assert!(paused.status.success(), "{}", stderr(&paused));
+    let again = cluster.stolonctl(&["pause"]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("is paused"), "{}", stderr(&again));
+    let status = stdout(&cluster.stolonctl(&["status"]));
+    assert!(
+        status.contains("Maintenance: PAUSED") && status.contains("disk swap on keeper0"),
+        "{status}"
+    );
+    let switchover = cluster.stolonctl(&["switchover", "--no-wait"]);
+    assert!(!switchover.status.success());
+    assert!(
+        stderr(&switchover).contains("paused"),
+        "{}",
+        stderr(&switchover)
+    );
+
+    cluster.kill_keeper_and_postgres(old);
+    let sentinel_log = cluster.root().join("logs/sentinel0.log");
+    stolon_testkit::wait_until("the sentinel to hold the failover back", BOOT, || async {
+        std::fs::read_to_string(&sentinel_log)
+            .ok()?
+            .contains("failover held back: the cluster is paused")
+            .then_some(())
+    })
+    .await;
+    stolon_testkit::wait_until("the proxies to route nowhere", BOOT, || async {
+        let cd = cluster.cluster_data().await?;
+        cd.proxy.spec.master_db_uid.is_none().then_some(())
+    })
+    .await;
+    // Several failIntervals more: still no failover.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let cd = cluster.cluster_data().await.expect("cluster data");
+    let master = cd.master_db().expect("a master db");
+    assert_eq!(
+        master.spec.keeper_uid.to_string(),
+        cluster.keepers[old].uid.to_string(),
+        "the paused cluster failed over"
+    );
+    assert!(!stolon_testkit::serves(cluster.proxy_port()).await);
+
+    let resumed = cluster.stolonctl(&["resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stdout(&resumed).contains("disk swap on keeper0"));
+    let new = cluster.wait_for_new_master(old, BOOT).await;
+    assert_ne!(new, old);
+    let status = stdout(&cluster.stolonctl(&["status"]));
+    assert!(!status.contains("Maintenance"), "{status}");
+}

@@ -95,9 +95,12 @@ impl Planner<'_> {
         self.memory
             .convergence
             .retain(|uid, _| self.cd.dbs.contains_key(uid));
+        // Paused keepers apply nothing: the pause stops every convergence clock, and the
+        // resume starts them again from zero.
+        let paused = self.cd.cluster.status.pause.is_some();
         for db in self.cd.dbs.values() {
             let entry = self.memory.convergence.get(&db.uid);
-            if entry.is_none_or(|(generation, _)| *generation != db.generation) {
+            if paused || entry.is_none_or(|(generation, _)| *generation != db.generation) {
                 self.memory
                     .convergence
                     .insert(db.uid.clone(), (db.generation, now));

@@ -24,6 +24,7 @@ mod bootstrap;
 mod clocks;
 mod failover;
 mod generations;
+mod paused;
 mod standbys;
 mod switchover;
 
@@ -134,8 +135,12 @@ pub fn step(
         .memory
         .pending_orders
         .retain(|key, _| called_for.contains(key));
-    planner.copy_cluster_spec_into_dbs();
-    planner.bump_changed_generations(cd);
+    // A paused cluster's keepers apply nothing: a new generation would only start a
+    // convergence timer that runs out during the pause.
+    if planner.cd.cluster.status.pause.is_none() {
+        planner.copy_cluster_spec_into_dbs();
+        planner.bump_changed_generations(cd);
+    }
     planner.track_convergence();
     let wake_at = planner.next_deadline();
     StepOutput {
@@ -461,6 +466,10 @@ impl Planner<'_> {
     }
 
     fn run_normal(&mut self) {
+        if let Some(pause) = self.cd.cluster.status.pause.clone() {
+            self.run_paused(&pause);
+            return;
+        }
         self.remove_dead_keepers();
         let Some(master) = self.cd.master_db().cloned() else {
             self.emit(Event::warn(
