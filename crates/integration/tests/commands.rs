@@ -179,10 +179,10 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Maintenance mode (`stolonctl pause` / `resume`): while paused, a killed primary is not
-/// replaced (the sentinel logs that it held the failover back), the proxy stops routing to
-/// it, a switchover is refused, and status shows who paused the cluster and why; after the
-/// resume the standby is elected.
+/// Maintenance mode (`stolonctl pause` / `resume`): while paused, a keeper restarted by hand
+/// leaves its postgres serving, a killed primary is not replaced (the sentinel logs that it
+/// held the failover back), the proxy stops routing to it, a switchover is refused, and
+/// status shows who paused the cluster and why; after the resume the standby is elected.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_cluster_replaces_its_primary_only_after_the_resume() {
     let mut cluster = ClusterBuilder::new().keepers(2).start().await;
@@ -204,6 +204,43 @@ async fn a_paused_cluster_replaces_its_primary_only_after_the_resume() {
         stderr(&switchover).contains("paused"),
         "{}",
         stderr(&switchover)
+    );
+
+    // A keeper restarted while paused (to upgrade it) leaves its postgres serving.
+    let standby = 1 - old;
+    let standby_port = cluster.keepers[standby].pg_port;
+    let started = || async move {
+        let client = stolon_testkit::connect(standby_port).await.ok()?;
+        let row = client
+            .query_one("select pg_postmaster_start_time()::text", &[])
+            .await
+            .ok()?;
+        Some(row.get::<_, String>(0))
+    };
+    let before = started().await.expect("the standby serves");
+    cluster.keepers[standby]
+        .process
+        .as_mut()
+        .unwrap()
+        .stop(Duration::from_secs(30));
+    assert_eq!(
+        started().await.as_ref(),
+        Some(&before),
+        "the keeper's exit stopped postgres"
+    );
+    cluster.start_keeper(standby);
+    let log = cluster.root().join(format!("logs/keeper{standby}.log"));
+    stolon_testkit::wait_until("the restarted keeper to see the pause", BOOT, || async {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("the cluster is paused (stolonctl resume ends it)")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        started().await.as_ref(),
+        Some(&before),
+        "the keeper's start stopped postgres"
     );
 
     cluster.kill_keeper_and_postgres(old);

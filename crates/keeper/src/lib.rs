@@ -151,17 +151,29 @@ pub async fn run(
         disk: DiskWatch::new(),
         passwords,
         restartpoint: None,
+        paused: false,
     };
     // A postgres left running by a previous keeper acts on decisions we did not see: stop
-    // it, and start it again only once the sentinel has seen this boot.
+    // it, and start it again only once the sentinel has seen this boot. Unless the cluster
+    // is paused: then decisions are frozen, and the operator restarting this keeper (to
+    // upgrade it) keeps the instance serving.
+    keeper.paused = stolon_store::read_cluster_data(keeper.store.as_ref())
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|cd| cd.data.cluster.status.pause.is_some());
     if keeper
         .pg
         .is_running(keeper.request_timeout)
         .await
         .unwrap_or(false)
     {
-        tracing::info!("stopping postgres left running by a previous keeper process");
-        keeper.pg.stop(keeper.db_wait_ready_timeout).await?;
+        if keeper.paused {
+            tracing::info!("the cluster is paused: leaving the running postgres as it is");
+        } else {
+            tracing::info!("stopping postgres left running by a previous keeper process");
+            keeper.pg.stop(keeper.db_wait_ready_timeout).await?;
+        }
     }
     let watchdog = shutdown.child_token();
     let watching = fence.map(|fence| {
@@ -173,7 +185,9 @@ pub async fn run(
     if let Some(watching) = watching {
         let _ = watching.await;
     }
-    if keeper
+    if keeper.paused {
+        tracing::info!("the cluster is paused: leaving postgres running as the keeper exits");
+    } else if keeper
         .pg
         .is_running(keeper.request_timeout)
         .await
@@ -211,6 +225,8 @@ struct Keeper {
     standby_timeline: StandbyTimeline,
     disk: DiskWatch,
     passwords: Passwords,
+    /// Whether the cluster data last read says the cluster is paused (`stolonctl pause`).
+    paused: bool,
     /// A restartpoint asked for in the background, so that a slow one delays no heartbeat.
     restartpoint: Option<tokio::task::JoinHandle<()>>,
 }
@@ -245,6 +261,7 @@ impl Keeper {
             };
             if let (true, Some(cd)) = (read, &view) {
                 self.status.read_cluster_data(cd);
+                self.paused = cd.data.cluster.status.pause.is_some();
                 heartbeat = cd.spec.keeper_heartbeat();
                 self.request_timeout = cd.spec.request_timeout;
                 self.db_wait_ready_timeout = cd.spec.db_wait_ready_timeout;
