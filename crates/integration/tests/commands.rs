@@ -175,6 +175,20 @@ async fn init_keep_existing_leaves_a_running_cluster_alone() {
     assert_eq!(stored().await, before);
 }
 
+async fn wait_for_log_line(log: &std::path::Path, text: &str) {
+    stolon_testkit::wait_until(
+        &format!("{} to say {text:?}", log.display()),
+        BOOT,
+        || async {
+            std::fs::read_to_string(log)
+                .ok()?
+                .contains(text)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -229,13 +243,10 @@ async fn a_paused_cluster_replaces_its_primary_only_after_the_resume() {
         "the keeper's exit stopped postgres"
     );
     cluster.start_keeper(standby);
-    let log = cluster.root().join(format!("logs/keeper{standby}.log"));
-    stolon_testkit::wait_until("the restarted keeper to see the pause", BOOT, || async {
-        std::fs::read_to_string(&log)
-            .ok()?
-            .contains("the cluster is paused (stolonctl resume ends it)")
-            .then_some(())
-    })
+    wait_for_log_line(
+        &cluster.root().join(format!("logs/keeper{standby}.log")),
+        "the cluster is paused (stolonctl resume ends it)",
+    )
     .await;
     assert_eq!(
         started().await.as_ref(),
@@ -244,13 +255,10 @@ async fn a_paused_cluster_replaces_its_primary_only_after_the_resume() {
     );
 
     cluster.kill_keeper_and_postgres(old);
-    let sentinel_log = cluster.root().join("logs/sentinel0.log");
-    stolon_testkit::wait_until("the sentinel to hold the failover back", BOOT, || async {
-        std::fs::read_to_string(&sentinel_log)
-            .ok()?
-            .contains("failover held back: the cluster is paused")
-            .then_some(())
-    })
+    wait_for_log_line(
+        &cluster.root().join("logs/sentinel0.log"),
+        "failover held back: the cluster is paused",
+    )
     .await;
     stolon_testkit::wait_until("the proxies to route nowhere", BOOT, || async {
         let cd = cluster.cluster_data().await?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use stolon_testkit::{
-    bin_dir, free_port, pg_bin_dir, wait_until, EtcdServer, Process, SU_PASSWORD,
+    bin_dir, connect_as, free_port, pg_bin_dir, wait_until, EtcdServer, Process, SU_PASSWORD,
 };
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -289,7 +289,7 @@ async fn the_package_installs_and_its_units_run_a_cluster() {
 
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], proxy_port));
     wait_until("two standbys streaming, seen through the proxy", BOOT, || async {
-        let client = connect_as_postgres(address).await?;
+        let client = connect_as(address, SU_USER, SU_PASSWORD).await.ok()?;
         let row = client
             .query_one(
                 "select count(*) from pg_stat_replication where state = 'streaming' and application_name like 'stolon_%'",
@@ -305,19 +305,4 @@ async fn the_package_installs_and_its_units_run_a_cluster() {
         !Path::new("/usr/bin/stolon-keeper").exists(),
         "the purged package left its programs"
     );
-}
-
-/// A client of the packaged cluster's superuser, `postgres`.
-async fn connect_as_postgres(address: std::net::SocketAddr) -> Option<tokio_postgres::Client> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(address.ip().to_string())
-        .port(address.port())
-        .user(SU_USER)
-        .password(SU_PASSWORD)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
-    tokio::spawn(connection);
-    Some(client)
 }

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use stolon_testkit::{
-    connect, http_get, wait_until, ClusterBuilder, REPL_PASSWORD, REPL_USER, SU_PASSWORD, SU_USER,
+    connect, connect_as, http_get, wait_until, ClusterBuilder, REPL_PASSWORD, REPL_USER,
+    SU_PASSWORD, SU_USER,
 };
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -148,37 +149,18 @@ const NEW_REPL_PASSWORD: &str = "rotated:repl\\pw";
 /// As a passfile line spells it: its separator and escape character escaped.
 const NEW_REPL_PASSWORD_ESCAPED: &str = r"rotated\:repl\\pw";
 
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Whether the superuser logs in to the instance on `port` with `password`.
 async fn su_logs_in(port: u16, password: &str) -> bool {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user(SU_USER)
-        .password(password)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
-    match config.connect(tokio_postgres::NoTls).await {
-        Ok((_client, connection)) => {
-            drop(connection);
-            true
-        }
-        Err(_) => false,
-    }
+    connect_as(local(port), SU_USER, password).await.is_ok()
 }
 
 /// What the instance on `port` stores as `role`'s password, read as the superuser.
 async fn stored_password(port: u16, su_password: &str, role: &str) -> Option<String> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user(SU_USER)
-        .password(su_password)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
-    tokio::spawn(connection);
+    let client = connect_as(local(port), SU_USER, su_password).await.ok()?;
     client
         .query_one(
             "select rolpassword from pg_authid where rolname = $1",
@@ -246,7 +228,9 @@ async fn rewritten_password_files_are_taken_by_the_live_cluster() {
     assert!(!holds(&passfile, REPL_PASSWORD), "{}", passfile.display());
 
     // The walreceiver logs in again: with the new password, as the old one is refused.
-    let client = new_su_client(primary_port).await;
+    let client = connect_as(local(primary_port), SU_USER, NEW_SU_PASSWORD)
+        .await
+        .unwrap();
     let cut: String = client
         .query_one("select now()::text", &[])
         .await
@@ -280,18 +264,4 @@ async fn rewritten_password_files_are_taken_by_the_live_cluster() {
             );
         }
     }
-}
-
-async fn new_su_client(port: u16) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user(SU_USER)
-        .password(NEW_SU_PASSWORD)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }

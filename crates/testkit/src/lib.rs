@@ -119,12 +119,21 @@ pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres
 pub async fn connect_to(
     address: std::net::SocketAddr,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_as(address, SU_USER, SU_PASSWORD).await
+}
+
+/// A SQL connection (no TLS) to database `postgres` at `address` as `user`.
+pub async fn connect_as(
+    address: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(address.ip().to_string())
         .port(address.port())
-        .user(SU_USER)
-        .password(SU_PASSWORD)
+        .user(user)
+        .password(password)
         .dbname("postgres")
         .connect_timeout(Duration::from_secs(3));
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
