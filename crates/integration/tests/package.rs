@@ -288,17 +288,14 @@ async fn the_package_installs_and_its_units_run_a_cluster() {
     }
 
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], proxy_port));
-    wait_until("two standbys streaming, seen through the proxy", BOOT, || async {
-        let client = connect_as(address, SU_USER, SU_PASSWORD).await.ok()?;
-        let row = client
-            .query_one(
-                "select count(*) from pg_stat_replication where state = 'streaming' and application_name like 'stolon_%'",
-                &[],
-            )
-            .await
-            .ok()?;
-        (row.get::<_, i64>(0) == 2).then_some(())
-    })
+    wait_until(
+        "two standbys streaming, seen through the proxy",
+        BOOT,
+        || async {
+            let client = connect_as(address, SU_USER, SU_PASSWORD).await.ok()?;
+            (stolon_testkit::streaming_standbys(&client).await? == 2).then_some(())
+        },
+    )
     .await;
     drop(installed);
     assert!(

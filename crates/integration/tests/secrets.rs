@@ -41,14 +41,7 @@ fn holds(path: &Path, secret: &str) -> bool {
 
 async fn streaming_standbys(primary_port: u16) -> Option<i64> {
     let client = connect(primary_port).await.ok()?;
-    let row = client
-        .query_one(
-            "select count(*) from pg_stat_replication where state = 'streaming' and application_name like 'stolon_%'",
-            &[],
-        )
-        .await
-        .ok()?;
-    Some(row.get(0))
+    stolon_testkit::streaming_standbys(&client).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

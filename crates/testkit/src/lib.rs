@@ -143,6 +143,19 @@ pub async fn connect_as(
     Ok(client)
 }
 
+/// How many of stolon's standbys stream from the primary `client` is connected to: their
+/// walsenders in state `streaming` (a pg_basebackup's own stream is named otherwise).
+pub async fn streaming_standbys(client: &tokio_postgres::Client) -> Option<i64> {
+    let row = client
+        .query_one(
+            "select count(*) from pg_stat_replication where state = 'streaming' and application_name like 'stolon_%'",
+            &[],
+        )
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
 /// Whether `port` on 127.0.0.1 serves a query now.
 pub async fn serves(port: u16) -> bool {
     serves_at(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
