@@ -1,7 +1,7 @@
 use crate::duration::GoDuration;
 use crate::ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, TimelineId};
 use crate::info::TimelineSwitch;
-use crate::spec::{ClusterSpec, NewConfig, PitrConfig, SuReplAccessMode, ValidSpec};
+use crate::spec::{ClusterSpec, NewConfig, PitrConfig, StandbyConfig, SuReplAccessMode, ValidSpec};
 use crate::DecodeError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -201,11 +201,40 @@ pub enum InitMode {
     Pitr,
 }
 
+/// Where a standby gets its WAL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FollowConfig {
-    #[serde(rename = "dbuid")]
-    pub db_uid: DbUid,
+#[serde(untagged)]
+pub enum FollowConfig {
+    /// Another db of this cluster, through the replication slot named after this db.
+    Db {
+        #[serde(rename = "dbuid")]
+        db_uid: DbUid,
+    },
+    /// The remote primary, or only its archive: a standby cluster's standby leader.
+    Remote { remote: StandbyConfig },
+}
+
+impl FollowConfig {
+    pub fn db(db_uid: &DbUid) -> FollowConfig {
+        FollowConfig::Db {
+            db_uid: db_uid.clone(),
+        }
+    }
+
+    /// The db of this cluster followed, if it is one.
+    pub fn followed_db(&self) -> Option<&DbUid> {
+        match self {
+            FollowConfig::Db { db_uid } => Some(db_uid),
+            FollowConfig::Remote { .. } => None,
+        }
+    }
+
+    pub fn remote(&self) -> Option<&StandbyConfig> {
+        match self {
+            FollowConfig::Remote { remote } => Some(remote),
+            FollowConfig::Db { .. } => None,
+        }
+    }
 }
 
 /// What a keeper must make of its instance.
@@ -263,6 +292,15 @@ pub struct DbSpec {
     /// (`mergePgParameters`).
     #[serde(default)]
     pub include_previous_config: bool,
+}
+
+impl DbSpec {
+    /// A standby cluster's standby leader: it follows the remote primary (or its archive).
+    pub fn follows_remote(&self) -> bool {
+        self.follow_config
+            .as_ref()
+            .is_some_and(|f| f.remote().is_some())
+    }
 }
 
 /// What the sentinel last learned of a db from its keeper.
@@ -411,6 +449,27 @@ mod tests {
         assert!(err.contains("format version 2"), "{err}");
         assert!(ClusterData::decode(b"{not json").is_err());
         assert!(ClusterData::decode(b"{\"formatVersion\":1}").is_err());
+    }
+
+    /// Dbs written before standby clusters follow their db as before; a standby leader's
+    /// remote round-trips.
+    #[test]
+    fn follow_configs_of_both_kinds_decode() {
+        let db: FollowConfig = serde_json::from_str(r#"{"dbuid":"ab12"}"#).unwrap();
+        assert_eq!(db.followed_db(), Some(&DbUid("ab12".into())));
+        let remote = FollowConfig::Remote {
+            remote: StandbyConfig {
+                standby_settings: Some(crate::StandbySettings {
+                    primary_conninfo: Some("host=a".into()),
+                    ..Default::default()
+                }),
+                archive_recovery_settings: None,
+            },
+        };
+        let text = serde_json::to_string(&remote).unwrap();
+        assert_eq!(serde_json::from_str::<FollowConfig>(&text).unwrap(), remote);
+        assert_eq!(remote.followed_db(), None);
+        assert!(serde_json::from_str::<FollowConfig>(r#"{"dbuid":5}"#).is_err());
     }
 
     #[test]

@@ -71,6 +71,29 @@ pub struct PgState {
     /// The filesystem of the keeper's data directory; absent from keepers that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_disk: Option<DataDisk>,
+    /// A standby cluster's standby leader: how it keeps up with the remote primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteReplication>,
+}
+
+/// How far a standby leader is behind the remote primary it follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteReplication {
+    /// `host:port` its walreceiver streams from now; empty when it does not stream (an
+    /// archive-only standby, or the remote unreachable).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sender: String,
+    pub received: Lsn,
+    pub replayed: Lsn,
+    /// WAL the remote primary had, at its last message, that this db has not replayed;
+    /// unknown when it does not stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// How long ago the last replayed transaction committed on the remote primary, or 0
+    /// when everything received is replayed; unknown before the first replayed commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_delay_ms: Option<u64>,
 }
 
 /// Room on the filesystem that holds the data directory, as an unprivileged user sees it

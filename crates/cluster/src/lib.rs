@@ -19,7 +19,8 @@ pub use data::{
 pub use duration::GoDuration;
 pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};
 pub use info::{
-    DataDisk, KeeperInfo, PgState, ProxyInfo, SentinelInfo, ShutdownCheckpoint, TimelineSwitch,
+    DataDisk, KeeperInfo, PgState, ProxyInfo, RemoteReplication, SentinelInfo, ShutdownCheckpoint,
+    TimelineSwitch,
 };
 pub use spec::{
     ArchiveRecoverySettings, ClusterRole, ClusterSpec, ClusterSpecInitMode, ExistingConfig,

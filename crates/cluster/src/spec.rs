@@ -198,8 +198,16 @@ pub enum SpecError {
     SyncBounds { min: u16, max: u16 },
     #[error("pitrConfig.dataRestoreCommand is required with initMode pitr")]
     MissingDataRestoreCommand,
-    #[error("role standby (standby cluster) is not supported yet by this build")]
-    UnsupportedRole,
+    #[error("role standby needs initMode pitr (a base backup of the remote primary, such as pg_basebackup as the dataRestoreCommand) or existing: initMode new makes a primary of its own")]
+    StandbyFromNew,
+    #[error("role standby needs standbyConfig with standbySettings.primaryConninfo, archiveRecoverySettings.restoreCommand, or both: where the standby leader gets its WAL")]
+    MissingStandbySource,
+    #[error("pitrConfig.recoveryTargetSettings cannot be used with role standby: a standby cluster follows the remote primary instead of stopping at a target")]
+    StandbyRecoveryTarget,
+    #[error("standbyConfig.standbySettings.primarySlotName: invalid slot name {0:?} (only a-z, 0-9 and _)")]
+    PrimarySlotName(String),
+    #[error("standbyConfig.standbySettings.recoveryMinApplyDelay: {0:?} is not a duration PostgreSQL reads (a whole number with an optional unit: ms, s, min, h, d)")]
+    ApplyDelay(String),
     #[error("existingConfig.keeperUID is required with initMode existing")]
     MissingExistingKeeper,
     #[error("additionalMasterReplicationSlots: invalid slot name {0:?} (only a-z, 0-9 and _, not starting with \"stolon_\")")]
@@ -247,6 +255,14 @@ pub struct ValidSpec {
     pub init_mode: ClusterSpecInitMode,
     pub pg_parameters: BTreeMap<String, String>,
     pub pg_hba: Option<Vec<String>>,
+    /// Set for a standby cluster (role standby): where its standby leader gets its WAL.
+    pub standby_config: Option<StandbyConfig>,
+}
+
+impl ValidSpec {
+    pub fn is_standby_cluster(&self) -> bool {
+        self.standby_config.is_some()
+    }
 }
 
 impl ClusterSpec {
@@ -294,8 +310,9 @@ impl ClusterSpec {
                 }
             }
         }
-        if self.role == Some(ClusterRole::Standby) {
-            return Err(SpecError::UnsupportedRole);
+        let role = self.role.unwrap_or_default();
+        if role == ClusterRole::Standby {
+            self.check_standby_cluster(init_mode)?;
         }
         let (min_sync, max_sync) = (
             self.min_synchronous_standbys.unwrap_or(1),
@@ -316,7 +333,10 @@ impl ClusterSpec {
             max_standbys_per_sender: self.max_standbys_per_sender.unwrap_or(3),
             max_standby_lag: self.max_standby_lag.unwrap_or(1024 * 1024),
             additional_wal_senders: self.additional_wal_senders.unwrap_or(5),
-            synchronous_replication: self.synchronous_replication.unwrap_or(false),
+            // A standby leader has no commits to wait for: Stolon's rule, and promotion
+            // brings the setting into force.
+            synchronous_replication: self.synchronous_replication.unwrap_or(false)
+                && role == ClusterRole::Master,
             min_synchronous_standbys: min_sync,
             max_synchronous_standbys: max_sync,
             use_pgrewind: self.use_pgrewind.unwrap_or(false),
@@ -339,6 +359,9 @@ impl ClusterSpec {
             init_mode,
             pg_parameters: self.pg_parameters.clone().unwrap_or_default(),
             pg_hba: self.pg_hba.clone(),
+            standby_config: (role == ClusterRole::Standby)
+                .then(|| self.standby_config.clone())
+                .flatten(),
         };
         for (field, value) in [
             ("sleepInterval", spec.sleep_interval),
@@ -419,6 +442,57 @@ impl ValidSpec {
         self.proxy_check_interval
             .min(self.proxy_timeout / HEARTBEATS_PER_TIMEOUT)
     }
+}
+
+impl ClusterSpec {
+    /// The rules of a standby cluster (Stolon's, plus a source of WAL that must exist).
+    fn check_standby_cluster(&self, init_mode: ClusterSpecInitMode) -> Result<(), SpecError> {
+        match init_mode {
+            ClusterSpecInitMode::New => return Err(SpecError::StandbyFromNew),
+            ClusterSpecInitMode::Pitr
+                if self
+                    .pitr_config
+                    .as_ref()
+                    .is_some_and(|c| c.recovery_target_settings.is_some()) =>
+            {
+                return Err(SpecError::StandbyRecoveryTarget)
+            }
+            _ => {}
+        }
+        let config = self.standby_config.as_ref();
+        let settings = config.and_then(|c| c.standby_settings.as_ref());
+        let set = |v: Option<&String>| v.is_some_and(|v| !v.trim().is_empty());
+        let conninfo = set(settings.and_then(|s| s.primary_conninfo.as_ref()));
+        let restore = set(config
+            .and_then(|c| c.archive_recovery_settings.as_ref())
+            .and_then(|a| a.restore_command.as_ref()));
+        if !conninfo && !restore {
+            return Err(SpecError::MissingStandbySource);
+        }
+        if let Some(slot) = settings.and_then(|s| s.primary_slot_name.as_ref()) {
+            if slot.is_empty()
+                || !slot
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(SpecError::PrimarySlotName(slot.clone()));
+            }
+        }
+        if let Some(delay) = settings.and_then(|s| s.recovery_min_apply_delay.as_ref()) {
+            if !is_pg_duration(delay) {
+                return Err(SpecError::ApplyDelay(delay.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value PostgreSQL accepts for a time parameter: an integer, a space or not, a unit.
+fn is_pg_duration(text: &str) -> bool {
+    let text = text.trim();
+    let digits = text.chars().take_while(|c| c.is_ascii_digit()).count();
+    let unit = text[digits..].trim_start();
+    digits > 0 && ["", "us", "ms", "s", "min", "h", "d"].contains(&unit)
 }
 
 impl ClusterSpec {
@@ -620,6 +694,85 @@ mod tests {
         assert!(old.check_update(&standby).is_err());
         let faster = ClusterSpec::from_json(r#"{"initMode":"new","failInterval":"3s"}"#).unwrap();
         assert!(old.check_update(&faster).is_ok());
+    }
+
+    /// A standby cluster: restored (pitr) or adopted (existing), from a remote primary or
+    /// an archive, never made by initdb, never stopped at a recovery target.
+    #[test]
+    fn standby_cluster_rules() {
+        let spec = |extra: &str| {
+            ClusterSpec::from_json(&format!(
+                r#"{{"role":"standby","initMode":"pitr","pitrConfig":{{"dataRestoreCommand":"x"}}{extra}}}"#
+            ))
+            .unwrap()
+            .validate()
+        };
+        let streaming = spec(
+            r#","standbyConfig":{"standbySettings":{"primaryConninfo":"host=a port=5432","primarySlotName":"site_b","recoveryMinApplyDelay":"5min"}}"#,
+        )
+        .unwrap();
+        assert!(streaming.is_standby_cluster());
+        let archive_only = spec(
+            r#","standbyConfig":{"archiveRecoverySettings":{"restoreCommand":"cp /a/%f %p"}}"#,
+        )
+        .unwrap();
+        assert!(archive_only.is_standby_cluster());
+        let synchronous = spec(
+            r#","synchronousReplication":true,"standbyConfig":{"standbySettings":{"primaryConninfo":"host=a"}}"#,
+        )
+        .unwrap();
+        assert!(
+            !synchronous.synchronous_replication,
+            "a standby leader waits for no one"
+        );
+        for (extra, needle) in [
+            ("", "role standby needs standbyConfig"),
+            (
+                r#","standbyConfig":{"standbySettings":{"primaryConninfo":" "}}"#,
+                "role standby needs standbyConfig",
+            ),
+            (
+                r#","standbyConfig":{"standbySettings":{"primaryConninfo":"host=a","primarySlotName":"Site-B"}}"#,
+                "primarySlotName",
+            ),
+            (
+                r#","standbyConfig":{"standbySettings":{"primaryConninfo":"host=a","recoveryMinApplyDelay":"5 minutes"}}"#,
+                "recoveryMinApplyDelay",
+            ),
+        ] {
+            let err = spec(extra).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        let with_target = ClusterSpec::from_json(
+            r#"{"role":"standby","initMode":"pitr","standbyConfig":{"standbySettings":{"primaryConninfo":"host=a"}},
+                "pitrConfig":{"dataRestoreCommand":"x","recoveryTargetSettings":{"recoveryTargetName":"n"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            with_target.validate(),
+            Err(SpecError::StandbyRecoveryTarget)
+        );
+        let from_new = ClusterSpec::from_json(
+            r#"{"role":"standby","initMode":"new","standbyConfig":{"standbySettings":{"primaryConninfo":"host=a"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(from_new.validate(), Err(SpecError::StandbyFromNew));
+        let existing = ClusterSpec::from_json(
+            r#"{"role":"standby","initMode":"existing","existingConfig":{"keeperUID":"k"},"standbyConfig":{"standbySettings":{"primaryConninfo":"host=a"}}}"#,
+        )
+        .unwrap();
+        assert!(existing.validate().unwrap().is_standby_cluster());
+        // Promotion is an update to role master; the way back is refused.
+        let mut promoted = existing.clone();
+        promoted.role = Some(ClusterRole::Master);
+        assert!(!existing
+            .check_update(&promoted)
+            .unwrap()
+            .is_standby_cluster());
+        assert_eq!(
+            promoted.check_update(&existing),
+            Err(SpecError::RoleDemotion)
+        );
     }
 
     #[test]

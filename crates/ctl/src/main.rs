@@ -8,8 +8,8 @@ use status::{gather_status, render_status};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use stolon_cluster::{
-    ClusterData, ClusterRole, ClusterSpec, ClusterUid, DataDisk, DbRole, GoDuration, KeeperInfo,
-    KeeperUid, Pause, ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
+    ClusterData, ClusterRole, ClusterSpec, ClusterUid, DataDisk, Db, DbRole, GoDuration,
+    KeeperInfo, KeeperUid, Pause, ProxyInfo, SentinelInfo, Switchover, SwitchoverPhase,
 };
 use stolon_ctl::cli::{Cli, ClusterdataCmd, Cmd, Format, ENV_PREFIX};
 use stolon_engine::sentinel::{choose_new_master, election_rules, switchover_plan};
@@ -181,19 +181,29 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Cmd::Promote { yes: _ } => {
+        Cmd::Promote { yes } => {
             let store = stolon_daemon::connect_store(&cli.common).await?;
             let read = existing_cluster_data(store.as_ref()).await?;
             if read.data.cluster.spec.role.unwrap_or_default() == ClusterRole::Master {
                 println!("cluster spec role already set to master");
                 return Ok(());
             }
+            not_paused(&read.data)?;
+            if !yes {
+                eprintln!("WARNING: this cluster will stop following its remote primary and accept writes.");
+                eprintln!("WARNING: writes the remote primary accepts from now on never reach this cluster: stop its clients first.");
+                if !confirm()? {
+                    bail!("not confirmed: nothing changed");
+                }
+            }
             update_cluster_data(store.as_ref(), |cd| {
+                not_paused(cd)?;
                 cd.cluster.spec.role = Some(ClusterRole::Master);
+                cd.cluster.spec.validate()?;
                 Ok(())
             })
             .await?;
-            println!("cluster spec role set to master");
+            println!("cluster spec role set to master: the sentinel promotes the standby leader (see stolonctl status)");
             Ok(())
         }
         Cmd::Clusterdata { action } => {

@@ -57,6 +57,23 @@ struct ClusterStatus {
     last_switchover: Option<String>,
     /// Maintenance mode: since when, by whom, why.
     paused: Option<String>,
+    /// Set for a standby cluster: what its standby leader follows, and how far behind.
+    standby_cluster: Option<StandbyClusterStatus>,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct StandbyClusterStatus {
+    /// The remote primary's connection string, its password hidden.
+    primary_conninfo: Option<String>,
+    primary_slot_name: Option<String>,
+    restore_command: Option<String>,
+    recovery_min_apply_delay: Option<String>,
+    /// `host:port` the standby leader streams from now; none when it does not stream.
+    streaming_from: Option<String>,
+    received: Option<String>,
+    replayed: Option<String>,
+    lag_bytes: Option<u64>,
+    replay_delay_ms: Option<u64>,
 }
 
 pub(crate) async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
@@ -100,6 +117,7 @@ pub(crate) async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
         switchover: None,
         last_switchover: None,
         paused: None,
+        standby_cluster: None,
     };
     if let Some(read) = &read {
         let cd = &read.data;
@@ -116,6 +134,32 @@ pub(crate) async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
         cluster.last_switchover = cd.cluster.status.last_switchover.as_ref().map(|o| {
             let how = if o.succeeded { "succeeded" } else { "failed" };
             format!("{how}: {}", o.message)
+        });
+        cluster.standby_cluster = read.spec.standby_config.as_ref().map(|config| {
+            let settings = config.standby_settings.as_ref();
+            let progress = cd
+                .master_db()
+                .filter(|db| db.spec.follows_remote())
+                .and_then(|db| infos.iter().find(|i| i.uid == db.spec.keeper_uid))
+                .and_then(|i| i.postgres_state.as_ref())
+                .and_then(|s| s.remote.clone())
+                .unwrap_or_default();
+            StandbyClusterStatus {
+                primary_conninfo: settings
+                    .and_then(|s| s.primary_conninfo.as_deref())
+                    .map(hide_password),
+                primary_slot_name: settings.and_then(|s| s.primary_slot_name.clone()),
+                recovery_min_apply_delay: settings.and_then(|s| s.recovery_min_apply_delay.clone()),
+                restore_command: config
+                    .archive_recovery_settings
+                    .as_ref()
+                    .and_then(|a| a.restore_command.clone()),
+                streaming_from: Some(progress.sender).filter(|s| !s.is_empty()),
+                received: Some(progress.received.to_string()).filter(|_| progress.received.0 > 0),
+                replayed: Some(progress.replayed.to_string()).filter(|_| progress.replayed.0 > 0),
+                lag_bytes: progress.lag_bytes,
+                replay_delay_ms: progress.replay_delay_ms,
+            }
         });
         if let Some(master) = cd.master_db() {
             cluster.available =
@@ -142,7 +186,9 @@ pub(crate) async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
             let master_eligibility = match (&choice, db) {
                 (_, None) => "no db".to_string(),
                 (None, Some(_)) => "no primary to replace".to_string(),
-                (Some((master, _)), Some(db)) if db.uid == master.uid => "primary".to_string(),
+                (Some((master, _)), Some(db)) if db.uid == master.uid => {
+                    leader_role(db).to_string()
+                }
                 (Some((_, choice)), Some(db)) if choice.best.as_ref() == Some(&db.uid) => {
                     format!("would be elected: {}", choice.why)
                 }
@@ -166,9 +212,10 @@ pub(crate) async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
                 pg_healthy: db.is_some_and(|d| d.status.healthy),
                 pg_wanted_generation: db.map(|d| d.generation.0).unwrap_or(0),
                 pg_current_generation: db.map(|d| d.status.current_generation.0).unwrap_or(0),
-                role: match db.map(|d| d.spec.role) {
-                    Some(DbRole::Master) => "master".into(),
-                    Some(DbRole::Standby) => "standby".into(),
+                role: match db {
+                    Some(d) if d.spec.role == DbRole::Master => "master".into(),
+                    Some(d) if d.spec.follows_remote() => "standby leader".into(),
+                    Some(_) => "standby".into(),
                     None => "(no db)".into(),
                 },
                 timeline: info
@@ -191,6 +238,49 @@ pub(crate) async fn gather_status(store: &dyn Store) -> anyhow::Result<Status> {
         keepers,
         cluster,
     })
+}
+
+fn leader_role(db: &Db) -> &'static str {
+    if db.spec.follows_remote() {
+        "standby leader"
+    } else {
+        "primary"
+    }
+}
+
+/// A libpq connection string with its password value replaced: status output ends up in
+/// tickets and chat.
+fn hide_password(conninfo: &str) -> String {
+    let mut out = String::new();
+    let mut rest = conninfo;
+    while let Some(at) = rest.find("password") {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        let value = after["password".len()..].trim_start();
+        let Some(value) = value.strip_prefix('=') else {
+            out.push_str("password");
+            rest = &after["password".len()..];
+            continue;
+        };
+        let value = value.trim_start();
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(value.len(), |(i, _)| i + 2)
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str("password=***");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -328,6 +418,9 @@ pub(crate) fn render_status(s: &Status) -> String {
                     .as_deref()
                     .unwrap_or("(none: connections refused)")
             );
+            if let Some(standby) = &s.cluster.standby_cluster {
+                out += &describe_standby_cluster(standby);
+            }
             if let Some(phase) = &s.cluster.switchover {
                 out += &format!("Switchover in progress: {phase}\n");
             }
@@ -339,10 +432,68 @@ pub(crate) fn render_status(s: &Status) -> String {
     out
 }
 
+/// A standby cluster's lines: what it follows, from where it streams, how far behind.
+fn describe_standby_cluster(s: &StandbyClusterStatus) -> String {
+    let mut sources = Vec::new();
+    if let Some(conninfo) = &s.primary_conninfo {
+        let slot = s
+            .primary_slot_name
+            .as_ref()
+            .map(|slot| format!(", slot {slot}"))
+            .unwrap_or_default();
+        sources.push(format!("remote primary \"{conninfo}\"{slot}"));
+    }
+    if let Some(command) = &s.restore_command {
+        sources.push(format!("archive (restore_command \"{command}\")"));
+    }
+    let mut out = format!(
+        "Standby cluster: the standby leader follows {}\n",
+        sources.join(" and ")
+    );
+    if let Some(delay) = &s.recovery_min_apply_delay {
+        out += &format!("Apply delay (recoveryMinApplyDelay): {delay}\n");
+    }
+    out += &format!(
+        "Standby leader streams from: {}\n",
+        s.streaming_from.as_deref().unwrap_or("(not streaming)")
+    );
+    let bytes = s
+        .lag_bytes
+        .map(|b| format!("{} behind", binary_size(b)))
+        .unwrap_or_else(|| "unknown bytes behind".into());
+    let delay = s
+        .replay_delay_ms
+        .map(|ms| format!("replay delay {:.1} s", ms as f64 / 1000.0))
+        .unwrap_or_else(|| "replay delay unknown".into());
+    out += &format!(
+        "Behind the remote primary: {bytes}, {delay} (received {}, replayed {})\n",
+        s.received.as_deref().unwrap_or("-"),
+        s.replayed.as_deref().unwrap_or("-")
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::describe_disk;
+    use super::{describe_disk, hide_password};
     use stolon_cluster::DataDisk;
+
+    #[test]
+    fn the_remote_password_never_shows() {
+        assert_eq!(
+            hide_password("host=a password=s3cret user=r"),
+            "host=a password=*** user=r"
+        );
+        assert_eq!(
+            hide_password("password = 'with space \\' quote' host=a"),
+            "password=*** host=a"
+        );
+        assert_eq!(
+            hide_password("host=a passwordless=1"),
+            "host=a passwordless=1"
+        );
+        assert_eq!(hide_password("host=a"), "host=a");
+    }
 
     #[test]
     fn a_disk_is_described_by_its_room_and_when_full_says_so() {

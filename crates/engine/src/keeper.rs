@@ -77,7 +77,8 @@ pub enum Action {
         slot: String,
         rewind: bool,
     },
-    /// Start postgres in its local role; a standby streams from `follow`.
+    /// Start postgres in its local role: a standby streams from `follow`, a standby
+    /// cluster's standby leader (`follow` None) from the remote its spec names.
     Start {
         follow: Option<Endpoint>,
     },
@@ -109,7 +110,8 @@ pub fn followed_endpoint(cd: &ClusterData, db: &Db) -> Option<Endpoint> {
     db.spec
         .follow_config
         .as_ref()
-        .and_then(|f| cd.dbs.get(&f.db_uid))
+        .and_then(|f| f.followed_db())
+        .and_then(|uid| cd.dbs.get(uid))
         .filter(|f| !f.status.listen_address.is_empty() && f.status.port != 0)
         .map(|f| Endpoint {
             host: f.status.listen_address.clone(),
@@ -118,7 +120,7 @@ pub fn followed_endpoint(cd: &ClusterData, db: &Db) -> Option<Endpoint> {
 }
 
 fn followed_system_id<'a>(cd: &'a ClusterData, db: &Db) -> Option<&'a str> {
-    let followed = cd.dbs.get(&db.spec.follow_config.as_ref()?.db_uid)?;
+    let followed = cd.dbs.get(db.spec.follow_config.as_ref()?.followed_db()?)?;
     Some(followed.status.system_id.as_str()).filter(|id| !id.is_empty())
 }
 
@@ -127,6 +129,35 @@ fn followed_system_id<'a>(cd: &'a ClusterData, db: &Db) -> Option<&'a str> {
 /// lost in a failover that follows.
 pub fn sync_gate_lifted(wanted: &[DbUid], in_sync: &[DbUid]) -> bool {
     wanted.iter().all(|uid| in_sync.contains(uid))
+}
+
+/// The replication slots to create and drop on a db that others stream from: one per
+/// follower, and the operator's additional slots.
+fn slot_changes(db: &Db, pg: &Instance) -> Option<Action> {
+    let slots = pg.slots.as_ref()?;
+    let wanted: Vec<String> = db
+        .spec
+        .followers
+        .iter()
+        .map(slot_name)
+        .chain(
+            db.spec
+                .additional_replication_slots
+                .iter()
+                .map(|name| format!("{SLOT_PREFIX}{name}")),
+        )
+        .collect();
+    let create: Vec<String> = wanted
+        .iter()
+        .filter(|s| !slots.contains(s))
+        .cloned()
+        .collect();
+    let drop: Vec<String> = slots
+        .iter()
+        .filter(|s| !wanted.contains(s))
+        .cloned()
+        .collect();
+    (!create.is_empty() || !drop.is_empty()).then_some(Action::SyncSlots { create, drop })
 }
 
 pub fn next_action(
@@ -234,38 +265,14 @@ pub fn next_action(
                 Some(true) => return Action::Promote,
                 Some(false) => {}
             }
-            let wanted: Vec<String> = db
-                .spec
-                .followers
-                .iter()
-                .map(slot_name)
-                .chain(
-                    db.spec
-                        .additional_replication_slots
-                        .iter()
-                        .map(|name| format!("{SLOT_PREFIX}{name}")),
-                )
-                .collect();
             if pg.config_stale {
                 return Action::Reconfigure;
             }
             if pg.pending_restart && db.spec.automatic_pg_restart {
                 return Action::Restart;
             }
-            if let Some(slots) = &pg.slots {
-                let create: Vec<String> = wanted
-                    .iter()
-                    .filter(|s| !slots.contains(s))
-                    .cloned()
-                    .collect();
-                let drop: Vec<String> = slots
-                    .iter()
-                    .filter(|s| !wanted.contains(s))
-                    .cloned()
-                    .collect();
-                if !create.is_empty() || !drop.is_empty() {
-                    return Action::SyncSlots { create, drop };
-                }
+            if let Some(sync) = slot_changes(db, pg) {
+                return sync;
             }
         }
         DbRole::Standby => {
@@ -280,6 +287,11 @@ pub fn next_action(
             if locally_primary {
                 return Action::Wait("cannot move from master role to standby role");
             }
+            // A standby cluster's standby leader: its upstream is the remote of its spec.
+            let leads = db.spec.follows_remote();
+            if !pg.running && leads {
+                return Action::Start { follow: None };
+            }
             if !pg.running {
                 return match followed.or_else(|| pg.following.clone()) {
                     Some(from) => Action::Start { follow: Some(from) },
@@ -292,6 +304,10 @@ pub fn next_action(
             }
             if pg.pending_restart && db.spec.automatic_pg_restart {
                 return Action::Restart;
+            }
+            // The cluster's standbys stream from the standby leader through their slots.
+            if let Some(sync) = slot_changes(db, pg).filter(|_| leads) {
+                return sync;
             }
         }
     }

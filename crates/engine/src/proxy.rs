@@ -106,7 +106,7 @@ pub fn unreadable(master: &Db, standby: &Db, max_lag: u64) -> Option<&'static st
             .spec
             .follow_config
             .as_ref()
-            .is_some_and(|f| f.db_uid == master.uid);
+            .is_some_and(|f| f.followed_db() == Some(&master.uid));
     let behind = master
         .status
         .x_log_pos

@@ -183,9 +183,7 @@ fn read_only_targets_table() {
                 .adjust_db("db-2", |db| db.status.healthy = false)
                 .adjust_db("db-3", |db| db.status.current_generation = Generation(2))
                 .adjust_db("db-4", |db| {
-                    db.spec.follow_config = Some(FollowConfig {
-                        db_uid: DbUid::new("db-3"),
-                    })
+                    db.spec.follow_config = Some(FollowConfig::db(&DbUid::new("db-3")))
                 })
                 .build(),
             max_lag: 1000,

@@ -836,7 +836,7 @@ fn free_healthy_keepers_get_standbys_up_to_max_standbys_per_sender() {
         assert_eq!(db.spec.role, DbRole::Standby, "{k}");
         assert_eq!(db.spec.init_mode, InitMode::Resync, "{k}");
         assert_eq!(
-            db.spec.follow_config.as_ref().map(|f| &f.db_uid),
+            db.spec.follow_config.as_ref().and_then(|f| f.followed_db()),
             Some(&master),
             "{k}"
         );
@@ -1245,7 +1245,10 @@ fn check_invalid_standby(case: &InvalidCase) {
             assert_eq!(new.spec.role, DbRole::Standby, "{}", case.name);
             assert_eq!(new.spec.init_mode, InitMode::Resync, "{}", case.name);
             assert_eq!(
-                new.spec.follow_config.as_ref().map(|f| &f.db_uid),
+                new.spec
+                    .follow_config
+                    .as_ref()
+                    .and_then(|f| f.followed_db()),
                 Some(&master),
                 "{}",
                 case.name

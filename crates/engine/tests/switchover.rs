@@ -352,7 +352,11 @@ fn async_switchover_moves_through_every_phase_with_new_connections_held_until_th
     assert_ne!(k0_db.uid, old);
     assert_eq!(k0_db.spec.role, DbRole::Standby);
     assert_eq!(
-        k0_db.spec.follow_config.as_ref().map(|f| &f.db_uid),
+        k0_db
+            .spec
+            .follow_config
+            .as_ref()
+            .and_then(|f| f.followed_db()),
         Some(&k2_db)
     );
     assert!(!has(&r.w.log[log_start..], "master db is failed"));

@@ -15,25 +15,46 @@ impl Keeper {
         following: Option<&Endpoint>,
     ) -> (String, String) {
         let spec = &db.spec;
-        let follow = self
-            .pg
-            .has_standby_signal()
+        let in_recovery = self.pg.has_standby_signal();
+        let remote = spec
+            .follow_config
+            .as_ref()
+            .and_then(|f| f.remote())
+            .filter(|_| in_recovery);
+        let follow = (in_recovery && remote.is_none())
             .then(|| followed_endpoint(cd, db).or_else(|| following.cloned()))
             .flatten();
         let app_name = slot_name(&db.uid);
         let passfile = self.pg.replication_passfile();
         let passfile = passfile.to_string_lossy();
-        let standby = follow.as_ref().map(|ep| StandbySettings {
-            host: &ep.host,
-            port: ep.port,
-            user: &self.config.repl.role,
-            passfile: &passfile,
-            tls: &self.config.repl_tls,
-            application_name: &app_name,
-            slot: &app_name,
-        });
+        let standby = match remote {
+            Some(remote) => {
+                let settings = remote.standby_settings.as_ref();
+                Some(WalSource::Remote(RemoteSource {
+                    conninfo: settings.and_then(|s| s.primary_conninfo.as_deref()),
+                    slot: settings.and_then(|s| s.primary_slot_name.as_deref()),
+                    min_apply_delay: settings.and_then(|s| s.recovery_min_apply_delay.as_deref()),
+                    restore_command: remote
+                        .archive_recovery_settings
+                        .as_ref()
+                        .and_then(|a| a.restore_command.as_deref()),
+                    application_name: &app_name,
+                }))
+            }
+            None => follow.as_ref().map(|ep| {
+                WalSource::Db(StandbySettings {
+                    host: &ep.host,
+                    port: ep.port,
+                    user: &self.config.repl.role,
+                    passfile: &passfile,
+                    tls: &self.config.repl_tls,
+                    application_name: &app_name,
+                    slot: &app_name,
+                })
+            }),
+        };
         let synchronous: Vec<String> =
-            if spec.role == DbRole::Master && spec.synchronous_replication && follow.is_none() {
+            if spec.role == DbRole::Master && spec.synchronous_replication && !in_recovery {
                 spec.synchronous_standbys
                     .iter()
                     .map(slot_name)

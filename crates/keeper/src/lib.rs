@@ -43,11 +43,11 @@ use stolon_engine::keeper::{
 };
 use stolon_engine::store_loss::Timing;
 use stolon_pg::conf::{
-    render_pg_hba, render_postgresql_conf, ConfInput, HbaUsers, ReplicationTls, StandbySettings,
-    SuReplSources,
+    render_pg_hba, render_postgresql_conf, ConfInput, HbaUsers, RemoteSource, ReplicationTls,
+    StandbySettings, SuReplSources, WalSource,
 };
 use stolon_pg::ctl::{OsUser, PgCtl};
-use stolon_pg::probe::{LocalConn, Observed};
+use stolon_pg::probe::{LocalConn, Observed, UpstreamProgress};
 use stolon_store::{ChangeWaiter, Store, WatchScope};
 use timeline::StandbyTimeline;
 use tokio::time::Instant;
@@ -240,6 +240,8 @@ struct Seen {
     /// Where the WAL of the stopped instance ends, when it was stopped for a switchover.
     shutdown_checkpoint: Option<ShutdownCheckpoint>,
     data_disk: Option<DataDisk>,
+    /// A standby leader's progress behind the remote primary.
+    remote: Option<UpstreamProgress>,
 }
 
 impl Keeper {

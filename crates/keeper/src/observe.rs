@@ -77,7 +77,20 @@ impl Keeper {
         } else {
             None
         };
+        let remote = match (&probe, db) {
+            (Some(p), Some((_, db))) if p.in_recovery && db.spec.follows_remote() => {
+                match self.local_conn().upstream_progress().await {
+                    Ok(progress) => Some(progress),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the replication from the remote primary");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Seen {
+            remote,
             shutdown_checkpoint,
             data_disk: self.disk.measure(&self.data.root),
             instance: Instance {

@@ -4,7 +4,8 @@
 use crate::{in_sync_dbs, Keeper, Seen};
 use std::time::Duration;
 use stolon_cluster::{
-    ClusterData, Generation, KeeperInfo, Lsn, PgState, TimelineId, TimelineSwitch,
+    ClusterData, Generation, KeeperInfo, Lsn, PgState, RemoteReplication, TimelineId,
+    TimelineSwitch,
 };
 use stolon_store::InfoKind;
 
@@ -31,6 +32,18 @@ impl Keeper {
             init_pg_parameters: db.init_pg_parameters.clone(),
             shutdown_checkpoint: seen.shutdown_checkpoint,
             data_disk: seen.data_disk,
+            remote: seen.remote.as_ref().map(|r| {
+                let lsn = |text: &Option<String>| {
+                    text.as_deref().and_then(Lsn::parse).unwrap_or_default()
+                };
+                RemoteReplication {
+                    sender: r.sender.clone().unwrap_or_default(),
+                    received: lsn(&r.received),
+                    replayed: lsn(&r.replayed),
+                    lag_bytes: r.lag_bytes.and_then(|b| u64::try_from(b).ok()),
+                    replay_delay_ms: r.replay_delay_ms.and_then(|ms| u64::try_from(ms).ok()),
+                }
+            }),
             timelines_history: probe
                 .filter(|p| !p.in_recovery && p.timeline_id > 1)
                 .and_then(|p| {
@@ -71,17 +84,20 @@ impl Keeper {
     }
 }
 
-/// Two reports that differ only by WAL position, or by the room on a disk that is full in
-/// both or in neither: not worth an early publish.
+/// Two reports that differ only by WAL position (a standby leader's progress behind the
+/// remote included), or by the room on a disk that is full in both or in neither: not worth
+/// an early publish.
 pub(crate) fn same_but_position(a: Option<&PgState>, b: Option<&PgState>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => {
             PgState {
                 x_log_pos: b.x_log_pos,
                 data_disk: b.data_disk,
+                remote: b.remote.clone(),
                 ..a.clone()
             } == *b
                 && a.data_disk.map(|d| d.full()) == b.data_disk.map(|d| d.full())
+                && a.remote.as_ref().map(|r| &r.sender) == b.remote.as_ref().map(|r| &r.sender)
         }
         (None, None) => true,
         _ => false,

@@ -1,5 +1,6 @@
 //! initMode pitr: the operator's dataRestoreCommand fills the data directory, and
-//! PostgreSQL replays the archive before the instance starts as the cluster's primary.
+//! PostgreSQL replays the archive before the instance starts as the cluster's primary; in
+//! a standby cluster, the restored instance starts as the standby leader instead.
 
 use crate::Keeper;
 use anyhow::Context;
@@ -59,6 +60,9 @@ impl Keeper {
         self.pg.secure_pgdata()?;
         // The backup's own parameters.
         self.record_initial_parameters(db)?;
+        if self.my_db(cd)?.spec.follows_remote() {
+            return self.follow_remote_after_restore(cd, db).await;
+        }
         // A backup of a standby carries its signal: this instance recovers to be a primary.
         self.pg.remove_file("standby.signal")?;
         self.pg.remove_file("recovery.signal")?;
@@ -99,6 +103,26 @@ impl Keeper {
         self.pg.stop(self.db_wait_ready_timeout).await?;
         self.finish_new_db(db)?;
         tracing::info!(db = %db, "database cluster restored");
+        Ok(())
+    }
+
+    /// A standby cluster's first db: the restored backup becomes the standby leader, a
+    /// standby of the remote primary (or of its archive) that never promotes by itself.
+    async fn follow_remote_after_restore(
+        &mut self,
+        cd: Option<&ClusterData>,
+        db: &DbUid,
+    ) -> anyhow::Result<()> {
+        self.pg.remove_file("recovery.signal")?;
+        self.pg.write_file("standby.signal", "")?;
+        self.write_files(cd)?;
+        let limit = self.sync_timeout.unwrap_or(RECOVERY_START_LIMIT);
+        tracing::info!(
+            "starting the restored database as the standby leader, following the remote primary"
+        );
+        self.pg.start(limit).await?;
+        self.finish_new_db(db)?;
+        tracing::info!(db = %db, "database cluster restored: it follows the remote primary");
         Ok(())
     }
 

@@ -41,6 +41,20 @@ pub struct Observed {
     pub pending_restart: Vec<String>,
 }
 
+/// How far a standby is behind the primary it follows, as that primary's messages tell.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamProgress {
+    /// `host:port` of the walsender it streams from; none when it does not stream.
+    pub sender: Option<String>,
+    pub received: Option<String>,
+    pub replayed: Option<String>,
+    /// WAL the primary had at its last message that this standby has not replayed.
+    pub lag_bytes: Option<i64>,
+    /// 0 when it has replayed all the primary had at its last message; otherwise (and
+    /// when it does not stream) the age of the last replayed commit.
+    pub replay_delay_ms: Option<i64>,
+}
+
 impl LocalConn {
     /// Logs in with the current password or, while a rotation is under way, with one it
     /// replaced that the instance still holds.
@@ -172,6 +186,32 @@ impl LocalConn {
             in_sync,
             oldest_wal_file: row.get::<_, Option<String>>(4).unwrap_or_default(),
             pending_restart,
+        })
+    }
+
+    /// A standby's progress behind its upstream (a standby leader's behind the remote).
+    pub async fn upstream_progress(&self) -> Result<UpstreamProgress, PgError> {
+        let client = self.connect().await?;
+        let row = self
+            .bounded(client.query_one(
+                "with r as (select sender_host, sender_port, latest_end_lsn
+                              from pg_stat_wal_receiver where status = 'streaming')
+                 select (select sender_host || ':' || sender_port from r),
+                        pg_last_wal_receive_lsn()::text,
+                        pg_last_wal_replay_lsn()::text,
+                        (select greatest(pg_wal_lsn_diff(latest_end_lsn, pg_last_wal_replay_lsn()), 0)::bigint from r),
+                        case when (select latest_end_lsn from r) <= pg_last_wal_replay_lsn() then 0::bigint
+                             else (extract(epoch from now() - pg_last_xact_replay_timestamp()) * 1000)::bigint
+                        end",
+                &[],
+            ))
+            .await?;
+        Ok(UpstreamProgress {
+            sender: row.get(0),
+            received: row.get(1),
+            replayed: row.get(2),
+            lag_bytes: row.get(3),
+            replay_delay_ms: row.get(4),
         })
     }
 

@@ -1,5 +1,5 @@
-//! Bootstrapping: the first primary of a new cluster, its db made by initdb, restored, or
-//! adopted from an existing data directory.
+//! Bootstrapping: the first primary (or standby leader) of a new cluster, its db made by
+//! initdb, restored, or adopted from an existing data directory.
 
 use super::*;
 
@@ -108,6 +108,7 @@ impl Planner<'_> {
             (InitMode::New, "initializing cluster")
         };
         let db = self.new_db(&keeper, DbRole::Master, mode);
+        self.make_leader(&db);
         self.cd.cluster.status.master = Some(db.clone());
         self.cd.cluster.status.master_choice = format!(
             "initial master: keeper {keeper} is the first healthy keeper that can be master"
@@ -127,6 +128,7 @@ impl Planner<'_> {
             return;
         }
         let db = self.new_db(&keeper, DbRole::Master, InitMode::Existing);
+        self.make_leader(&db);
         self.cd.cluster.status.master = Some(db.clone());
         self.cd.cluster.status.master_choice =
             format!("initial master: keeper {keeper} named by existingConfig");

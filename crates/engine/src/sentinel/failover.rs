@@ -185,8 +185,6 @@ impl Planner<'_> {
         );
         self.cd.dbs.remove(&failed.uid);
         let mut db = *deposed;
-        db.spec.role = DbRole::Master;
-        db.spec.follow_config = None;
         db.spec.halt = false;
         // It serves only once its keeper reports it running as a primary again.
         db.status.in_recovery = true;
@@ -199,6 +197,7 @@ impl Planner<'_> {
         self.memory.db_errors.remove(&db.uid);
         let uid = db.uid.clone();
         self.cd.dbs.insert(uid.clone(), db);
+        self.make_leader(&uid);
         // What its keeper reports now, as any later step would read it.
         self.observe_db(&uid);
         true
@@ -232,14 +231,18 @@ impl Planner<'_> {
             );
             return;
         }
+        let message = if self.spec.is_standby_cluster() {
+            "proxies fenced: making db the standby leader, following the remote primary"
+        } else {
+            "proxies fenced: promoting db"
+        };
         self.emit(
-            Event::info("proxies fenced: promoting db")
+            Event::info(message)
                 .with("db", &candidate.uid)
                 .with("proxy_generation", generation),
         );
+        self.make_leader(&candidate.uid);
         let db = self.cd.dbs.get_mut(&candidate.uid).expect("master exists");
-        db.spec.role = DbRole::Master;
-        db.spec.follow_config = None;
         db.spec.init_mode = InitMode::None;
     }
 }

@@ -5,6 +5,7 @@ use super::*;
 
 impl Planner<'_> {
     pub(super) fn copy_cluster_spec_into_dbs(&mut self) {
+        self.copy_remote_settings();
         // While the primary is failed and not replaced, the standbys get no spec changes: a
         // new generation would restart the convergence timers that decide who may replace
         // it. The failed primary itself does, but for its synchronous settings, which say
@@ -26,11 +27,12 @@ impl Planner<'_> {
             db.spec.use_pgrewind = self.spec.use_pgrewind;
             db.spec.automatic_pg_restart = self.spec.automatic_pg_restart;
             db.spec.default_su_repl_access_mode = self.spec.default_su_repl_access_mode;
-            db.spec.additional_replication_slots = if db.spec.role == DbRole::Master {
-                self.spec.additional_master_replication_slots.clone()
-            } else {
-                Vec::new()
-            };
+            db.spec.additional_replication_slots =
+                if db.spec.role == DbRole::Master || db.spec.follows_remote() {
+                    self.spec.additional_master_replication_slots.clone()
+                } else {
+                    Vec::new()
+                };
             if failed_master.is_some() {
                 continue;
             }

@@ -25,6 +25,7 @@ mod clocks;
 mod failover;
 mod generations;
 mod paused;
+mod standby_leader;
 mod standbys;
 mod switchover;
 
@@ -494,6 +495,7 @@ impl Planner<'_> {
             return;
         }
         match master.spec.role {
+            DbRole::Standby if master.spec.follows_remote() => self.run_standby_leader(&master),
             DbRole::Standby => self.promote_when_proxies_fenced(&master),
             DbRole::Master => {
                 let serving = Self::converged(&master) && !master.status.in_recovery;

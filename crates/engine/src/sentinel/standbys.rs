@@ -109,9 +109,7 @@ impl Planner<'_> {
             }
             db.spec.role = DbRole::Standby;
             db.spec.followers.clear();
-            db.spec.follow_config = Some(FollowConfig {
-                db_uid: master.uid.clone(),
-            });
+            db.spec.follow_config = Some(FollowConfig::db(&master.uid));
             db.spec.synchronous_standbys.clear();
             db.spec.external_synchronous_standbys.clear();
             db.status.synchronous_standbys.clear();

@@ -297,6 +297,14 @@ pub fn switchover_plan(
     to: Option<&KeeperUid>,
     stalled: BTreeSet<DbUid>,
 ) -> Result<(DbUid, DbUid), String> {
+    if spec.is_standby_cluster() {
+        return Err(
+            "a standby cluster has no primary to switch over: its standby leader is \
+                    replaced by a failover (stolonctl failkeeper), and stolonctl promote makes \
+                    it a primary"
+                .into(),
+        );
+    }
     let master = cd
         .master_db()
         .filter(|m| {

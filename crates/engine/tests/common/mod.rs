@@ -366,6 +366,7 @@ impl World {
             init_pg_parameters: Default::default(),
             shutdown_checkpoint: None,
             data_disk: None,
+            remote: None,
         };
         // A db halted for a switchover is stopped cleanly where its WAL ends.
         if db.spec.halt && db.spec.role == DbRole::Master {
@@ -695,7 +696,7 @@ impl CdBuilder {
         let master_uid = DbUid::new(master);
         let standby_uid = DbUid::new(standby);
         self.adjust_db(standby, |db| {
-            db.spec.follow_config = Some(FollowConfig { db_uid: master_uid })
+            db.spec.follow_config = Some(FollowConfig::db(&master_uid))
         })
         .adjust_db(master, |db| db.spec.followers.push(standby_uid))
     }
