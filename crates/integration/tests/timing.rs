@@ -231,7 +231,8 @@ async fn a_standby_keeps_its_timeline_when_its_primary_dies() {
             let master = cd.master_db()?;
             (db.status.timeline_id.0 == 2
                 && db.status.healthy
-                && db.spec.follow_config.as_ref().and_then(|f| f.followed_db()) == Some(&master.uid)
+                && db.spec.follow_config.as_ref().and_then(|f| f.followed_db())
+                    == Some(&master.uid)
                 && db.status.current_generation == db.generation)
                 .then_some(())
         },

@@ -13,6 +13,7 @@ pub mod net;
 mod netcluster;
 mod process;
 pub mod tls;
+mod waits;
 
 pub use checker::{AckedCommit, Checker, CheckerReport, WriterKind, CONVERGE_LIMIT};
 pub use cluster::{
