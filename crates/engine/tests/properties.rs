@@ -110,7 +110,8 @@ fn apply(w: &mut World, op: &Op) {
             sim.present = false;
         }
         Op::NewLeader => w.memory = Memory::default(),
-        Op::SyncMode(on) => w.spec.synchronous_replication = on,
+        // A standby cluster's spec never has it in force.
+        Op::SyncMode(on) => w.spec.synchronous_replication = on && !w.spec.is_standby_cluster(),
         Op::ReportSync(k, mask) => {
             let dbs: Vec<DbUid> = KEEPERS
                 .iter()
@@ -187,8 +188,11 @@ impl Watch {
         }
 
         if let Some(target) = &cd.proxy.spec.master_db_uid {
-            let role = cd.dbs.get(target).map(|db| db.spec.role);
-            prop_assert_eq!(role, Some(DbRole::Master), "proxies target {}", target);
+            prop_assert!(
+                masters(cd).contains(&target),
+                "proxies target {}, neither a primary nor a standby leader",
+                target
+            );
             prop_assert_eq!(cd.cluster.status.master.as_ref(), Some(target));
         }
 
@@ -242,7 +246,7 @@ fn check_fencing(
         let promoted = input
             .dbs
             .get(uid)
-            .is_some_and(|db| db.spec.role == DbRole::Standby);
+            .is_some_and(|db| db.spec.role == DbRole::Standby && !db.spec.follows_remote());
         if !promoted {
             continue;
         }
@@ -269,11 +273,15 @@ fn check_fencing(
 /// The handshakes whose next stage the planner takes on the very next step, even at the same
 /// time, by design: (event of the step that opened it, event of the step that continues it).
 /// Each is one compare-and-swap write of its own.
-const CONTINUATIONS: [(&str, &str); 3] = [
+const CONTINUATIONS: [(&str, &str); 4] = [
     ("db failed to initialize", "initializing cluster"),
     (
         "electing db as the new master",
         "proxies fenced: promoting db",
+    ),
+    (
+        "electing db as the new master",
+        "proxies fenced: making db the standby leader, following the remote primary",
     ),
     (
         "reinstating the old master db: the standby elected to replace it failed before serving",
@@ -489,6 +497,8 @@ fn diff(a: &ClusterData, b: &ClusterData) -> Vec<String> {
 /// The cluster spec of one history.
 #[derive(Debug, Clone)]
 struct Setup {
+    /// A standby cluster: its master db is a standby leader following a remote primary.
+    standby_cluster: bool,
     synchronous: bool,
     min_sync: u16,
     max_sync: u16,
@@ -496,17 +506,26 @@ struct Setup {
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
-    (any::<bool>(), 0u16..=2, 1u16..=2, 1u16..=3).prop_map(|(synchronous, min, max, per)| Setup {
-        synchronous,
-        min_sync: min.min(max),
-        max_sync: max,
-        max_standbys_per_sender: per,
-    })
+    (any::<bool>(), any::<bool>(), 0u16..=2, 1u16..=2, 1u16..=3).prop_map(
+        |(standby_cluster, synchronous, min, max, per)| Setup {
+            standby_cluster,
+            synchronous,
+            min_sync: min.min(max),
+            max_sync: max,
+            max_standbys_per_sender: per,
+        },
+    )
 }
 
 fn run(setup: &Setup, start_normal: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let standby_cluster = if setup.standby_cluster {
+        r#""role": "standby", "initMode": "pitr", "pitrConfig": {"dataRestoreCommand": "restore %d"},
+           "standbyConfig": {"standbySettings": {"primaryConninfo": "host=site-a"}},"#
+    } else {
+        ""
+    };
     let overrides = format!(
-        r#"{{"synchronousReplication": {}, "minSynchronousStandbys": {}, "maxSynchronousStandbys": {}, "maxStandbysPerSender": {}}}"#,
+        r#"{{{standby_cluster} "synchronousReplication": {}, "minSynchronousStandbys": {}, "maxSynchronousStandbys": {}, "maxStandbysPerSender": {}}}"#,
         setup.synchronous, setup.min_sync, setup.max_sync, setup.max_standbys_per_sender
     );
     let mut w = if start_normal {

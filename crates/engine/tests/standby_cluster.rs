@@ -231,3 +231,51 @@ fn the_standby_leader_keeper_starts_it_keeps_slots_and_promotes_it() {
             .clone();
     assert!(!other.spec.follows_remote());
 }
+
+/// Writes go nowhere else than the standby leader, whose sessions are read-only; the
+/// read-only endpoint balances across the cluster's own standbys.
+#[test]
+fn the_proxies_route_to_the_standby_leader_and_read_only_sessions_to_its_standbys() {
+    let w = standby_cluster();
+    let leader = w.master().clone();
+    let me = stolon_cluster::ProxyUid::new("p1");
+    match stolon_engine::proxy::route(&w.cd, &me) {
+        stolon_engine::proxy::Route::To { db, .. } => assert_eq!(db, leader.uid.to_string()),
+        other => panic!("expected a route to the standby leader, got {other:?}"),
+    }
+    let mut targets: Vec<String> = stolon_engine::proxy::read_only_targets(&w.cd, &me, 1000, false)
+        .into_iter()
+        .map(|t| t.db)
+        .collect();
+    targets.sort();
+    let followers: Vec<String> = leader
+        .spec
+        .followers
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(targets, followers);
+}
+
+/// initMode existing in a standby cluster: the named keeper's data becomes the standby
+/// leader, never a primary.
+#[test]
+fn an_existing_standby_is_adopted_as_the_standby_leader() {
+    let mut w = World::with_spec(
+        r#"{"role": "standby", "initMode": "existing", "existingConfig": {"keeperUID": "k1"},
+            "standbyConfig": {"standbySettings": {"primaryConninfo": "host=site-a"}}}"#,
+        &["k0", "k1"],
+    );
+    w.step();
+    let db = w.db_of("k1").clone();
+    assert_eq!(w.master_uid(), db.uid);
+    assert_eq!(db.spec.init_mode, stolon_cluster::InitMode::Existing);
+    assert_eq!(db.spec.role, DbRole::Standby);
+    assert!(db.spec.follows_remote());
+    w.settle();
+    assert_eq!(
+        w.cd.cluster.status.phase,
+        stolon_cluster::ClusterPhase::Normal
+    );
+    assert_eq!(w.master().spec.role, DbRole::Standby);
+}

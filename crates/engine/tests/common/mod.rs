@@ -560,10 +560,11 @@ pub fn assert_in_order(events: &[Event], wanted: &[&str]) {
     }
 }
 
+/// The dbs of the master kind: primaries, and standby leaders (which follow the remote).
 pub fn masters(cd: &ClusterData) -> Vec<&DbUid> {
     cd.dbs
         .values()
-        .filter(|db| db.spec.role == DbRole::Master)
+        .filter(|db| db.spec.role == DbRole::Master || db.spec.follows_remote())
         .map(|db| &db.uid)
         .collect()
 }
