@@ -63,6 +63,31 @@ async fn site_b(a: &TestCluster, keepers: usize, standby_config: serde_json::Val
         .await
 }
 
+/// A two-keeper site B streaming from site A: its standby leader from site A, its standby
+/// from the leader. Returns it with the two instances' ports.
+async fn streaming_site_b(
+    a: &TestCluster,
+    standby_config: serde_json::Value,
+) -> (TestCluster, u16, u16) {
+    let b = site_b(a, 2, standby_config).await;
+    let leader = b.wait_for_standby_leader(None, BOOT).await;
+    let leader_port = b.keepers[leader].pg_port;
+    let standby_port = b.keepers[other(leader)].pg_port;
+    wait_streaming_from(
+        "the standby leader to stream from site A",
+        leader_port,
+        a.proxy_port(),
+    )
+    .await;
+    wait_streaming_from(
+        "site B's standby to stream from its leader",
+        standby_port,
+        leader_port,
+    )
+    .await;
+    (b, leader_port, standby_port)
+}
+
 fn streaming_from(a: &TestCluster) -> serde_json::Value {
     json!({
         "standbySettings": {
@@ -138,23 +163,7 @@ fn other(leader: usize) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn s_stby_01_a_standby_cluster_follows_the_remote_primary_and_cascades() {
     let a = site_a(&[]).await;
-    let b = site_b(&a, 2, streaming_from(&a)).await;
-    let leader = b.wait_for_standby_leader(None, BOOT).await;
-    let leader_port = b.keepers[leader].pg_port;
-    let standby_port = b.keepers[other(leader)].pg_port;
-
-    wait_streaming_from(
-        "the standby leader to stream from site A",
-        leader_port,
-        a.proxy_port(),
-    )
-    .await;
-    wait_streaming_from(
-        "site B's standby to stream from its leader",
-        standby_port,
-        leader_port,
-    )
-    .await;
+    let (b, leader_port, standby_port) = streaming_site_b(&a, streaming_from(&a)).await;
     let slot_active: bool = connect(a.proxy_port())
         .await
         .unwrap()
@@ -344,22 +353,7 @@ async fn s_stby_02_promote_makes_the_standby_cluster_writable_with_all_it_receiv
     let a = site_a(&[]).await;
     let mut config = streaming_from(&a);
     config["standbySettings"]["recoveryMinApplyDelay"] = json!("1h");
-    let b = site_b(&a, 2, config).await;
-    let leader = b.wait_for_standby_leader(None, BOOT).await;
-    let leader_port = b.keepers[leader].pg_port;
-    let standby_port = b.keepers[other(leader)].pg_port;
-    wait_streaming_from(
-        "the standby leader to stream from site A",
-        leader_port,
-        a.proxy_port(),
-    )
-    .await;
-    wait_streaming_from(
-        "site B's standby to stream from its leader",
-        standby_port,
-        leader_port,
-    )
-    .await;
+    let (b, leader_port, standby_port) = streaming_site_b(&a, config).await;
 
     insert_on(&a, 101..=200).await;
     let sent: String = connect(a.proxy_port())
@@ -532,6 +526,33 @@ async fn s_stby_03_a_standby_cluster_fed_only_by_restore_command() {
     );
 }
 
+/// Waits for a standby leader other than keeper `old` that streams from site A and passes
+/// on the rows `ids` written there to site B's proxy; returns its keeper's index.
+async fn leader_replaced(
+    a: &TestCluster,
+    b: &TestCluster,
+    old: usize,
+    ids: std::ops::RangeInclusive<i32>,
+) -> usize {
+    let new = b.wait_for_standby_leader(Some(old), FAILOVER).await;
+    wait_streaming_from(
+        "the new standby leader to stream from site A",
+        b.keepers[new].pg_port,
+        a.proxy_port(),
+    )
+    .await;
+    let rows = i64::from(*ids.end());
+    insert_on(a, ids).await;
+    wait_for_rows(
+        "site A's rows through site B's proxy",
+        b.proxy_port(),
+        rows,
+        BOOT,
+    )
+    .await;
+    new
+}
+
 /// S-HA-09 then S-HA-02 in a standby cluster: `stolonctl failkeeper` on the standby leader,
 /// then its successor killed with its postgres; each time a standby of the cluster becomes
 /// the leader, streams from the remote primary, and the proxies route to it.
@@ -544,42 +565,12 @@ async fn s_ha_09_and_s_ha_02_standby_cluster_elects_a_new_standby_leader() {
 
     let out = b.stolonctl(&["failkeeper", b.keepers[first].uid.as_str()]);
     assert!(out.status.success(), "{out:?}");
-    let second = b.wait_for_standby_leader(Some(first), FAILOVER).await;
-    let second_port = b.keepers[second].pg_port;
-    wait_streaming_from(
-        "the new standby leader to stream from site A",
-        second_port,
-        a.proxy_port(),
-    )
-    .await;
-    insert_on(&a, 101..=150).await;
-    wait_for_rows(
-        "site A's rows through site B's proxy",
-        b.proxy_port(),
-        150,
-        BOOT,
-    )
-    .await;
+    let second = leader_replaced(&a, &b, first, 101..=150).await;
 
     // The other two are standbys of the second leader before it is lost.
     b.wait_for_standbys(3, BOOT).await;
     b.kill_keeper_and_postgres(second);
-    let third = b.wait_for_standby_leader(Some(second), FAILOVER).await;
-    let third_port = b.keepers[third].pg_port;
-    wait_streaming_from(
-        "the third standby leader to stream from site A",
-        third_port,
-        a.proxy_port(),
-    )
-    .await;
-    insert_on(&a, 151..=200).await;
-    wait_for_rows(
-        "site A's rows through site B's proxy",
-        b.proxy_port(),
-        200,
-        BOOT,
-    )
-    .await;
+    leader_replaced(&a, &b, second, 151..=200).await;
     let sentinels = b.sentinel_logs();
     assert!(
         sentinels
