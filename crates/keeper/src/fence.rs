@@ -13,7 +13,7 @@
 
 use std::sync::Mutex;
 use std::time::Duration;
-use stolon_engine::store_loss::{decide, Timing, Verdict};
+use stolon_engine::store_loss::{Enforce, KeeperFence, Timing};
 use stolon_pg::ctl::PgCtl;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -37,44 +37,39 @@ const CLEAN_STOP: Duration = Duration::from_secs(5);
 /// `pg_ctl status` answers at once unless the machine is overloaded.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 pub(crate) struct Fence {
     shared: Mutex<Shared>,
     changed: Notify,
+    /// The origin of the engine fence's clock.
+    origin: Instant,
 }
 
 #[derive(Default)]
 struct Shared {
-    /// When the last successful publish was sent.
-    last_sent: Option<Instant>,
-    /// From the last cluster data read.
-    timing: Option<Timing>,
-    master: bool,
+    fence: KeeperFence,
     stop_timeout: Duration,
-    /// Since when postgres is fenced, and whether the watchdog has found it stopped since.
-    fenced: Option<(Instant, bool)>,
 }
 
-impl Shared {
-    fn verdict(&self, now: Instant) -> Verdict {
-        match self.timing {
-            Some(timing) => decide(
-                self.last_sent.map(|at| now.saturating_duration_since(at)),
-                timing,
-                self.master,
-            ),
-            None => Verdict::Never,
+impl Default for Fence {
+    fn default() -> Self {
+        Fence {
+            shared: Mutex::default(),
+            changed: Notify::new(),
+            origin: Instant::now(),
         }
     }
 }
 
 impl Fence {
+    fn at(&self, instant: Instant) -> Duration {
+        instant.saturating_duration_since(self.origin)
+    }
+
     /// What the cluster data just read says: the timings, whether our db is the primary,
     /// and how long postgres may take to stop (dbWaitReadyTimeout).
     pub fn read(&self, timing: Timing, master: bool, stop_timeout: Duration) {
         let mut shared = self.shared.lock().unwrap();
-        shared.timing = Some(timing);
-        shared.master = master;
+        shared.fence.read(timing, master);
         shared.stop_timeout = stop_timeout;
         drop(shared);
         self.changed.notify_one();
@@ -84,34 +79,31 @@ impl Fence {
     /// than that. Returns whether this lifted the fence (a publish that took longer than the
     /// limit itself leaves it in place).
     pub fn published(&self, sent: Instant) -> bool {
-        let mut shared = self.shared.lock().unwrap();
-        shared.last_sent = Some(shared.last_sent.map_or(sent, |last| last.max(sent)));
-        let now = Instant::now();
-        let lifted = match shared.fenced {
-            Some((since, _)) if shared.verdict(now) != Verdict::Now => {
-                shared.fenced = None;
-                tracing::info!(
-                    "store reachable again: fence lifted after {}, postgres goes back to what the cluster data says",
-                    secs(now - since)
-                );
-                true
-            }
-            _ => false,
-        };
-        drop(shared);
+        let lifted = self
+            .shared
+            .lock()
+            .unwrap()
+            .fence
+            .published(self.at(sent), self.at(Instant::now()));
+        if let Some(held) = lifted {
+            tracing::info!(
+                "store reachable again: fence lifted after {}, postgres goes back to what the cluster data says",
+                secs(held)
+            );
+        }
         self.changed.notify_one();
-        lifted
+        lifted.is_some()
     }
 
     /// Whether postgres must be kept stopped now: fenced, or just falling due.
     pub fn holds(&self) -> bool {
-        let shared = self.shared.lock().unwrap();
-        shared.fenced.is_some() || shared.verdict(Instant::now()) == Verdict::Now
+        let now = self.at(Instant::now());
+        self.shared.lock().unwrap().fence.holds(now)
     }
 
     /// Whether the watchdog has fenced postgres (and no publish has lifted the fence yet).
     pub fn fenced(&self) -> bool {
-        self.shared.lock().unwrap().fenced.is_some()
+        self.shared.lock().unwrap().fence.fenced()
     }
 
     /// The watchdog: fences postgres when it falls due, and keeps it stopped until a publish
@@ -130,27 +122,28 @@ impl Fence {
     /// Fences when due and stops postgres while fenced; returns when to look again (None:
     /// when something changes).
     async fn enforce(&self, pg: &PgCtl) -> Option<Duration> {
+        let now = self.at(Instant::now());
         let (stop_timeout, seen_stopped) = {
             let mut shared = self.shared.lock().unwrap();
-            let now = Instant::now();
-            if shared.fenced.is_none() {
-                match shared.verdict(now) {
-                    Verdict::Never => return None,
-                    Verdict::In(left) => return Some(left),
-                    Verdict::Now => {}
+            match shared.fence.enforce(now) {
+                Enforce::Idle => return None,
+                Enforce::LookAgainIn(left) => return Some(left),
+                Enforce::Stop {
+                    fenced_now,
+                    seen_stopped,
+                } => {
+                    if let (Some(silent), Some(timing)) = (fenced_now, shared.fence.timing()) {
+                        tracing::warn!(
+                            "store unreachable: fencing postgres, no keeper info stored for {} (limit {} = failInterval {} - heartbeat {})",
+                            secs(silent),
+                            secs(timing.limit()),
+                            secs(timing.fail_interval),
+                            secs(timing.heartbeat),
+                        );
+                    }
+                    (shared.stop_timeout, seen_stopped)
                 }
-                let timing = shared.timing.expect("a verdict needs the timings");
-                let silent = shared.last_sent.map_or(Duration::ZERO, |at| now - at);
-                tracing::warn!(
-                    "store unreachable: fencing postgres, no keeper info stored for {} (limit {} = failInterval {} - heartbeat {})",
-                    secs(silent),
-                    secs(timing.limit()),
-                    secs(timing.fail_interval),
-                    secs(timing.heartbeat),
-                );
-                shared.fenced = Some((now, false));
             }
-            (shared.stop_timeout, shared.fenced.is_some_and(|(_, s)| s))
         };
         // Unknown counts as running: stopping a stopped postgres is harmless. A publish may
         // have lifted the fence meanwhile, and the loop started postgres again.
@@ -169,9 +162,7 @@ impl Fence {
                 }
             }
         }
-        if let Some((_, seen_stopped)) = &mut self.shared.lock().unwrap().fenced {
-            *seen_stopped = true;
-        }
+        self.shared.lock().unwrap().fence.seen_stopped();
         Some(RECHECK)
     }
 }
