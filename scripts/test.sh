@@ -2,7 +2,8 @@
 # Runs the whole test suite: unit, property and integration tests (real etcd, kube-apiserver
 # and PostgreSQL processes on 127.0.0.1, and the partition tests on network namespaces of
 # their own, which need root), then the seed's walkthrough on a real single-node
-# Kubernetes with the Helm chart and the image (scripts/e2e-k8s.sh on scripts/k8s-node.sh).
+# Kubernetes with the Helm chart and the image (scripts/e2e-k8s.sh on scripts/k8s-node.sh),
+# and the deterministic simulation over its budget of seeds (crates/sim), alone on the CPU.
 # Installs and builds what is missing first (scripts/setup.sh, once per machine).
 # STOLON_TEST_K8S_NODE=0 leaves the single-node Kubernetes out.
 set -euo pipefail
@@ -26,12 +27,23 @@ if [ "${STOLON_TEST_K8S_NODE:-1}" != 0 ]; then
   bash scripts/k8s-node.sh down || true
 fi
 
+# The simulation uses every core for a minute: on its own, so that it distorts none of the
+# timings the real-cluster tests measure. It prints "N seeds, M violations".
+sim=0
+if ! cargo test --locked -p stolon-sim; then
+  sim=1
+  echo "test: the simulation found a violation, see above" >&2
+fi
+
 # The unit and integration tests last: their runner's summary closes the output.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked "$@"
+  cargo nextest run --workspace --exclude stolon-sim --locked "$@"
 else
   echo "test: cargo-nextest not found, using cargo test"
-  cargo test --workspace --locked "$@"
+  cargo test --workspace --exclude stolon-sim --locked "$@"
+fi
+if [ "$sim" != 0 ]; then
+  exit 1
 fi
 if [ "$e2e" != 0 ]; then
   echo "test: the Kubernetes walkthrough (scripts/e2e-k8s.sh) failed, see above" >&2

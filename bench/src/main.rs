@@ -31,6 +31,7 @@
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
 mod chaos;
+mod sim;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,6 +48,9 @@ fn main() {
     // The campaign runs its clusters on a runtime of their client host.
     if args.first().map(String::as_str) == Some("chaos") {
         return chaos::chaos(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("sim") {
+        return sim::sim(&args[1..]);
     }
     tokio::runtime::Runtime::new()
         .expect("a runtime")
@@ -110,7 +114,7 @@ async fn measure(mut args: Vec<String>) {
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench [--store etcdv3|kubernetes] failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]\n       stolon-bench chaos [--seed N] [--runs K] [--minutes M] [--sync|--async]"
+                "usage: stolon-bench [--store etcdv3|kubernetes] failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]\n       stolon-bench chaos [--seed N] [--runs K] [--minutes M] [--sync|--async]\n       stolon-bench sim [SEEDS] [FIRST]"
             );
             std::process::exit(2);
         }

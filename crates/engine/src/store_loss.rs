@@ -152,7 +152,10 @@ impl KeeperFence {
                 Verdict::In(left) => return Enforce::LookAgainIn(left),
                 Verdict::Now => {
                     self.fenced = Some((now, false));
-                    Some(self.last_sent.map_or(Duration::ZERO, |at| now.saturating_sub(at)))
+                    Some(
+                        self.last_sent
+                            .map_or(Duration::ZERO, |at| now.saturating_sub(at)),
+                    )
                 }
             },
         };
@@ -187,7 +190,11 @@ mod tests {
     fn a_primary_is_fenced_one_heartbeat_before_failinterval_and_lifted_by_a_publish() {
         let mut fence = KeeperFence::default();
         fence.read(TIMING, true);
-        assert_eq!(fence.enforce(s(1)), Enforce::Idle, "never published: never fenced");
+        assert_eq!(
+            fence.enforce(s(1)),
+            Enforce::Idle,
+            "never published: never fenced"
+        );
         assert_eq!(fence.published(s(10), s(10)), None);
         assert_eq!(fence.enforce(s(11)), Enforce::LookAgainIn(s(3)));
         assert!(!fence.holds(s(13)));

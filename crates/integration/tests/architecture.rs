@@ -79,7 +79,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "stolon-daemon",
         ],
     ),
-    ("stolon-bench", &["stolon-testkit"]),
+    ("stolon-sim", &["stolon-cluster", "stolon-engine"]),
+    ("stolon-bench", &["stolon-testkit", "stolon-sim"]),
 ];
 
 #[test]

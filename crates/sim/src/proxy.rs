@@ -1,0 +1,140 @@
+//! A proxy: the real routing (`proxy::route`) and fence (`ProxyFence`), with the loop of
+//! the proxy daemon: check the store, set the gate (closing every connection when it
+//! changes), publish, and close everything when the fence's deadline passes.
+
+use crate::keeper::keeper_at;
+use crate::net::Node;
+use crate::world::{Ev, World};
+use std::time::Duration;
+use stolon_cluster::{DbUid, ProxyInfo, ProxyUid};
+use stolon_engine::fence::ProxyFence;
+use stolon_engine::proxy::{route, Route};
+
+/// Where new client connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    Closed,
+    /// To this db, on this keeper's instance.
+    Open {
+        db: DbUid,
+        keeper: usize,
+    },
+    /// A switchover holds new connections.
+    Hold,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySim {
+    pub uid: ProxyUid,
+    pub alive: bool,
+    pub fence: ProxyFence,
+    pub gate: Gate,
+}
+
+impl ProxySim {
+    pub fn new(index: usize) -> ProxySim {
+        ProxySim {
+            uid: ProxyUid::new(format!("proxy{index}")),
+            alive: true,
+            fence: ProxyFence::default(),
+            gate: Gate::Closed,
+        }
+    }
+}
+
+impl World {
+    pub(crate) fn proxy_check(&mut self, p: usize, ev: &Ev) {
+        if !self.proxies[p].alive {
+            // The process is down: its checks resume when it is back.
+            self.schedule(Duration::from_secs(1), Ev::ProxyCheck(p));
+            return;
+        }
+        if !self.thawed(Node::Proxy(p), ev) {
+            return;
+        }
+        let started = self.now;
+        let mut cadence = Duration::from_secs(1);
+        if self.net.reaches_store(Node::Proxy(p)) {
+            match self.store.read() {
+                None => {
+                    self.set_gate(p, Gate::Closed);
+                    self.proxies[p].fence.renewed(started);
+                }
+                Some((cd, spec, _)) => {
+                    cadence = spec.proxy_check_cadence();
+                    let timeout = self.proxies[p].fence.read_spec(started, spec.proxy_timeout);
+                    let gate = match route(&cd, &self.proxies[p].uid) {
+                        Route::To { db, address, .. } => match keeper_at(&address) {
+                            Some(keeper) => Gate::Open {
+                                db: DbUid::new(db),
+                                keeper,
+                            },
+                            None => Gate::Closed,
+                        },
+                        Route::Hold { .. } => Gate::Hold,
+                        Route::Nowhere(_) => Gate::Closed,
+                    };
+                    self.set_gate(p, gate);
+                    let info = ProxyInfo {
+                        info_uid: format!("{:x}", self.rng.next_u64()),
+                        uid: self.proxies[p].uid.clone(),
+                        generation: cd.proxy.generation,
+                        proxy_timeout: timeout,
+                    };
+                    let ttl = (2 * timeout).max(Duration::from_secs(3));
+                    self.store.put_proxy_info(info, self.now + ttl);
+                    self.wake_sentinels();
+                    let answer = self.jitter(1, 30);
+                    self.schedule(
+                        answer,
+                        Ev::ProxyPublished {
+                            proxy: p,
+                            started,
+                            timeout,
+                        },
+                    );
+                }
+            }
+        }
+        self.schedule(cadence, Ev::ProxyCheck(p));
+    }
+
+    /// The answer to a publish. The info may be in the store whether or not the answer
+    /// arrives: its timeout is announced either way; only an answer renews the fence.
+    pub(crate) fn proxy_published(&mut self, p: usize, started: Duration, timeout: Duration) {
+        if !self.proxies[p].alive {
+            return;
+        }
+        let ttl = (2 * timeout).max(Duration::from_secs(3));
+        let fence = &mut self.proxies[p].fence;
+        fence.announced(timeout, self.now + ttl);
+        if self.net.reaches_store(Node::Proxy(p)) {
+            fence.renewed(started);
+            if let Some(deadline) = fence.deadline() {
+                self.schedule_at(deadline.max(self.now), Ev::ProxyFenceCheck(p));
+            }
+        }
+    }
+
+    pub(crate) fn proxy_fence_check(&mut self, p: usize) {
+        if !self.proxies[p].alive || !self.proxies[p].fence.expired(self.now) {
+            return;
+        }
+        if self.proxies[p].gate != Gate::Closed {
+            self.log(format!(
+                "proxy{p}: check timeout timer fired: closing connections"
+            ));
+            self.set_gate(p, Gate::Closed);
+        }
+    }
+
+    /// Leaving a gate ends every connection made through it.
+    pub(crate) fn set_gate(&mut self, p: usize, gate: Gate) {
+        if self.proxies[p].gate == gate {
+            return;
+        }
+        self.log(format!("proxy{p}: {:?} -> {gate:?}", self.proxies[p].gate));
+        self.proxies[p].gate = gate;
+        self.drop_connections_of(p);
+    }
+}

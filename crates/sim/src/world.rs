@@ -1,0 +1,293 @@
+//! The event loop: virtual time, the queue of what happens next, the parts of the cluster,
+//! and one run from a seed to its outcome.
+
+use crate::clients::{Ack, Pending};
+use crate::faults::Fault;
+use crate::invariants::Watch;
+use crate::keeper::KeeperSim;
+use crate::net::{Net, Node};
+use crate::proxy::ProxySim;
+use crate::rng::Rng;
+use crate::sentinel::SentinelSim;
+use crate::store::Store;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Duration;
+use stolon_cluster::{ClusterData, ClusterSpec, ClusterUid};
+
+/// What one run simulates.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub keepers: usize,
+    pub sentinels: usize,
+    pub proxies: usize,
+    /// Faults are injected from 5 s until this instant, and all healed by then.
+    pub fault_window: Duration,
+    /// After the faults, how long the cluster has to converge.
+    pub settle: Duration,
+    /// Lines of trace kept for a failing seed.
+    pub trace_lines: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            keepers: 3,
+            sentinels: 2,
+            proxies: 2,
+            fault_window: Duration::from_secs(60),
+            settle: Duration::from_secs(60),
+            trace_lines: 400,
+        }
+    }
+}
+
+/// A broken invariant: when, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Duration,
+    pub what: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seed: u64,
+    pub synchronous: bool,
+    pub events: u64,
+    pub acked: usize,
+    pub faults: usize,
+    pub violation: Option<Violation>,
+    /// The last events before the end (or the violation).
+    pub trace: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Ev {
+    SentinelTick(usize),
+    SentinelWrite {
+        sentinel: usize,
+        term: u64,
+        data: Box<ClusterData>,
+        expect: u64,
+    },
+    KeeperTick(usize),
+    KeeperActed(usize),
+    KeeperPublished {
+        keeper: usize,
+        sent: Duration,
+        boot: String,
+    },
+    KeeperFenceCheck(usize, u64),
+    ProxyCheck(usize),
+    ProxyPublished {
+        proxy: usize,
+        started: Duration,
+        timeout: Duration,
+    },
+    ProxyFenceCheck(usize),
+    Replicate,
+    ClientWrite,
+    Fault(Fault),
+    Heal(Fault),
+    Settle,
+}
+
+pub struct World {
+    pub(crate) now: Duration,
+    pub(crate) rng: Rng,
+    queue: BinaryHeap<Reverse<(Duration, u64)>>,
+    events: BTreeMap<u64, Ev>,
+    seq: u64,
+    pub(crate) store: Store,
+    pub(crate) keepers: Vec<KeeperSim>,
+    pub(crate) sentinels: Vec<SentinelSim>,
+    pub(crate) proxies: Vec<ProxySim>,
+    pub(crate) net: Net,
+    pub(crate) next_txid: u64,
+    pub(crate) pending: Vec<Pending>,
+    pub(crate) acked: Vec<Ack>,
+    pub(crate) watch: Watch,
+    pub(crate) terms: u64,
+    trace: VecDeque<String>,
+    trace_lines: usize,
+    pub(crate) violation: Option<Violation>,
+    pub(crate) faults_end: Duration,
+    pub(crate) faults: usize,
+    end: Duration,
+}
+
+/// The spec every run starts from: Stolon's defaults with the short timings the tests use,
+/// synchronous or not as the seed says.
+fn initial_spec(synchronous: bool) -> ClusterSpec {
+    ClusterSpec::from_json(&format!(
+        r#"{{"initMode": "new", "sleepInterval": "1s", "failInterval": "5s",
+             "requestTimeout": "3s", "convergenceTimeout": "15s", "initTimeout": "30s",
+             "proxyCheckInterval": "1s", "proxyTimeout": "5s",
+             "synchronousReplication": {synchronous}}}"#
+    ))
+    .expect("the simulation's spec parses")
+}
+
+/// Runs one seed to its outcome.
+pub fn run(seed: u64, config: &Config) -> Outcome {
+    let mut rng = Rng::new(seed);
+    let synchronous = rng.chance(50);
+    let cd = ClusterData::new(ClusterUid::new("sim"), initial_spec(synchronous));
+    let mut world = World {
+        now: Duration::ZERO,
+        rng,
+        queue: BinaryHeap::new(),
+        events: BTreeMap::new(),
+        seq: 0,
+        store: Store::with_cluster_data(cd),
+        keepers: (0..config.keepers).map(KeeperSim::new).collect(),
+        sentinels: (0..config.sentinels)
+            .map(|_| SentinelSim {
+                alive: true,
+                ..SentinelSim::default()
+            })
+            .collect(),
+        proxies: (0..config.proxies).map(ProxySim::new).collect(),
+        net: Net::default(),
+        next_txid: 1,
+        pending: Vec::new(),
+        acked: Vec::new(),
+        watch: Watch::default(),
+        terms: 0,
+        trace: VecDeque::new(),
+        trace_lines: config.trace_lines,
+        violation: None,
+        faults_end: config.fault_window,
+        faults: 0,
+        end: config.fault_window + config.settle,
+    };
+    world.start();
+    let mut events = 0;
+    while let Some(Reverse((at, seq))) = world.queue.pop() {
+        if at > world.end || world.violation.is_some() {
+            break;
+        }
+        let ev = world.events.remove(&seq).expect("queued event");
+        world.now = at;
+        events += 1;
+        world.handle(ev);
+        if world.violation.is_none() {
+            world.check_invariants();
+        }
+    }
+    if world.violation.is_none() {
+        world.now = world.end;
+        world.check_converged();
+    }
+    Outcome {
+        seed,
+        synchronous,
+        events,
+        acked: world.acked.len(),
+        faults: world.faults,
+        violation: world.violation.clone(),
+        trace: world.trace.into_iter().collect(),
+    }
+}
+
+impl World {
+    fn start(&mut self) {
+        for i in 0..self.keepers.len() {
+            let after = self.jitter(0, 1000);
+            self.wake_keeper(i, after);
+            self.schedule(after, Ev::KeeperFenceCheck(i, 0));
+        }
+        for i in 0..self.sentinels.len() {
+            let after = self.jitter(0, 1000);
+            self.wake_sentinel(i, after);
+        }
+        for i in 0..self.proxies.len() {
+            let after = self.jitter(0, 1000);
+            self.schedule(after, Ev::ProxyCheck(i));
+        }
+        self.schedule(Duration::from_millis(200), Ev::Replicate);
+        self.schedule(Duration::from_secs(1), Ev::ClientWrite);
+        self.plan_faults();
+        self.schedule_at(self.faults_end, Ev::Settle);
+    }
+
+    /// A random delay in milliseconds.
+    pub(crate) fn jitter(&mut self, low_ms: u64, high_ms: u64) -> Duration {
+        Duration::from_millis(self.rng.range(low_ms, high_ms))
+    }
+
+    pub(crate) fn schedule(&mut self, after: Duration, ev: Ev) {
+        self.schedule_at(self.now + after, ev);
+    }
+
+    pub(crate) fn schedule_at(&mut self, at: Duration, ev: Ev) {
+        self.seq += 1;
+        self.events.insert(self.seq, ev);
+        self.queue.push(Reverse((at, self.seq)));
+    }
+
+    pub(crate) fn log(&mut self, line: impl Into<String>) {
+        let line = format!("{:>9.3}s {}", self.now.as_secs_f64(), line.into());
+        if self.trace.len() == self.trace_lines {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(line);
+    }
+
+    pub(crate) fn violate(&mut self, what: impl Into<String>) {
+        if self.violation.is_none() {
+            let what = what.into();
+            self.log(format!("VIOLATION: {what}"));
+            self.violation = Some(Violation { at: self.now, what });
+        }
+    }
+
+    /// Whether `node` runs its events now; a frozen one does them once thawed.
+    pub(crate) fn thawed(&mut self, node: Node, ev: &Ev) -> bool {
+        if self.net.frozen(node) {
+            self.schedule(crate::keeper::FROZEN_POLL, ev.clone());
+            return false;
+        }
+        true
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::SentinelTick(s) => self.sentinel_tick(s),
+            Ev::SentinelWrite {
+                sentinel,
+                term,
+                data,
+                expect,
+            } => self.sentinel_write(sentinel, term, *data, expect),
+            Ev::KeeperTick(k) => self.keeper_tick(k),
+            Ev::KeeperActed(k) => self.keeper_acted(k, &ev),
+            Ev::KeeperPublished { keeper, sent, boot } => {
+                self.keeper_published(keeper, sent, &boot)
+            }
+            Ev::KeeperFenceCheck(k, incarnation) => self.keeper_fence_check(k, incarnation),
+            Ev::ProxyCheck(p) => self.proxy_check(p, &ev),
+            Ev::ProxyPublished {
+                proxy,
+                started,
+                timeout,
+            } => self.proxy_published(proxy, started, timeout),
+            Ev::ProxyFenceCheck(p) => self.proxy_fence_check(p),
+            Ev::Replicate => {
+                self.replicate();
+                self.schedule(Duration::from_millis(200), Ev::Replicate);
+            }
+            Ev::ClientWrite => {
+                self.client_write();
+                let after = self.jitter(50, 150);
+                self.schedule(after, Ev::ClientWrite);
+            }
+            Ev::Fault(fault) => self.inject(fault),
+            Ev::Heal(fault) => self.heal(fault),
+            Ev::Settle => {
+                self.log("faults over: everything healed, the cluster must converge");
+                self.heal_everything();
+            }
+        }
+    }
+}
