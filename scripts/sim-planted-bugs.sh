@@ -25,7 +25,11 @@ for patch in "$root"/crates/sim/planted/*.patch; do
         exit 2
     fi
     echo "planted bug $name: building the simulator with it..."
-    (cd "$scratch/repo" && CARGO_TARGET_DIR="$target" cargo build --quiet -p stolon-sim --tests)
+    if ! (cd "$scratch/repo" && CARGO_TARGET_DIR="$target" cargo build -p stolon-sim --tests) >"$scratch/build.log" 2>&1; then
+        cat "$scratch/build.log" >&2
+        echo "planted bug $name: the simulator does not build with it" >&2
+        exit 2
+    fi
     binary="$(ls -t "$target"/debug/deps/seeds-* | grep -v '\.d$' | head -1)"
     if out="$("$binary" --seeds "$seeds" --until-violation 2>&1)"; then
         echo "planted bug $name: NOT caught in $seeds seeds"

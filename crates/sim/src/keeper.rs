@@ -4,7 +4,7 @@
 
 use crate::net::Node;
 use crate::pg::{Config, Pg};
-use crate::world::{Ev, World};
+use crate::world::{Delivery, Ev, World};
 use std::time::Duration;
 use stolon_cluster::{
     ClusterData, ClusterPhase, Db, DbRole, DbUid, KeeperInfo, KeeperUid, PgState, ValidSpec,
@@ -178,18 +178,21 @@ impl World {
                     postgres_state: self.pg_state(k),
                 };
                 let ttl = (3 * heartbeat).max(Duration::from_secs(3));
-                self.store.put_keeper_info(info, self.now + ttl);
-                self.wake_sentinels();
-                let answer = self.jitter(1, 30);
-                let boot = self.keepers[k].boot_uuid.clone();
-                self.schedule(
-                    answer,
-                    Ev::KeeperPublished {
-                        keeper: k,
-                        sent: self.now,
-                        boot,
-                    },
-                );
+                if let Delivery::Applied(answer) = self.deliver() {
+                    self.store.put_keeper_info(info, self.now + ttl);
+                    self.wake_sentinels();
+                    if let Some(answer) = answer {
+                        let boot = self.keepers[k].boot_uuid.clone();
+                        self.schedule(
+                            answer,
+                            Ev::KeeperPublished {
+                                keeper: k,
+                                sent: self.now,
+                                boot,
+                            },
+                        );
+                    }
+                }
             }
         }
         self.wake_keeper(k, heartbeat);

@@ -4,7 +4,7 @@
 
 use crate::keeper::keeper_at;
 use crate::net::Node;
-use crate::world::{Ev, World};
+use crate::world::{Delivery, Ev, World};
 use std::time::Duration;
 use stolon_cluster::{DbUid, ProxyInfo, ProxyUid};
 use stolon_engine::fence::ProxyFence;
@@ -82,15 +82,23 @@ impl World {
                         proxy_timeout: timeout,
                     };
                     let ttl = (2 * timeout).max(Duration::from_secs(3));
-                    self.store.put_proxy_info(info, self.now + ttl);
-                    self.wake_sentinels();
-                    let answer = self.jitter(1, 30);
+                    let delivery = self.deliver();
+                    if delivery != Delivery::Lost {
+                        self.store.put_proxy_info(info, self.now + ttl);
+                        self.wake_sentinels();
+                    }
+                    // Without an answer the request times out after requestTimeout.
+                    let (after, answered) = match delivery {
+                        Delivery::Applied(Some(answer)) => (answer, true),
+                        _ => (spec.request_timeout, false),
+                    };
                     self.schedule(
-                        answer,
+                        after,
                         Ev::ProxyPublished {
                             proxy: p,
                             started,
                             timeout,
+                            answered,
                         },
                     );
                 }
@@ -101,14 +109,20 @@ impl World {
 
     /// The answer to a publish. The info may be in the store whether or not the answer
     /// arrives: its timeout is announced either way; only an answer renews the fence.
-    pub(crate) fn proxy_published(&mut self, p: usize, started: Duration, timeout: Duration) {
+    pub(crate) fn proxy_published(
+        &mut self,
+        p: usize,
+        started: Duration,
+        timeout: Duration,
+        answered: bool,
+    ) {
         if !self.proxies[p].alive {
             return;
         }
         let ttl = (2 * timeout).max(Duration::from_secs(3));
         let fence = &mut self.proxies[p].fence;
         fence.announced(timeout, self.now + ttl);
-        if self.net.reaches_store(Node::Proxy(p)) {
+        if answered && self.net.reaches_store(Node::Proxy(p)) {
             fence.renewed(started);
             if let Some(deadline) = fence.deadline() {
                 self.schedule_at(deadline.max(self.now), Ev::ProxyFenceCheck(p));

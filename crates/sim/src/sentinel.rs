@@ -2,7 +2,7 @@
 //! around it: keep the leader lease, read, step, write with compare-and-swap.
 
 use crate::net::Node;
-use crate::world::{Ev, World};
+use crate::world::{Delivery, Ev, World};
 use std::time::Duration;
 use stolon_cluster::ClusterData;
 use stolon_engine::sentinel::{step, Memory, Observations};
@@ -149,12 +149,21 @@ impl World {
         if !sentinel.alive || sentinel.term != term || !self.net.reaches_store(Node::Sentinel(s)) {
             return;
         }
+        if self.deliver() == Delivery::Lost {
+            return;
+        }
         let before = self.store.cluster_data().cloned();
         if self.store.compare_and_swap(data.clone(), expect) {
             self.cluster_data_written(before.as_ref(), &data);
             self.wake_sentinels();
+            // Watches are sometimes late.
             for k in 0..self.keepers.len() {
-                self.wake_keeper(k, DEBOUNCE);
+                let late = if self.rng.chance(5) {
+                    self.jitter(0, 2000)
+                } else {
+                    Duration::ZERO
+                };
+                self.wake_keeper(k, DEBOUNCE + late);
             }
         }
     }

@@ -61,6 +61,15 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
+/// How a request to the store fares on the way there and back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// It never arrives: the caller's request times out.
+    Lost,
+    /// It is applied; its answer arrives after this long, or never.
+    Applied(Option<Duration>),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum Ev {
     SentinelTick(usize),
@@ -83,6 +92,7 @@ pub(crate) enum Ev {
         proxy: usize,
         started: Duration,
         timeout: Duration,
+        answered: bool,
     },
     ProxyFenceCheck(usize),
     Replicate,
@@ -211,6 +221,17 @@ impl World {
         self.schedule_at(self.faults_end, Ev::Settle);
     }
 
+    /// A request to the store from a node that reaches it: now and then lost, or its
+    /// answer lost, or slow.
+    pub(crate) fn deliver(&mut self) -> Delivery {
+        match self.rng.range(0, 100) {
+            0..=1 => Delivery::Lost,
+            2..=3 => Delivery::Applied(None),
+            4..=6 => Delivery::Applied(Some(self.jitter(500, 3000))),
+            _ => Delivery::Applied(Some(self.jitter(1, 30))),
+        }
+    }
+
     /// A random delay in milliseconds.
     pub(crate) fn jitter(&mut self, low_ms: u64, high_ms: u64) -> Duration {
         Duration::from_millis(self.rng.range(low_ms, high_ms))
@@ -271,7 +292,8 @@ impl World {
                 proxy,
                 started,
                 timeout,
-            } => self.proxy_published(proxy, started, timeout),
+                answered,
+            } => self.proxy_published(proxy, started, timeout, answered),
             Ev::ProxyFenceCheck(p) => self.proxy_fence_check(p),
             Ev::Replicate => {
                 self.replicate();
