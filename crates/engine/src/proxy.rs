@@ -19,6 +19,44 @@ pub enum Route {
     Nowhere(&'static str),
 }
 
+/// What happens to a new client connection: piped to `A` (an address) when open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate<A> {
+    /// Closed at once.
+    Closed,
+    /// Piped to this target.
+    Open(A),
+    /// Kept waiting for the next gate (planned switchover).
+    Hold,
+}
+
+/// What becomes of the sessions a proxy has piped so far when its gate changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    /// The same gate: they go on.
+    Keep,
+    /// They end now: the primary they talk to may no longer be the one.
+    CloseNow,
+    /// New connections are held for a switchover: the sessions have this long to finish.
+    CloseAfter(Duration),
+}
+
+/// The sessions piped through `old` when the gate becomes `new`: any change ends them, at
+/// once unless new connections are held for a switchover (`grace`).
+pub fn sessions_on_gate_change<A: PartialEq>(
+    old: &Gate<A>,
+    new: &Gate<A>,
+    grace: Duration,
+) -> Sessions {
+    if old == new {
+        Sessions::Keep
+    } else if matches!(new, Gate::Hold) {
+        Sessions::CloseAfter(grace)
+    } else {
+        Sessions::CloseNow
+    }
+}
+
 /// Routes only when the sentinel has named a primary *and* listed this proxy as enabled: a
 /// proxy the sentinel does not know of could otherwise keep serving an old primary while
 /// the sentinel, not waiting for it, promotes a new one.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
 use stolon_daemon::metrics::Exposition;
 use stolon_engine::fence::ProxyFence;
-use stolon_engine::proxy::{read_only_targets, route, Route};
+use stolon_engine::proxy::{read_only_targets, route, sessions_on_gate_change, Route, Sessions};
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio::io::{copy_bidirectional_with_sizes, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -101,15 +101,7 @@ impl Keepalive {
 }
 
 /// What happens to a new client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gate {
-    /// Closed at once.
-    Closed,
-    /// Piped to this address.
-    Open(SocketAddr),
-    /// Kept waiting for the next gate (planned switchover).
-    Hold,
-}
+type Gate = stolon_engine::proxy::Gate<SocketAddr>;
 
 /// The gate, and the token that ends every connection piped through it.
 struct Routing {
@@ -246,18 +238,19 @@ impl Shared {
     /// through it: at once, or after `grace` when new connections are held meanwhile.
     fn set_gate(&self, gate: Gate, grace: Duration) -> bool {
         self.routing.send_if_modified(|routing| {
-            if routing.gate == gate {
-                return false;
-            }
-            if gate == Gate::Hold {
-                let draining = routing.connections.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(grace).await;
-                    draining.cancel();
-                });
-            } else {
-                routing.connections.cancel();
-                routing.connections = CancellationToken::new();
+            match sessions_on_gate_change(&routing.gate, &gate, grace) {
+                Sessions::Keep => return false,
+                Sessions::CloseAfter(grace) => {
+                    let draining = routing.connections.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        draining.cancel();
+                    });
+                }
+                Sessions::CloseNow => {
+                    routing.connections.cancel();
+                    routing.connections = CancellationToken::new();
+                }
             }
             routing.gate = gate;
             true

@@ -3,7 +3,7 @@
 
 use crate::keeper::slot_db;
 use crate::net::Node;
-use crate::proxy::Gate;
+use crate::proxy::{Gate, Target};
 use crate::world::World;
 use stolon_engine::keeper::slot_name;
 
@@ -36,12 +36,23 @@ impl World {
         if !proxy.alive || self.net.frozen(Node::Proxy(p)) {
             return;
         }
-        let Gate::Open { keeper: k, .. } = proxy.gate else {
-            return;
+        // A session already piped, or a new one through the gate.
+        let reuse = !proxy.sessions.is_empty() && self.rng.chance(60);
+        let (k, starts) = if reuse {
+            let at = self.rng.range(0, self.proxies[p].sessions.len() as u64) as usize;
+            self.proxies[p].sessions[at]
+        } else {
+            let Gate::Open(Target { keeper, .. }) = self.proxies[p].gate else {
+                return;
+            };
+            let session = (keeper, self.keepers[keeper].pg.starts);
+            self.proxies[p].sessions.push(session);
+            session
         };
         let keeper = &self.keepers[k];
         if !self.net.linked(Node::Proxy(p), Node::Keeper(k))
             || !keeper.pg.writable()
+            || keeper.pg.starts != starts
             || keeper.sync_gate
         {
             return;
@@ -67,8 +78,10 @@ impl World {
         }
     }
 
-    /// A proxy's gate changed or its fence fired: its sessions end, unacknowledged.
+    /// A proxy's gate changed or its fence fired: its sessions end, their commits
+    /// unacknowledged.
     pub(crate) fn drop_connections_of(&mut self, p: usize) {
+        self.proxies[p].sessions.clear();
         self.pending.retain(|c| c.proxy != p);
     }
 
@@ -108,8 +121,10 @@ impl World {
         let mut kept = Vec::new();
         for commit in std::mem::take(&mut self.pending) {
             let primary = &self.keepers[commit.keeper];
-            let proxy_open = matches!(self.proxies[commit.proxy].gate, Gate::Open { keeper, .. } if keeper == commit.keeper);
-            if !primary.pg.writable() || !proxy_open {
+            let session_open = self.proxies[commit.proxy]
+                .sessions
+                .contains(&(commit.keeper, primary.pg.starts));
+            if !primary.pg.writable() || !session_open {
                 continue;
             }
             // Like PostgreSQL, waiting commits are judged by the configuration loaded now: a

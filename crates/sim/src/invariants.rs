@@ -7,7 +7,7 @@
 //!   every other keeper's instance streaming from it, every db at its generation.
 
 use crate::net::Node;
-use crate::proxy::Gate;
+use crate::proxy::{Gate, Target};
 use crate::world::World;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -33,12 +33,23 @@ impl World {
             .map_or(Duration::from_secs(15), |spec| spec.proxy_timeout);
         for p in 0..self.proxies.len() {
             let proxy = &self.proxies[p];
-            let Gate::Open { keeper, ref db } = proxy.gate else {
-                continue;
-            };
             if !proxy.alive {
                 continue;
             }
+            // Sessions piped earlier reach their instance whatever the gate is now.
+            for &(keeper, starts) in &proxy.sessions {
+                let pg = &self.keepers[keeper].pg;
+                if !self.net.frozen(Node::Proxy(p))
+                    && self.net.linked(Node::Proxy(p), Node::Keeper(keeper))
+                    && pg.writable()
+                    && pg.starts == starts
+                {
+                    writable.insert(keeper);
+                }
+            }
+            let Gate::Open(Target { keeper, ref db }) = proxy.gate else {
+                continue;
+            };
             if named.as_ref() != Some(db) {
                 let stale = self
                     .watch
@@ -163,7 +174,7 @@ impl World {
         }
         for (p, proxy) in self.proxies.iter().enumerate() {
             match &proxy.gate {
-                Gate::Open { db, .. } if *db == master.uid => {}
+                Gate::Open(target) if target.db == master.uid => {}
                 gate => return Err(format!("proxy{p} is {gate:?}, not open to {}", master.uid)),
             }
         }

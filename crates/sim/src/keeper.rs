@@ -318,8 +318,7 @@ impl World {
                 });
                 let config = self.desired_config(k);
                 let keeper = &mut self.keepers[k];
-                keeper.pg.running = true;
-                keeper.pg.streaming = false;
+                keeper.pg.start();
                 keeper.pg.config = config;
                 if synchronous_master {
                     keeper.sync_gate = true;
@@ -343,6 +342,7 @@ impl World {
             }
             Action::Restart => {
                 self.keepers[k].pg.config = self.desired_config(k);
+                self.keepers[k].pg.start();
             }
             Action::SyncSlots { create, drop } => {
                 let slots = &mut self.keepers[k].pg.slots;

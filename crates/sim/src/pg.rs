@@ -25,6 +25,8 @@ pub struct Pg {
     pub slots: Vec<String>,
     /// Its walreceiver streams from `config.upstream` and has caught up once.
     pub streaming: bool,
+    /// Counts its starts: a session opened before the last one was ended by the stop.
+    pub starts: u64,
 }
 
 /// What the configuration files say (the parts the simulation models).
@@ -60,8 +62,15 @@ impl Pg {
             running: true,
             system_id,
             timeline: 1,
+            starts: self.starts + 1,
             ..Pg::default()
         };
+    }
+
+    pub fn start(&mut self) {
+        self.running = true;
+        self.streaming = false;
+        self.starts += 1;
     }
 
     /// A copy of `source`'s data (a base backup, or a rewind to it), stopped, a standby.
@@ -80,6 +89,7 @@ impl Pg {
             },
             slots: Vec::new(),
             streaming: false,
+            starts: self.starts,
         };
     }
 

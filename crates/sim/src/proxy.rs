@@ -8,19 +8,15 @@ use crate::world::{Delivery, Ev, World};
 use std::time::Duration;
 use stolon_cluster::{DbUid, ProxyInfo, ProxyUid};
 use stolon_engine::fence::ProxyFence;
-use stolon_engine::proxy::{route, Route};
+use stolon_engine::proxy::{route, sessions_on_gate_change, Route, Sessions};
 
-/// Where new client connections go.
+/// Where new client connections go: the engine's gate, open to a db on a keeper's instance.
+pub type Gate = stolon_engine::proxy::Gate<Target>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Gate {
-    Closed,
-    /// To this db, on this keeper's instance.
-    Open {
-        db: DbUid,
-        keeper: usize,
-    },
-    /// A switchover holds new connections.
-    Hold,
+pub struct Target {
+    pub db: DbUid,
+    pub keeper: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +25,9 @@ pub struct ProxySim {
     pub alive: bool,
     pub fence: ProxyFence,
     pub gate: Gate,
+    /// The client sessions piped so far: each to the keeper its gate was open to then, and
+    /// that instance's start (a stop ends them).
+    pub sessions: Vec<(usize, u64)>,
 }
 
 impl ProxySim {
@@ -38,6 +37,7 @@ impl ProxySim {
             alive: true,
             fence: ProxyFence::default(),
             gate: Gate::Closed,
+            sessions: Vec::new(),
         }
     }
 }
@@ -65,10 +65,10 @@ impl World {
                     let timeout = self.proxies[p].fence.read_spec(started, spec.proxy_timeout);
                     let gate = match route(&cd, &self.proxies[p].uid) {
                         Route::To { db, address, .. } => match keeper_at(&address) {
-                            Some(keeper) => Gate::Open {
+                            Some(keeper) => Gate::Open(Target {
                                 db: DbUid::new(db),
                                 keeper,
-                            },
+                            }),
                             None => Gate::Closed,
                         },
                         Route::Hold { .. } => Gate::Hold,
@@ -142,9 +142,11 @@ impl World {
         }
     }
 
-    /// Leaving a gate ends every connection made through it.
+    /// A new gate; what becomes of the sessions is the engine's decision, as in the daemon.
+    /// (No switchover is simulated, so no grace period either.)
     pub(crate) fn set_gate(&mut self, p: usize, gate: Gate) {
-        if self.proxies[p].gate == gate {
+        let sessions = sessions_on_gate_change(&self.proxies[p].gate, &gate, Duration::ZERO);
+        if sessions == Sessions::Keep {
             return;
         }
         self.log(format!("proxy{p}: {:?} -> {gate:?}", self.proxies[p].gate));
