@@ -1,7 +1,7 @@
 //! `stolon-bench sim [SEEDS] [FIRST]`: the deterministic simulation over many more seeds
 //! than the test suite runs, with its speed.
 
-use stolon_sim::{describe, run_seeds, Config};
+use stolon_sim::{describe, minimize, run_seeds, Config};
 
 pub fn sim(args: &[String]) {
     let seeds = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
@@ -15,6 +15,7 @@ pub fn sim(args: &[String]) {
     });
     println!("simulation: {batch}");
     for outcome in &batch.violations {
-        println!("{}", describe(outcome));
+        let (short, with) = minimize(outcome.seed, &Config::default());
+        println!("{}", describe(&short, &with));
     }
 }

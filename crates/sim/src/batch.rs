@@ -87,8 +87,30 @@ pub fn run_seeds(
     }
 }
 
-/// A violation's seed, what broke, the trace that led there, and how to replay it.
-pub fn describe(outcome: &Outcome) -> String {
+/// The run of `seed` with as few of its faults as still break an invariant: each fault in
+/// turn is left out, and stays out if the run still fails. The trace of that run is the
+/// short story of the violation.
+pub fn minimize(seed: u64, config: &Config) -> (Outcome, Config) {
+    let mut config = config.clone();
+    let mut failing = run(seed, &config);
+    if failing.violation.is_none() {
+        return (failing, config);
+    }
+    for number in 0..failing.plan.len() {
+        let mut fewer = config.clone();
+        fewer.without_faults.insert(number);
+        let outcome = run(seed, &fewer);
+        if outcome.violation.is_some() {
+            config = fewer;
+            failing = outcome;
+        }
+    }
+    (failing, config)
+}
+
+/// A violation's seed, what broke, the faults it needed, the trace that led there, and
+/// how to replay it.
+pub fn describe(outcome: &Outcome, config: &Config) -> String {
     let Some(violation) = &outcome.violation else {
         return format!("seed {}: no violation", outcome.seed);
     };
@@ -107,9 +129,30 @@ pub fn describe(outcome: &Outcome) -> String {
     for line in &outcome.trace {
         out += &format!("  {line}\n");
     }
+    let kept: Vec<&str> = outcome
+        .plan
+        .iter()
+        .enumerate()
+        .filter(|(number, _)| !config.without_faults.contains(number))
+        .map(|(_, fault)| fault.as_str())
+        .collect();
+    out += &format!(
+        "faults of the run ({} of the seed's {}): {}\n",
+        kept.len(),
+        outcome.plan.len(),
+        kept.join(", ")
+    );
     out += &format!(
         "replay: cargo test -p stolon-sim -- --seed {}",
         outcome.seed
     );
+    if !config.without_faults.is_empty() {
+        let left_out: Vec<String> = config
+            .without_faults
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        out += &format!(" --without-faults {}", left_out.join(","));
+    }
     out
 }

@@ -49,7 +49,7 @@ impl World {
         if !synchronous && self.rng.chance(25) {
             let k = self.rng.range(0, keepers) as usize;
             let when = self.jitter(0, self.faults_end.as_millis() as u64 / 2);
-            self.schedule_at(when, Ev::Fault(Fault::PromoteFails(k)));
+            self.plan_fault(when, None, Fault::PromoteFails(k));
         }
         let sentinels = self.sentinels.len() as u64;
         let proxies = self.proxies.len() as u64;
@@ -86,7 +86,21 @@ impl World {
             };
             let lasts = self.jitter(500, 20_000);
             let heal_at = (at + lasts).min(self.faults_end);
-            self.schedule_at(at, Ev::Fault(fault));
+            self.plan_fault(at, Some(heal_at), fault);
+        }
+    }
+
+    /// Records a fault of the plan (its number is its place in it) and schedules it, unless
+    /// the run leaves it out.
+    fn plan_fault(&mut self, at: Duration, heal_at: Option<Duration>, fault: Fault) {
+        let number = self.plan.len();
+        self.plan
+            .push(format!("#{number} {fault:?} at {:.3}s", at.as_secs_f64()));
+        if self.without_faults.contains(&number) {
+            return;
+        }
+        self.schedule_at(at, Ev::Fault(fault));
+        if let Some(heal_at) = heal_at {
             self.schedule_at(heal_at, Ev::Heal(fault));
         }
     }

@@ -25,5 +25,5 @@ mod sentinel;
 pub mod store;
 mod world;
 
-pub use batch::{describe, run_seeds, Batch};
+pub use batch::{describe, minimize, run_seeds, Batch};
 pub use world::{run, Config, Outcome, Violation};

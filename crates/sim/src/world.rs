@@ -11,7 +11,7 @@ use crate::rng::Rng;
 use crate::sentinel::SentinelSim;
 use crate::store::Store;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 use stolon_cluster::{ClusterData, ClusterSpec, ClusterUid};
 
@@ -27,6 +27,8 @@ pub struct Config {
     pub settle: Duration,
     /// Lines of trace kept for a failing seed.
     pub trace_lines: usize,
+    /// Faults of the seed's plan left out (by number), to find the few a violation needs.
+    pub without_faults: BTreeSet<usize>,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             fault_window: Duration::from_secs(60),
             settle: Duration::from_secs(60),
             trace_lines: 400,
+            without_faults: BTreeSet::new(),
         }
     }
 }
@@ -56,6 +59,8 @@ pub struct Outcome {
     pub events: u64,
     pub acked: usize,
     pub faults: usize,
+    /// The seed's faults, numbered, whether the run left them out or not.
+    pub plan: Vec<String>,
     pub violation: Option<Violation>,
     /// The last events before the end (or the violation).
     pub trace: Vec<String>,
@@ -123,6 +128,8 @@ pub struct World {
     pub(crate) violation: Option<Violation>,
     pub(crate) faults_end: Duration,
     pub(crate) faults: usize,
+    pub(crate) plan: Vec<String>,
+    pub(crate) without_faults: BTreeSet<usize>,
     end: Duration,
 }
 
@@ -169,6 +176,8 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
         violation: None,
         faults_end: config.fault_window,
         faults: 0,
+        plan: Vec::new(),
+        without_faults: config.without_faults.clone(),
         end: config.fault_window + config.settle,
     };
     world.start();
@@ -195,6 +204,7 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
         events,
         acked: world.acked.len(),
         faults: world.faults,
+        plan: world.plan.clone(),
         violation: world.violation.clone(),
         trace: world.trace.into_iter().collect(),
     }
