@@ -124,6 +124,21 @@ fn followed_system_id<'a>(cd: &'a ClusterData, db: &Db) -> Option<&'a str> {
     Some(followed.status.system_id.as_str()).filter(|id| !id.is_empty())
 }
 
+/// The application names a db's configuration lists in `synchronous_standby_names`: its
+/// synchronous standbys' and the placeholders, when it is a primary (not in recovery) in
+/// synchronous mode; none otherwise.
+pub fn synchronous_standby_names(db: &Db, in_recovery: bool) -> Vec<String> {
+    let spec = &db.spec;
+    if spec.role != DbRole::Master || !spec.synchronous_replication || in_recovery {
+        return Vec::new();
+    }
+    spec.synchronous_standbys
+        .iter()
+        .map(slot_name)
+        .chain(spec.external_synchronous_standbys.iter().cloned())
+        .collect()
+}
+
 /// After a restart in synchronous mode, a primary only lets its own roles in until every
 /// standby it must wait for is in sync again: a commit acknowledged now could otherwise be
 /// lost in a failover that follows.

@@ -53,16 +53,7 @@ impl Keeper {
                 })
             }),
         };
-        let synchronous: Vec<String> =
-            if spec.role == DbRole::Master && spec.synchronous_replication && !in_recovery {
-                spec.synchronous_standbys
-                    .iter()
-                    .map(slot_name)
-                    .chain(spec.external_synchronous_standbys.iter().cloned())
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        let synchronous = synchronous_standby_names(db, in_recovery);
         // Until the sentinel has merged them into the spec, initdb's parameters stay.
         let parameters = if spec.include_previous_config {
             let mut merged = self

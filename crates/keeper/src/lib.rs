@@ -38,8 +38,8 @@ use stolon_cluster::{
     ShutdownCheckpoint, SuReplAccessMode, TimelineId,
 };
 use stolon_engine::keeper::{
-    followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
-    SLOT_PREFIX,
+    followed_endpoint, next_action, slot_name, sync_gate_lifted, synchronous_standby_names, Action,
+    Endpoint, Instance, SLOT_PREFIX,
 };
 use stolon_engine::store_loss::Timing;
 use stolon_pg::conf::{

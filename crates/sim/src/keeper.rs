@@ -4,14 +4,14 @@
 
 use crate::net::Node;
 use crate::pg::{Config, Pg};
-use crate::world::{Delivery, Ev, World};
+use crate::world::{sooner, Delivery, Ev, World};
 use std::time::Duration;
 use stolon_cluster::{
     ClusterData, ClusterPhase, Db, DbRole, DbUid, KeeperInfo, KeeperUid, PgState, ValidSpec,
 };
 use stolon_engine::keeper::{
-    followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
-    LocalDb,
+    followed_endpoint, next_action, slot_name, sync_gate_lifted, synchronous_standby_names, Action,
+    Endpoint, Instance, LocalDb,
 };
 use stolon_engine::store_loss::{Enforce, KeeperFence, Timing};
 
@@ -88,13 +88,10 @@ pub fn slot_db(name: &str) -> DbUid {
 impl World {
     /// Wakes keeper `k`'s loop after `after`, unless it is due sooner.
     pub(crate) fn wake_keeper(&mut self, k: usize, after: Duration) {
-        let at = self.now + after;
         let keeper = &mut self.keepers[k];
-        if !keeper.alive || keeper.next_tick.is_some_and(|t| t >= self.now && t <= at) {
-            return;
+        if keeper.alive && sooner(&mut keeper.next_tick, self.now, after) {
+            self.schedule(after, Ev::KeeperTick(k));
         }
-        keeper.next_tick = Some(at);
-        self.schedule(after, Ev::KeeperTick(k));
     }
 
     pub(crate) fn keeper_tick(&mut self, k: usize) {
@@ -375,22 +372,9 @@ impl World {
                     .or(keeper.pg.config.upstream)
             })
             .flatten();
-        let synchronous = if db.spec.role == DbRole::Master
-            && db.spec.synchronous_replication
-            && !keeper.pg.standby_signal
-        {
-            db.spec
-                .synchronous_standbys
-                .iter()
-                .map(slot_name)
-                .chain(db.spec.external_synchronous_standbys.iter().cloned())
-                .collect()
-        } else {
-            Vec::new()
-        };
         Config {
             upstream,
-            synchronous,
+            synchronous: synchronous_standby_names(db, keeper.pg.standby_signal),
         }
     }
 

@@ -2,7 +2,7 @@
 //! around it: keep the leader lease, read, step, write with compare-and-swap.
 
 use crate::net::Node;
-use crate::world::{Delivery, Ev, World};
+use crate::world::{sooner, Delivery, Ev, World};
 use std::time::Duration;
 use stolon_cluster::ClusterData;
 use stolon_engine::sentinel::{step, Memory, Observations};
@@ -29,13 +29,9 @@ pub struct SentinelSim {
 
 impl World {
     pub(crate) fn wake_sentinel(&mut self, s: usize, after: Duration) {
-        let at = self.now + after;
-        let sentinel = &mut self.sentinels[s];
-        if sentinel.next_tick.is_some_and(|t| t >= self.now && t <= at) {
-            return;
+        if sooner(&mut self.sentinels[s].next_tick, self.now, after) {
+            self.schedule(after, Ev::SentinelTick(s));
         }
-        sentinel.next_tick = Some(at);
-        self.schedule(after, Ev::SentinelTick(s));
     }
 
     /// A store write wakes every sentinel (they watch everything).

@@ -133,6 +133,18 @@ pub struct World {
     end: Duration,
 }
 
+/// A loop's next tick, coalesced: records `now + after` and says to schedule it unless a
+/// tick still to come is due by then. (An event at any other instant than the recorded one
+/// is stale, and its loop ignores it.)
+pub(crate) fn sooner(next_tick: &mut Option<Duration>, now: Duration, after: Duration) -> bool {
+    let at = now + after;
+    if next_tick.is_some_and(|t| t >= now && t <= at) {
+        return false;
+    }
+    *next_tick = Some(at);
+    true
+}
+
 /// The spec every run starts from: Stolon's defaults with the short timings the tests use,
 /// synchronous or not as the seed says.
 fn initial_spec(synchronous: bool) -> ClusterSpec {
