@@ -17,6 +17,17 @@ use std::time::Duration;
 /// The timeout a proxy enforces before it has read any spec.
 pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a proxy's info stays in the store after it is published: the timeout it
+/// announces plus [`crate::sentinel::PROXY_FENCE_MARGIN`], rounded up to whole seconds
+/// (stores count leases in seconds), and at least 3 s. By the store's clock, then, an
+/// expired info means the same as a sentinel seeing the proxy silent past its timeout plus
+/// the margin by its own; a sentinel waits for both.
+pub fn info_ttl(timeout: Duration) -> Duration {
+    let ttl = timeout + crate::sentinel::PROXY_FENCE_MARGIN;
+    let whole = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    Duration::from_secs(whole.max(3))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyFence {
     /// The timeouts announced by infos that may still be in the store: (timeout, when that

@@ -5,12 +5,14 @@ mod common;
 
 use common::*;
 use std::collections::BTreeSet;
+use std::time::Duration;
 use stolon_cluster::{
     ClusterPhase, DbRole, DbUid, Generation, InitMode, KeeperUid, Lsn, ProxyUid, TimelineId,
 };
+use stolon_engine::fence::info_ttl;
 use stolon_engine::keeper;
 use stolon_engine::sentinel::{
-    self, choose_new_master, ElectionRules, Observations, Rejection, PROXY_FENCE_MARGIN,
+    self, choose_new_master, ElectionRules, Memory, Observations, Rejection, PROXY_FENCE_MARGIN,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -730,6 +732,102 @@ fn a_silent_proxy_stops_blocking_after_its_timeout_plus_the_fence_margin() {
     );
 
     let out = w.step_at(deadline + ms(1));
+    assert!(has(&out.events, "proxies fenced: promoting db"));
+    assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Master);
+}
+
+/// Waits, one step a second until `until`, while the sentinel says it waits for `proxy`;
+/// the candidate stays a standby meanwhile.
+fn waits_for_proxy(w: &mut World, candidate: &DbUid, proxy: &str, until: Duration) {
+    while w.now + secs(1) <= until {
+        let out = w.step_after(secs(1));
+        let ev = find(
+            &out.events,
+            "waiting for proxies to be converged to the current generation",
+        );
+        assert_eq!(fields(ev, "proxies"), [proxy], "at {:?}", w.now);
+        assert_eq!(out.data.dbs[candidate].spec.role, DbRole::Standby);
+    }
+}
+
+#[test]
+fn a_proxy_whose_info_expired_early_is_waited_for_until_the_sentinel_saw_it_silent_long_enough() {
+    let mut w = World::normal(&["k0", "k1", "k2"], &["p1", "p2"]);
+    w.proxy("p2").timeout = secs(10);
+    let old = w.master_uid();
+    let k = w.keeper_of(&old);
+    w.keeper(&k).alive = false;
+    let fail_at = w.now + w.spec.fail_interval + ms(1);
+    let out = w.step_at(fail_at);
+    assert!(has(&out.events, "electing db as the new master"));
+    let candidate = w.master_uid();
+    // p2 published in that step, then stops; the store's clock jumps and drops its info at
+    // once, long before its timeout.
+    let last_change = w.now;
+    w.proxy("p2").alive = false;
+    w.proxy("p2").present = false;
+
+    waits_for_proxy(&mut w, &candidate, "p2", last_change + secs(11));
+    let out = w.step_at(last_change + secs(11) + ms(1));
+    assert!(has(&out.events, "proxies fenced: promoting db"));
+    assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Master);
+}
+
+#[test]
+fn a_proxy_whose_info_is_still_in_the_store_is_waited_for_after_the_sentinels_clock_jumps() {
+    let mut w = World::normal(&["k0", "k1", "k2"], &["p1", "p2"]);
+    w.proxy("p2").timeout = secs(10);
+    w.step_after(secs(1));
+    w.proxy("p2").alive = false;
+    let old = w.master_uid();
+    let k = w.keeper_of(&old);
+    w.keeper(&k).alive = false;
+    // By the sentinel's clock, both have been silent for a minute; by the store's, p2
+    // published just now and its info lives for its timeout plus the margin.
+    w.jump_sentinel_clock(secs(60));
+    let expires = w.now + info_ttl(secs(10));
+    let out = w.step();
+    assert!(has(&out.events, "electing db as the new master"));
+    let candidate = w.master_uid();
+
+    waits_for_proxy(&mut w, &candidate, "p2", expires - ms(1));
+    let out = w.step_at(expires);
+    assert!(has(&out.events, "proxies fenced: promoting db"));
+    assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Master);
+}
+
+#[test]
+fn a_new_leader_promotes_only_a_proxy_timeout_after_its_first_step() {
+    let mut w = World::normal_with(r#"{"proxyTimeout": "10s"}"#, &["k0", "k1", "k2"], &["p1"]);
+    let old = w.master_uid();
+    let k = w.keeper_of(&old);
+    w.keeper(&k).alive = false;
+    // A new leader. A proxy whose info left the store before it could read it (early, if
+    // the store's clock jumped) may still route to the old primary: nothing tells it how
+    // long that proxy has been silent but its own clock.
+    w.memory = Memory::default();
+    let first_step = w.now;
+    w.step();
+    let fenced_at = first_step + secs(10) + PROXY_FENCE_MARGIN;
+
+    let out = w.step_at(first_step + w.spec.fail_interval + ms(1));
+    assert!(has(&out.events, "electing db as the new master"));
+    let candidate = w.master_uid();
+    while w.now + secs(1) <= fenced_at {
+        let out = w.step_after(secs(1));
+        assert!(
+            has(
+                &out.events,
+                "waiting for proxies this leader never saw to be fenced"
+            ),
+            "at {:?}",
+            w.now
+        );
+        assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Standby);
+    }
+    let out = w.step_at(fenced_at);
+    assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Standby);
+    let out = w.step_at(fenced_at + ms(1));
     assert!(has(&out.events, "proxies fenced: promoting db"));
     assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Master);
 }

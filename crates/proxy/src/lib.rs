@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stolon_cluster::{ProxyInfo, ProxyUid};
 use stolon_daemon::metrics::Exposition;
-use stolon_engine::fence::ProxyFence;
+use stolon_engine::fence::{info_ttl, ProxyFence};
 use stolon_engine::proxy::{read_only_targets, route, sessions_on_gate_change, Route, Sessions};
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio::io::{copy_bidirectional_with_sizes, AsyncReadExt, AsyncWriteExt};
@@ -590,7 +590,7 @@ async fn check(
         generation: read.data.proxy.generation,
         proxy_timeout,
     };
-    let ttl = (2 * proxy_timeout).max(Duration::from_secs(3));
+    let ttl = info_ttl(proxy_timeout);
     let published = stolon_store::publish_info(
         store,
         InfoKind::Proxy,

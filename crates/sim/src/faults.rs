@@ -1,5 +1,6 @@
 //! Faults drawn from the seed: crashes, freezes, cuts from the store, isolated nodes, slow
-//! disks; each healed after a while, all of them by the end of the fault window.
+//! disks, each healed after a while, all of them by the end of the fault window; and clock
+//! jumps, which stay.
 
 use crate::net::Node;
 use crate::proxy::Gate;
@@ -28,6 +29,11 @@ pub enum Fault {
     SlowDisk(usize),
     SentinelCrash(usize),
     ProxyCrash(usize),
+    /// The process's monotonic clock jumps ahead by this much, for good: what it was
+    /// timing across the jump ends early.
+    ClockJump(Node, Duration),
+    /// The store's clock jumps ahead: infos and the leader lease expire early.
+    StoreClockJump(Duration),
     /// This keeper's postgres can start but never be promoted, for the rest of the run
     /// (a broken installation): the sentinel must give up on it as a new primary.
     PromoteFails(usize),
@@ -72,7 +78,8 @@ impl World {
                 ),
                 _ => Node::Proxy(p),
             };
-            let fault = match self.rng.range(0, 100) {
+            let jump = self.jitter(500, 20_000);
+            let fault = match self.rng.range(0, 106) {
                 0..=17 => Fault::NodeCrash(k),
                 18..=25 => Fault::KeeperCrash(k),
                 26..=33 => Fault::PgCrash(k),
@@ -82,11 +89,16 @@ impl World {
                 70..=81 => Fault::LinkCut(Node::Keeper(k), other),
                 82..=88 => Fault::SlowDisk(k),
                 89..=94 => Fault::SentinelCrash(s),
-                _ => Fault::ProxyCrash(p),
+                95..=99 => Fault::ProxyCrash(p),
+                100..=103 => Fault::ClockJump(any, jump),
+                _ => Fault::StoreClockJump(jump),
             };
-            let lasts = self.jitter(500, 20_000);
-            let heal_at = (at + lasts).min(self.faults_end);
-            self.plan_fault(at, Some(heal_at), fault);
+            // A clock that jumped stays where it is: there is nothing to heal.
+            let heal_at = match fault {
+                Fault::ClockJump(..) | Fault::StoreClockJump(_) => None,
+                _ => Some((at + self.jitter(500, 20_000)).min(self.faults_end)),
+            };
+            self.plan_fault(at, heal_at, fault);
         }
     }
 
@@ -132,6 +144,8 @@ impl World {
                 self.proxies[p].alive = false;
             }
             Fault::PromoteFails(k) => self.keepers[k].promote_fails = true,
+            Fault::ClockJump(node, by) => self.jump_clock(node, by),
+            Fault::StoreClockJump(by) => self.jump_store_clock(by),
         }
     }
 
@@ -139,7 +153,10 @@ impl World {
         self.log(format!("HEAL {fault:?}"));
         match fault {
             Fault::NodeCrash(k) | Fault::KeeperCrash(k) => self.restart_keeper(k),
-            Fault::PgCrash(_) | Fault::PromoteFails(_) => {}
+            Fault::PgCrash(_)
+            | Fault::PromoteFails(_)
+            | Fault::ClockJump(..)
+            | Fault::StoreClockJump(_) => {}
             Fault::Freeze(node) => self.net.freeze(node, false),
             Fault::StoreCut(node) => self.net.cut_store(node, false),
             Fault::Isolate(k) => self.isolate(k, false),

@@ -143,7 +143,7 @@ impl World {
         } else if reachable {
             self.keepers[k].view = None;
         }
-        if reachable && !self.keepers[k].fence.holds(self.now) {
+        if reachable && !self.keepers[k].fence.holds(self.clock(Node::Keeper(k))) {
             let keeper = &self.keepers[k];
             let cd = keeper.view.as_ref().map(|(cd, _)| cd);
             let instance = self.instance(k);
@@ -176,7 +176,7 @@ impl World {
                 };
                 let ttl = (3 * heartbeat).max(Duration::from_secs(3));
                 if let Delivery::Applied(answer) = self.deliver() {
-                    self.store.put_keeper_info(info, self.now + ttl);
+                    self.store.put_keeper_info(info, self.store_clock() + ttl);
                     self.wake_sentinels();
                     if let Some(answer) = answer {
                         let boot = self.keepers[k].boot_uuid.clone();
@@ -184,7 +184,7 @@ impl World {
                             answer,
                             Ev::KeeperPublished {
                                 keeper: k,
-                                sent: self.now,
+                                sent: self.clock(Node::Keeper(k)),
                                 boot,
                             },
                         );
@@ -198,11 +198,13 @@ impl World {
     /// The answer to a publish: it lifts the fence; a lifted fence means a new boot, so
     /// that the keeper acts only on cluster data written after the sentinel saw it again.
     pub(crate) fn keeper_published(&mut self, k: usize, sent: Duration, boot: &str) {
-        let keeper = &mut self.keepers[k];
+        let keeper = &self.keepers[k];
         if !keeper.alive || keeper.boot_uuid != boot || !self.net.reaches_store(Node::Keeper(k)) {
             return;
         }
-        if let Some(held) = keeper.fence.published(sent, self.now) {
+        let now = self.clock(Node::Keeper(k));
+        let keeper = &mut self.keepers[k];
+        if let Some(held) = keeper.fence.published(sent, now) {
             keeper.boot_uuid = format!(
                 "boot-{}-lifted-{}",
                 keeper.incarnation,
@@ -227,7 +229,8 @@ impl World {
             );
             return;
         }
-        let again = match self.keepers[k].fence.enforce(self.now) {
+        let now = self.clock(Node::Keeper(k));
+        let again = match self.keepers[k].fence.enforce(now) {
             Enforce::Idle => Duration::from_millis(200),
             Enforce::LookAgainIn(left) => left.min(Duration::from_millis(200)),
             Enforce::Stop { fenced_now, .. } => {

@@ -5,7 +5,7 @@
 //! `proxy::route` and `ProxyFence`. What is simulated is everything around it: the store
 //! (linearizable compare-and-swap, expiring infos, the leader lease), PostgreSQL (a WAL of
 //! transactions, timelines, streaming, synchronous commit, promotion, base backups),
-//! clients writing through the proxies, the network, and the clock. One seeded generator
+//! clients writing through the proxies, the network, and the clocks. One seeded generator
 //! draws every delay and every fault, and events run in virtual time, so a seed replays
 //! exactly.
 //!
@@ -14,6 +14,7 @@
 
 mod batch;
 mod clients;
+mod clocks;
 mod faults;
 pub mod invariants;
 mod keeper;

@@ -7,7 +7,7 @@ use crate::net::Node;
 use crate::world::{Delivery, Ev, World};
 use std::time::Duration;
 use stolon_cluster::{DbUid, ProxyInfo, ProxyUid};
-use stolon_engine::fence::ProxyFence;
+use stolon_engine::fence::{info_ttl, ProxyFence};
 use stolon_engine::proxy::{route, sessions_on_gate_change, Route, Sessions};
 
 /// Where new client connections go: the engine's gate, open to a db on a keeper's instance.
@@ -52,7 +52,7 @@ impl World {
         if !self.thawed(Node::Proxy(p), ev) {
             return;
         }
-        let started = self.now;
+        let started = self.clock(Node::Proxy(p));
         let mut cadence = Duration::from_secs(1);
         if self.net.reaches_store(Node::Proxy(p)) {
             match self.store.read() {
@@ -81,10 +81,10 @@ impl World {
                         generation: cd.proxy.generation,
                         proxy_timeout: timeout,
                     };
-                    let ttl = (2 * timeout).max(Duration::from_secs(3));
+                    let ttl = info_ttl(timeout);
                     let delivery = self.deliver();
                     if delivery != Delivery::Lost {
-                        self.store.put_proxy_info(info, self.now + ttl);
+                        self.store.put_proxy_info(info, self.store_clock() + ttl);
                         self.wake_sentinels();
                     }
                     // Without an answer the request times out after requestTimeout.
@@ -119,19 +119,21 @@ impl World {
         if !self.proxies[p].alive {
             return;
         }
-        let ttl = (2 * timeout).max(Duration::from_secs(3));
+        let ttl = info_ttl(timeout);
+        let now = self.clock(Node::Proxy(p));
         let fence = &mut self.proxies[p].fence;
-        fence.announced(timeout, self.now + ttl);
+        fence.announced(timeout, now + ttl);
         if answered && self.net.reaches_store(Node::Proxy(p)) {
             fence.renewed(started);
             if let Some(deadline) = fence.deadline() {
-                self.schedule_at(deadline.max(self.now), Ev::ProxyFenceCheck(p));
+                let at = self.when_clock_reads(Node::Proxy(p), deadline);
+                self.schedule_at(at, Ev::ProxyFenceCheck(p));
             }
         }
     }
 
     pub(crate) fn proxy_fence_check(&mut self, p: usize) {
-        if !self.proxies[p].alive || !self.proxies[p].fence.expired(self.now) {
+        if !self.proxies[p].alive || !self.proxies[p].fence.expired(self.clock(Node::Proxy(p))) {
             return;
         }
         if self.proxies[p].gate != Gate::Closed {

@@ -51,8 +51,9 @@ impl World {
             return;
         }
         let reachable = self.net.reaches_store(Node::Sentinel(s));
+        let now = self.clock(Node::Sentinel(s));
         if reachable {
-            if self.store.campaign(s, self.now, LEADER_TTL) {
+            if self.store.campaign(s, self.store_clock(), LEADER_TTL) {
                 if self.sentinels[s].term == 0 {
                     self.terms += 1;
                     self.sentinels[s].term = self.terms;
@@ -61,7 +62,7 @@ impl World {
                         self.terms
                     ));
                 }
-                self.sentinels[s].renewed = Some(self.now);
+                self.sentinels[s].renewed = Some(now);
             } else if self.sentinels[s].term != 0 {
                 self.sentinels[s].term = 0;
                 self.log(format!("sentinel{s}: leadership lost"));
@@ -73,7 +74,7 @@ impl World {
         if sentinel.term != 0
             && sentinel
                 .renewed
-                .is_none_or(|at| self.now.saturating_sub(at) >= LEADER_TTL)
+                .is_none_or(|at| now.saturating_sub(at) >= LEADER_TTL)
         {
             sentinel.term = 0;
             self.log(format!("sentinel{s}: leadership lost (lease not renewed)"));
@@ -87,12 +88,12 @@ impl World {
                 sentinel.memory = Memory::default();
                 sentinel.memory_term = sentinel.term;
             }
-            let keepers = self.store.keeper_infos(self.now);
-            let proxies = self.store.proxy_infos(self.now);
+            let keepers = self.store.keeper_infos(self.store_clock());
+            let proxies = self.store.proxy_infos(self.store_clock());
             let seed = self.rng.next_u64();
             let sentinel = &mut self.sentinels[s];
             let out = step(
-                self.now,
+                now,
                 &cd,
                 &spec,
                 Observations {
@@ -134,7 +135,7 @@ impl World {
         let wait = self.sentinels[s]
             .wake_at
             .take()
-            .map_or(sleep, |at| at.saturating_sub(self.now).min(sleep));
+            .map_or(sleep, |at| at.saturating_sub(now).min(sleep));
         self.wake_sentinel(s, wait.max(Duration::from_millis(1)));
     }
 

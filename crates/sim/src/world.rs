@@ -2,6 +2,7 @@
 //! and one run from a seed to its outcome.
 
 use crate::clients::{Ack, Pending};
+use crate::clocks::Clocks;
 use crate::faults::Fault;
 use crate::invariants::Watch;
 use crate::keeper::KeeperSim;
@@ -118,6 +119,7 @@ pub struct World {
     pub(crate) sentinels: Vec<SentinelSim>,
     pub(crate) proxies: Vec<ProxySim>,
     pub(crate) net: Net,
+    pub(crate) clocks: Clocks,
     pub(crate) next_txid: u64,
     pub(crate) pending: Vec<Pending>,
     pub(crate) acked: Vec<Ack>,
@@ -178,6 +180,7 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
             .collect(),
         proxies: (0..config.proxies).map(ProxySim::new).collect(),
         net: Net::default(),
+        clocks: Clocks::default(),
         next_txid: 1,
         pending: Vec::new(),
         acked: Vec::new(),

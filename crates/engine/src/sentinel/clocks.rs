@@ -42,7 +42,8 @@ impl Planner<'_> {
         let proxies = m
             .proxies
             .values()
-            .map(|(hb, timeout)| hb.changed_at + *timeout + PROXY_FENCE_MARGIN);
+            .map(|seen| seen.changed_at + seen.fenced_after());
+        let unseen_proxies = self.unseen_proxies_fenced_at();
         let errors = m
             .db_errors
             .values()
@@ -79,6 +80,7 @@ impl Planner<'_> {
         // Judgments compare with `>`: wake just after the limit.
         keepers
             .chain(proxies)
+            .chain(unseen_proxies)
             .chain(errors)
             .chain(down)
             .chain(removal)

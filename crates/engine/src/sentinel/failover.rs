@@ -206,11 +206,20 @@ impl Planner<'_> {
     /// The live proxies that have not yet applied the current proxy generation.
     pub(super) fn proxies_behind(&self) -> Vec<String> {
         let generation = self.cd.proxy.generation;
-        self.live_proxies(self.proxies)
+        self.live_proxies()
             .into_iter()
             .filter(|p| p.generation != generation)
             .map(|p| p.uid.to_string())
             .collect()
+    }
+
+    /// When a proxy this leader never saw has surely fenced itself. Its info may have left
+    /// the store before this leader's first step, early if the store's clock jumped, so that
+    /// only this leader's own clock can tell: the proxy has not read the store since before
+    /// then, and so fences itself within the spec's proxyTimeout.
+    pub(super) fn unseen_proxies_fenced_at(&self) -> Option<Duration> {
+        let since = self.memory.leading_since?;
+        Some(since + self.spec.proxy_timeout + PROXY_FENCE_MARGIN)
     }
 
     pub(super) fn clear_proxy_target(&mut self) {
@@ -228,6 +237,13 @@ impl Planner<'_> {
                 Event::info("waiting for proxies to be converged to the current generation")
                     .with("generation", generation)
                     .with("proxies", lagging.join(",")),
+            );
+            return;
+        }
+        if let Some(at) = self.unseen_proxies_fenced_at().filter(|at| self.now <= *at) {
+            self.emit(
+                Event::info("waiting for proxies this leader never saw to be fenced")
+                    .with("for", format!("{:?}", at - self.now)),
             );
             return;
         }

@@ -52,13 +52,34 @@ struct Heartbeat {
     changed_at: Duration,
 }
 
+/// A proxy's last info as this sentinel read it, and when it last changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SeenProxy {
+    info: ProxyInfo,
+    changed_at: Duration,
+}
+
+impl SeenProxy {
+    /// Whether, by this sentinel's clock, the proxy has been silent for longer than the
+    /// proxyTimeout it announced plus [`PROXY_FENCE_MARGIN`].
+    fn silent_past_timeout(&self, now: Duration) -> bool {
+        now.saturating_sub(self.changed_at) > self.fenced_after()
+    }
+
+    fn fenced_after(&self) -> Duration {
+        self.info.proxy_timeout + PROXY_FENCE_MARGIN
+    }
+}
+
 /// What the leader remembers between steps. It lives only in memory and starts empty after
 /// every leadership change, so failure detection restarts from zero on a new leader: a
 /// conservative choice, since a new leader cannot know how long a component has been silent.
+/// For the same reason it promotes no db until a proxyTimeout has passed since its first
+/// step: it cannot know of a proxy whose info left the store before it looked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
     keepers: BTreeMap<KeeperUid, Heartbeat>,
-    proxies: BTreeMap<ProxyUid, (Heartbeat, Duration)>,
+    proxies: BTreeMap<ProxyUid, SeenProxy>,
     db_errors: BTreeMap<DbUid, Duration>,
     convergence: BTreeMap<DbUid, (Generation, Duration)>,
     failed_init_keepers: BTreeSet<KeeperUid>,
@@ -72,6 +93,8 @@ pub struct Memory {
     /// order waits until the primary has reported after it.
     pending_orders: BTreeMap<(KeeperUid, &'static str), Duration>,
     switchover: Option<SwitchoverClock>,
+    /// This leader's first step.
+    leading_since: Option<Duration>,
 }
 
 /// When this leader first saw the switchover in progress, and when every proxy held.
@@ -109,7 +132,6 @@ pub fn step(
         events: Vec::new(),
         seed,
         uids_made: 0,
-        proxies: obs.proxies,
         reported_sync: BTreeMap::new(),
         reported_oldest_wal: BTreeMap::new(),
         failed_master: None,
@@ -123,6 +145,7 @@ pub fn step(
         .filter(|i| i.cluster_uid == cd.cluster.uid)
         .map(|i| (i.uid.clone(), i.clone()))
         .collect();
+    planner.memory.leading_since.get_or_insert(now);
     planner.memory.db_uids_used.extend(cd.dbs.keys().cloned());
     planner.observe_keepers();
     planner.observe_dbs();
@@ -159,7 +182,6 @@ struct Planner<'m> {
     events: Vec<Event>,
     seed: u64,
     uids_made: u64,
-    proxies: &'m [ProxyInfo],
     /// Per db, the synchronous standbys its keeper reports in sync now.
     reported_sync: BTreeMap<DbUid, Vec<DbUid>>,
     /// Per db, the oldest WAL segment its keeper reports in `pg_wal`.
@@ -361,44 +383,43 @@ impl Planner<'_> {
         }
     }
 
+    /// Remembers the proxies that may still be routing (see [`Self::live_proxies`]): every
+    /// one whose info is in the store, and one whose info has left it until this sentinel
+    /// has also seen it silent past its timeout.
     fn observe_proxies(&mut self, proxies: &[ProxyInfo]) {
+        let now = self.now;
         let present: BTreeSet<&ProxyUid> = proxies.iter().map(|p| &p.uid).collect();
-        self.memory.proxies.retain(|uid, _| present.contains(uid));
+        self.memory
+            .proxies
+            .retain(|uid, seen| present.contains(uid) || !seen.silent_past_timeout(now));
         for info in proxies {
             let changed = self
                 .memory
                 .proxies
                 .get(&info.uid)
-                .is_none_or(|(hb, _)| hb.info_uid != info.info_uid);
+                .is_none_or(|seen| seen.info.info_uid != info.info_uid);
             if changed {
-                self.memory.proxies.insert(
-                    info.uid.clone(),
-                    (
-                        Heartbeat {
-                            info_uid: info.info_uid.clone(),
-                            changed_at: self.now,
-                        },
-                        info.proxy_timeout,
-                    ),
-                );
+                let seen = SeenProxy {
+                    info: info.clone(),
+                    changed_at: now,
+                };
+                self.memory.proxies.insert(info.uid.clone(), seen);
             }
         }
     }
 
-    /// Proxies that may still be routing: silent for less than their proxyTimeout plus
-    /// [`PROXY_FENCE_MARGIN`]. A proxy silent for longer cannot have read the store
-    /// successfully, so it has closed its connections by itself.
-    fn live_proxies<'p>(&self, proxies: &'p [ProxyInfo]) -> Vec<&'p ProxyInfo> {
-        proxies
-            .iter()
-            .filter(|p| {
-                self.memory
-                    .proxies
-                    .get(&p.uid)
-                    .is_some_and(|(hb, timeout)| {
-                        self.now.saturating_sub(hb.changed_at) <= *timeout + PROXY_FENCE_MARGIN
-                    })
-            })
+    /// Proxies that may still be routing, as of their last info. A proxy that cannot read
+    /// the store closes its connections once its proxyTimeout has passed since its last
+    /// successful check; two clocks say when that has surely happened, and a proxy counts as
+    /// fenced only once both do: the store's, which drops its info
+    /// [`crate::fence::info_ttl`] after its last publish, and this sentinel's, which must
+    /// have seen it silent for its timeout plus [`PROXY_FENCE_MARGIN`]. So a jump of either
+    /// clock alone cannot make a new primary writable while a proxy still routes to the old.
+    fn live_proxies(&self) -> Vec<&ProxyInfo> {
+        self.memory
+            .proxies
+            .values()
+            .map(|seen| &seen.info)
             .collect()
     }
 

@@ -16,7 +16,7 @@ impl Planner<'_> {
         }
         if spec.master_db_uid.is_some() {
             let mut live: Vec<ProxyUid> = self
-                .live_proxies(self.proxies)
+                .live_proxies()
                 .into_iter()
                 .map(|p| p.uid.clone())
                 .collect();

@@ -11,6 +11,7 @@ use stolon_cluster::{
     FollowConfig, Generation, InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, PgState,
     ProxyInfo, ProxyUid, ShutdownCheckpoint, TimelineId, TimelineSwitch, ValidSpec,
 };
+use stolon_engine::fence::info_ttl;
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
 use stolon_engine::Event;
 
@@ -253,10 +254,12 @@ impl World {
                 },
             })
             .collect();
+        // A proxy's info expires from the store by itself, as it does in etcd.
         let proxies = self
             .proxies
             .values()
             .filter(|p| p.present && !p.info_uid.is_empty())
+            .filter(|p| self.now < p.published_at + info_ttl(p.timeout))
             .map(|p| ProxyInfo {
                 info_uid: p.info_uid.clone(),
                 uid: p.uid.clone(),
@@ -310,6 +313,15 @@ impl World {
     pub fn step_after(&mut self, d: Duration) -> StepOutput {
         self.now += d;
         self.step()
+    }
+
+    /// The sentinel's clock jumps `by` ahead, the store's does not: the infos in the store
+    /// expire when they would have without the jump.
+    pub fn jump_sentinel_clock(&mut self, by: Duration) {
+        self.now += by;
+        for p in self.proxies.values_mut() {
+            p.published_at += by;
+        }
     }
 
     pub fn step_at(&mut self, t: Duration) -> StepOutput {

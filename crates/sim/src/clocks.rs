@@ -1,0 +1,58 @@
+//! Each process's own clock, and the store's.
+//!
+//! A component measures every timeout on its monotonic clock: a sentinel the silence of a
+//! keeper or a proxy and its leader lease, a proxy its fence, a keeper its store-loss fence.
+//! The store measures the time to live of infos and of the leader lease on its own. All
+//! start together; a clock jump fault moves one of them ahead for good (a monotonic clock
+//! never goes back), so that what it measures across the jump lasts less than it says.
+
+use crate::net::Node;
+use crate::world::{Ev, World};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default)]
+pub struct Clocks {
+    /// How far each process's clock has jumped ahead of true time.
+    ahead: BTreeMap<Node, Duration>,
+    /// How far the store's clock has jumped ahead.
+    store_ahead: Duration,
+}
+
+impl World {
+    /// What `node`'s clock reads now.
+    pub(crate) fn clock(&self, node: Node) -> Duration {
+        self.now + self.clocks.ahead.get(&node).copied().unwrap_or_default()
+    }
+
+    /// What the store's clock reads now: the one its infos and lease expire by.
+    pub(crate) fn store_clock(&self) -> Duration {
+        self.now + self.clocks.store_ahead
+    }
+
+    /// When, in true time, `node`'s clock will read `instant` (now if it already does).
+    pub(crate) fn when_clock_reads(&self, node: Node, instant: Duration) -> Duration {
+        let ahead = self.clock(node) - self.now;
+        instant.saturating_sub(ahead).max(self.now)
+    }
+
+    /// `node`'s clock jumps `by` ahead: its timers that now read as run out fire at once.
+    pub(crate) fn jump_clock(&mut self, node: Node, by: Duration) {
+        *self.clocks.ahead.entry(node).or_default() += by;
+        match node {
+            Node::Sentinel(s) => self.wake_sentinel(s, Duration::from_millis(1)),
+            Node::Proxy(p) => {
+                if let Some(deadline) = self.proxies[p].fence.deadline() {
+                    let at = self.when_clock_reads(node, deadline);
+                    self.schedule_at(at, Ev::ProxyFenceCheck(p));
+                }
+            }
+            // Its store-loss watchdog looks every 200 ms.
+            Node::Keeper(_) => {}
+        }
+    }
+
+    pub(crate) fn jump_store_clock(&mut self, by: Duration) {
+        self.clocks.store_ahead += by;
+    }
+}
