@@ -1,5 +1,6 @@
 //! The safety invariants, checked after every event, and convergence at the end of a run:
-//! - at most one instance takes writes through the proxies;
+//! - at most one instance takes writes through the proxies, and no other answers
+//!   `/primary` yes;
 //! - no commit acknowledged in synchronous mode is missing from a new primary;
 //! - a proxy routes only to the db the cluster data names, or named within its timeout;
 //! - generations only grow, and at most one db has the master role;
@@ -12,6 +13,7 @@ use crate::world::World;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use stolon_cluster::{ClusterData, DbRole, DbUid, Generation};
+use stolon_engine::health::{answer, Check, Facts};
 
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
@@ -75,7 +77,39 @@ impl World {
             self.violate(format!(
                 "two writable primaries reachable through the proxies: keepers {writable:?}"
             ));
+            return;
         }
+        // A load balancer that trusts `/primary` is one more way in: it must agree with the
+        // proxies.
+        let primary = self.keepers_answering_primary();
+        if writable.union(&primary).count() > 1 {
+            self.violate(format!(
+                "writable primaries reachable through the proxies (keepers {writable:?}) and through keepers answering /primary yes (keepers {primary:?})"
+            ));
+        }
+    }
+
+    /// The keepers whose `/primary` says yes now: the keeper's real answer, from what it
+    /// would read for the check (its postgres, the store if it reaches it, its fence).
+    fn keepers_answering_primary(&self) -> BTreeSet<usize> {
+        let view = self.store.cluster_data().zip(self.store.spec());
+        (0..self.keepers.len())
+            .filter(|&k| {
+                let keeper = &self.keepers[k];
+                let node = Node::Keeper(k);
+                if !keeper.alive || self.net.frozen(node) {
+                    return false;
+                }
+                let facts = Facts {
+                    in_recovery: keeper.pg.running.then(|| keeper.pg.in_recovery()),
+                    view: view.filter(|_| self.net.reaches_store(node)),
+                    keeper: &keeper.uid,
+                    sync_gate: keeper.sync_gate,
+                    fenced: keeper.fence.holds(self.clock(node)),
+                };
+                answer(Check::Primary, &facts).ok
+            })
+            .collect()
     }
 
     /// A compare-and-swap of the cluster data succeeded.
