@@ -797,6 +797,20 @@ fn a_proxy_whose_info_is_still_in_the_store_is_waited_for_after_the_sentinels_cl
 }
 
 #[test]
+fn the_sentinel_wakes_when_a_silent_proxys_info_leaves_the_store() {
+    let mut w = World::normal(&["k0", "k1", "k2"], &["p1"]);
+    // Silent past 2.5 s + the margin, but its info lives 4 s (whole seconds).
+    w.proxy("p1").timeout = ms(2500);
+    w.step_after(secs(1));
+    let t0 = w.now;
+    w.proxy("p1").alive = false;
+    assert_eq!(info_ttl(ms(2500)), secs(4));
+    w.now = t0 + ms(3500) + ms(1);
+    let out = w.step_unpublished();
+    assert_eq!(out.wake_at, Some(t0 + secs(4) + ms(1)));
+}
+
+#[test]
 fn a_new_leader_promotes_only_a_proxy_timeout_after_its_first_step() {
     let mut w = World::normal_with(r#"{"proxyTimeout": "10s"}"#, &["k0", "k1", "k2"], &["p1"]);
     let old = w.master_uid();

@@ -7,7 +7,7 @@
 //! never goes back), so that what it measures across the jump lasts less than it says.
 
 use crate::net::Node;
-use crate::world::{Ev, World};
+use crate::world::World;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -41,12 +41,7 @@ impl World {
         *self.clocks.ahead.entry(node).or_default() += by;
         match node {
             Node::Sentinel(s) => self.wake_sentinel(s, Duration::from_millis(1)),
-            Node::Proxy(p) => {
-                if let Some(deadline) = self.proxies[p].fence.deadline() {
-                    let at = self.when_clock_reads(node, deadline);
-                    self.schedule_at(at, Ev::ProxyFenceCheck(p));
-                }
-            }
+            Node::Proxy(p) => self.schedule_fence_check(p),
             // Its store-loss watchdog looks every 200 ms.
             Node::Keeper(_) => {}
         }

@@ -41,7 +41,7 @@ pub enum Fault {
 
 impl World {
     /// Draws the faults of the run: one every 1 to 12 s from 5 s on, each lasting up to
-    /// 20 s and healed by the end of the fault window.
+    /// 20 s and healed by the end of the fault window, but for clock jumps, which stay.
     pub(crate) fn plan_faults(&mut self) {
         let mut at = Duration::from_secs(5);
         let keepers = self.keepers.len() as u64;

@@ -62,7 +62,12 @@ impl World {
                 }
                 Some((cd, spec, _)) => {
                     cadence = spec.proxy_check_cadence();
+                    let deadline = self.proxies[p].fence.deadline();
                     let timeout = self.proxies[p].fence.read_spec(started, spec.proxy_timeout);
+                    // A lower timeout brings the deadline forward at once.
+                    if self.proxies[p].fence.deadline() != deadline {
+                        self.schedule_fence_check(p);
+                    }
                     let gate = match route(&cd, &self.proxies[p].uid) {
                         Route::To { db, address, .. } => match keeper_at(&address) {
                             Some(keeper) => Gate::Open(Target {
@@ -125,10 +130,16 @@ impl World {
         fence.announced(timeout, now + ttl);
         if answered && self.net.reaches_store(Node::Proxy(p)) {
             fence.renewed(started);
-            if let Some(deadline) = fence.deadline() {
-                let at = self.when_clock_reads(Node::Proxy(p), deadline);
-                self.schedule_at(at, Ev::ProxyFenceCheck(p));
-            }
+            self.schedule_fence_check(p);
+        }
+    }
+
+    /// The fence's timer, set for its current deadline (on the proxy's clock); a check
+    /// that finds the deadline moved later does nothing.
+    pub(crate) fn schedule_fence_check(&mut self, p: usize) {
+        if let Some(deadline) = self.proxies[p].fence.deadline() {
+            let at = self.when_clock_reads(Node::Proxy(p), deadline);
+            self.schedule_at(at, Ev::ProxyFenceCheck(p));
         }
     }
 

@@ -3,6 +3,7 @@
 
 use super::standbys::STUCK_STANDBY_SLEEP_INTERVALS;
 use super::*;
+use crate::fence::info_ttl;
 
 impl Planner<'_> {
     pub(super) fn converged(db: &Db) -> bool {
@@ -39,10 +40,14 @@ impl Planner<'_> {
                 hb.changed_at + 2 * spec.keeper_heartbeat(),
             ]
         });
-        let proxies = m
-            .proxies
-            .values()
-            .map(|seen| seen.changed_at + seen.fenced_after());
+        // A silent proxy stops counting once its info has also left the store: the store
+        // drops it within its time to live of the change this sentinel saw.
+        let proxies = m.proxies.values().flat_map(|seen| {
+            [
+                seen.changed_at + seen.fence_wait(),
+                seen.changed_at + info_ttl(seen.info.proxy_timeout),
+            ]
+        });
         let unseen_proxies = self.unseen_proxies_fenced_at();
         let errors = m
             .db_errors

@@ -63,10 +63,11 @@ impl SeenProxy {
     /// Whether, by this sentinel's clock, the proxy has been silent for longer than the
     /// proxyTimeout it announced plus [`PROXY_FENCE_MARGIN`].
     fn silent_past_timeout(&self, now: Duration) -> bool {
-        now.saturating_sub(self.changed_at) > self.fenced_after()
+        now.saturating_sub(self.changed_at) > self.fence_wait()
     }
 
-    fn fenced_after(&self) -> Duration {
+    /// How long after its last change this sentinel waits before taking it as fenced.
+    fn fence_wait(&self) -> Duration {
         self.info.proxy_timeout + PROXY_FENCE_MARGIN
     }
 }
@@ -413,8 +414,9 @@ impl Planner<'_> {
     /// successful check; two clocks say when that has surely happened, and a proxy counts as
     /// fenced only once both do: the store's, which drops its info
     /// [`crate::fence::info_ttl`] after its last publish, and this sentinel's, which must
-    /// have seen it silent for its timeout plus [`PROXY_FENCE_MARGIN`]. So a jump of either
-    /// clock alone cannot make a new primary writable while a proxy still routes to the old.
+    /// have seen it silent for its timeout plus [`PROXY_FENCE_MARGIN`]. So neither a jump of
+    /// this sentinel's clock nor an info it read leaving the store early (the store's clock
+    /// jumping) can make a new primary writable while a proxy still routes to the old.
     fn live_proxies(&self) -> Vec<&ProxyInfo> {
         self.memory
             .proxies

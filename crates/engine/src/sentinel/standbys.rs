@@ -15,6 +15,7 @@ impl Planner<'_> {
             spec.master_db_uid = Some(master.uid.clone());
         }
         if spec.master_db_uid.is_some() {
+            // Including the proxies whose info has left the store but which may still route.
             let mut live: Vec<ProxyUid> = self
                 .live_proxies()
                 .into_iter()
