@@ -713,17 +713,7 @@ fn a_silent_proxy_stops_blocking_after_its_timeout_plus_the_fence_margin() {
     let candidate = w.master_uid();
 
     let deadline = last_change + secs(10) + PROXY_FENCE_MARGIN;
-    let mut t = fail_at;
-    while t + secs(1) <= deadline {
-        t += secs(1);
-        let out = w.step_at(t);
-        let ev = find(
-            &out.events,
-            "waiting for proxies to be converged to the current generation",
-        );
-        assert_eq!(fields(ev, "proxies"), ["p2"]);
-        assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Standby);
-    }
+    waits_for_proxy(&mut w, &candidate, "p2", deadline);
     let out = w.step_at(deadline);
     assert_eq!(
         out.data.dbs[&candidate].spec.role,

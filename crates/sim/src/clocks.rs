@@ -19,10 +19,16 @@ pub struct Clocks {
     store_ahead: Duration,
 }
 
+impl Clocks {
+    fn ahead(&self, node: Node) -> Duration {
+        self.ahead.get(&node).copied().unwrap_or_default()
+    }
+}
+
 impl World {
     /// What `node`'s clock reads now.
     pub(crate) fn clock(&self, node: Node) -> Duration {
-        self.now + self.clocks.ahead.get(&node).copied().unwrap_or_default()
+        self.now + self.clocks.ahead(node)
     }
 
     /// What the store's clock reads now: the one its infos and lease expire by.
@@ -32,8 +38,9 @@ impl World {
 
     /// When, in true time, `node`'s clock will read `instant` (now if it already does).
     pub(crate) fn when_clock_reads(&self, node: Node, instant: Duration) -> Duration {
-        let ahead = self.clock(node) - self.now;
-        instant.saturating_sub(ahead).max(self.now)
+        instant
+            .saturating_sub(self.clocks.ahead(node))
+            .max(self.now)
     }
 
     /// `node`'s clock jumps `by` ahead: its timers that now read as run out fire at once.

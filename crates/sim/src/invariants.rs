@@ -40,12 +40,7 @@ impl World {
             }
             // Sessions piped earlier reach their instance whatever the gate is now.
             for &(keeper, starts) in &proxy.sessions {
-                let pg = &self.keepers[keeper].pg;
-                if !self.net.frozen(Node::Proxy(p))
-                    && self.net.linked(Node::Proxy(p), Node::Keeper(keeper))
-                    && pg.writable()
-                    && pg.starts == starts
-                {
+                if self.pipes_to_writable(p, keeper) && self.keepers[keeper].pg.starts == starts {
                     writable.insert(keeper);
                 }
             }
@@ -66,10 +61,7 @@ impl World {
                     return;
                 }
             }
-            if !self.net.frozen(Node::Proxy(p))
-                && self.net.linked(Node::Proxy(p), Node::Keeper(keeper))
-                && self.keepers[keeper].pg.writable()
-            {
+            if self.pipes_to_writable(p, keeper) {
                 writable.insert(keeper);
             }
         }
@@ -87,6 +79,14 @@ impl World {
                 "writable primaries reachable through the proxies (keepers {writable:?}) and through keepers answering /primary yes (keepers {primary:?})"
             ));
         }
+    }
+
+    /// Whether what proxy `p` pipes to keeper `keeper`'s instance arrives there now, and
+    /// that instance takes writes.
+    fn pipes_to_writable(&self, p: usize, keeper: usize) -> bool {
+        !self.net.frozen(Node::Proxy(p))
+            && self.net.linked(Node::Proxy(p), Node::Keeper(keeper))
+            && self.keepers[keeper].pg.writable()
     }
 
     /// The keepers whose `/primary` says yes now: the keeper's real answer, from what it
