@@ -22,9 +22,13 @@
 # stolon-k8s0 (a dummy interface, or a veth pair where the kernel has no dummy driver;
 # TEST-NET-2), Services get 198.51.100.128/25 (routed to it), pods 203.0.113.0/24
 # (TEST-NET-3) on the CNI bridge. Pods cannot reach beyond the node (a FORWARD rule drops
-# what would leave the bridge), and of the machine itself only the node's address. `up` refuses to start if the machine already routes or owns
-# any of these ranges; STOLON_K8S_NODE_IP, STOLON_K8S_SERVICE_CIDR, STOLON_K8S_POD_CIDR
-# (a /24) change them.
+# what would leave the bridge), and of the machine itself only the node's address. These
+# ranges must hold no address the machine owns or routes, and none that the machine's
+# package registries resolve to (a route to the pods' range would shadow theirs while the
+# node is up): when the first plan clashes, `up` takes the next one of `address_plans`
+# (198.18.0.0/23, RFC 2544; then 100.64.0.0/23, RFC 6598) and records its choice in the
+# state directory for the other commands. STOLON_K8S_NODE_IP, STOLON_K8S_SERVICE_CIDR and
+# STOLON_K8S_POD_CIDR (a /24) set them instead; `up` refuses them if they clash.
 #
 # Storage: a StorageClass `local-storage` (the default class, WaitForFirstConsumer) and
 # STOLON_K8S_NODE_VOLUMES (6) local PersistentVolumes of STOLON_K8S_NODE_VOLUME_SIZE (50Gi,
@@ -52,9 +56,22 @@ cache=${STOLON_CACHE:-/var/cache/stolon-rs}
 bin="$cache/kubernetes/bin"
 image_cache="$cache/k8s-node"
 node_name=${STOLON_K8S_NODE_NAME:-stolon-node}
-node_ip=${STOLON_K8S_NODE_IP:-198.51.100.1}
-service_cidr=${STOLON_K8S_SERVICE_CIDR:-198.51.100.128/25}
-pod_cidr=${STOLON_K8S_POD_CIDR:-203.0.113.0/24}
+# Node address, Services' range, pods' range: tried in this order unless given.
+address_plans=(
+  "198.51.100.1 198.51.100.128/25 203.0.113.0/24"
+  "198.18.0.1 198.18.0.128/25 198.18.1.0/24"
+  "100.64.0.1 100.64.0.128/25 100.64.1.0/24"
+)
+addresses_given=false
+[ -z "${STOLON_K8S_NODE_IP:-}${STOLON_K8S_SERVICE_CIDR:-}${STOLON_K8S_POD_CIDR:-}" ] || addresses_given=true
+addresses_file="$state/addresses"
+read -r node_ip service_cidr pod_cidr <<<"${address_plans[0]}"
+if ! $addresses_given && [ -f "$addresses_file" ]; then
+  read -r node_ip service_cidr pod_cidr <"$addresses_file"
+fi
+node_ip=${STOLON_K8S_NODE_IP:-$node_ip}
+service_cidr=${STOLON_K8S_SERVICE_CIDR:-$service_cidr}
+pod_cidr=${STOLON_K8S_POD_CIDR:-$pod_cidr}
 volumes=${STOLON_K8S_NODE_VOLUMES:-6}
 volume_size=${STOLON_K8S_NODE_VOLUME_SIZE:-50Gi}
 dummy=stolon-k8s0
@@ -71,7 +88,6 @@ run="$state/run"
 logs="$state/logs"
 admin_kubeconfig="$state/admin.kubeconfig"
 ctr_sock="$run/containerd.sock"
-api="https://$node_ip:6443"
 
 export PATH="$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -103,25 +119,70 @@ overlaps() { # cidr cidr
   read -r b1 b2 <<<"$(cidr_range "$2")"
   [ "$a1" -le "$b2" ] && [ "$b1" -le "$a2" ]
 }
-pod_gateway=$(int_to_ip $(($(cidr_range "$pod_cidr" | cut -d' ' -f1) + 1)))
-api_service_ip=$(int_to_ip $(($(cidr_range "$service_cidr" | cut -d' ' -f1) + 1)))
+derive_addresses() {
+  pod_gateway=$(int_to_ip $(($(cidr_range "$pod_cidr" | cut -d' ' -f1) + 1)))
+  api_service_ip=$(int_to_ip $(($(cidr_range "$service_cidr" | cut -d' ' -f1) + 1)))
+  api="https://$node_ip:6443"
+}
+derive_addresses
 
-# Refuses ranges the machine already uses (addresses or routes other than the default one).
-check_addresses() {
-  local ours=("$node_ip/32" "$service_cidr" "$pod_cidr") line prefix mine
-  overlaps "$node_ip/32" "$service_cidr" && die "the node address $node_ip is inside the service range $service_cidr"
-  overlaps "$node_ip/32" "$pod_cidr" && die "the node address $node_ip is inside the pod range $pod_cidr"
-  overlaps "$service_cidr" "$pod_cidr" && die "the service range $service_cidr overlaps the pod range $pod_cidr"
+# The hosts of the package registries this machine installs from: apt's sources, and the
+# registries of the languages' package managers.
+registry_hosts() {
+  {
+    grep -hoE '^deb(-src)?[[:space:]]+(\[[^]]*\][[:space:]]+)?https?://[^/[:space:]]+' \
+      /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | sed -E 's#.*https?://##'
+    grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -oE 'https?://[^/[:space:]]+' | sed -E 's#https?://##'
+    printf '%s\n' index.crates.io static.crates.io pypi.org files.pythonhosted.org registry.npmjs.org
+  } | sed -E 's/:[0-9]+$//' | sort -u
+}
+
+# Prints why the current ranges cannot be used (nothing when they can): they overlap each
+# other, an address or route of the machine (other than the default route and our own
+# interfaces'), or an address a package registry resolves to.
+address_clashes() {
+  local ours=("$node_ip/32" "$service_cidr" "$pod_cidr") line prefix mine host address
+  overlaps "$node_ip/32" "$service_cidr" && echo "the node address $node_ip is inside the service range $service_cidr"
+  overlaps "$node_ip/32" "$pod_cidr" && echo "the node address $node_ip is inside the pod range $pod_cidr"
+  overlaps "$service_cidr" "$pod_cidr" && echo "the service range $service_cidr overlaps the pod range $pod_cidr"
   while read -r line; do
     prefix=${line%% *}
     [[ "$prefix" =~ ^[0-9] ]] || continue
     case "$line" in *" dev $dummy"* | *" dev $bridge"*) continue ;; esac
     [[ "$prefix" == */* ]] || prefix="$prefix/32"
     for mine in "${ours[@]}"; do
-      overlaps "$prefix" "$mine" && die "the machine already routes $prefix ($line), which overlaps $mine: choose other ranges (STOLON_K8S_NODE_IP, STOLON_K8S_SERVICE_CIDR, STOLON_K8S_POD_CIDR)"
+      overlaps "$prefix" "$mine" && echo "the machine already routes $prefix ($line), which overlaps $mine"
     done
   done < <(ip -4 route show table all | grep -v '^broadcast\|^local 127\.' | sed -E 's/^(local|unicast) //')
+  for host in $(registry_hosts); do
+    for address in $(getent ahostsv4 "$host" 2>/dev/null | awk '{print $1}' | sort -u); do
+      for mine in "${ours[@]}"; do
+        overlaps "$address/32" "$mine" && echo "the package registry $host resolves to $address, inside $mine"
+      done
+    done
+  done
   return 0
+}
+
+# Takes the given ranges, refused if they clash, or the first plan that does not clash;
+# records the choice for the commands that come after `up`.
+choose_addresses() {
+  local clashes plan
+  if $addresses_given; then
+    clashes=$(address_clashes)
+    [ -z "$clashes" ] || die "$(head -n 1 <<<"$clashes"): choose other ranges (STOLON_K8S_NODE_IP, STOLON_K8S_SERVICE_CIDR, STOLON_K8S_POD_CIDR)"
+  else
+    for plan in "${address_plans[@]}"; do
+      read -r node_ip service_cidr pod_cidr <<<"$plan"
+      clashes=$(address_clashes)
+      [ -n "$clashes" ] || break
+      log "not using $plan: $(head -n 1 <<<"$clashes")"
+    done
+    [ -z "$clashes" ] || die "every address plan clashes with this machine; set STOLON_K8S_NODE_IP, STOLON_K8S_SERVICE_CIDR and STOLON_K8S_POD_CIDR"
+  fi
+  derive_addresses
+  mkdir -p "$state"
+  echo "$node_ip $service_cidr $pod_cidr" >"$addresses_file"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -925,7 +986,7 @@ up() {
   local pause_tar stolon_tar
   pause_tar=$(pause_image_tar)
   stolon_tar=$(stolon_image_tar)
-  check_addresses
+  choose_addresses
   mkdir -p "$state" "$run" "$logs"
   # From here on a failure leaves things for `down` (which `up` also runs next time).
   trap 'rc=$?; [ $rc -eq 0 ] || log "up failed; $0 down removes what it started (logs in $logs)"' EXIT
