@@ -8,10 +8,20 @@
 
 pub mod fence;
 pub mod health;
+pub mod ids;
 pub mod keeper;
 pub mod proxy;
 pub mod sentinel;
 pub mod store_loss;
+
+use stolon_cluster::{ClusterData, ValidSpec};
+
+/// The cluster data as a component read it from the store, with its spec validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub data: ClusterData,
+    pub spec: ValidSpec,
+}
 
 /// One decision, with its reason, for the daemon to log as one line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,8 @@
 //! plus sweeps over the situations where a destructive action must never be chosen.
 
 mod common;
+#[path = "keeper/machine.rs"]
+mod machine;
 
 use common::CdBuilder;
 use stolon_cluster::{ClusterData, Db, DbRole, DbUid, Generation, InitMode, KeeperUid};

@@ -20,7 +20,7 @@ impl Keeper {
             Action::Idle | Action::Wait(_) => {}
             Action::Stop(reason) => {
                 tracing::info!("{reason}: stopping database");
-                self.pg.stop(self.db_wait_ready_timeout).await?;
+                self.pg.stop(self.db_wait_ready_timeout()).await?;
             }
             Action::InitNew { db } => {
                 tracing::info!(db = %db, "initializing the database cluster");
@@ -46,14 +46,14 @@ impl Keeper {
                         &self.config.su.role,
                         &self.config.su.password.current(),
                         &options,
-                        self.db_wait_ready_timeout,
+                        self.db_wait_ready_timeout(),
                     )
                     .await?;
                 // initdb's own choices for this machine.
                 self.record_initial_parameters(db)?;
                 self.write_files(cd)?;
                 tracing::info!("starting database");
-                self.pg.start(self.db_wait_ready_timeout).await?;
+                self.pg.start(self.db_wait_ready_timeout()).await?;
                 tracing::info!("setting roles");
                 self.local_conn()
                     .setup_roles(
@@ -86,8 +86,8 @@ impl Keeper {
                     init_pg_parameters: init_parameters,
                 })?;
                 self.write_files(cd)?;
-                if self.pg.is_running(self.request_timeout).await? {
-                    self.pg.reload(self.request_timeout).await?;
+                if self.pg.is_running(self.request_timeout()).await? {
+                    self.pg.reload(self.request_timeout()).await?;
                 }
             }
             Action::Resync {
@@ -137,20 +137,15 @@ impl Keeper {
                 tracing::info!(db = %db, elapsed = ?started.elapsed(), "sync succeeded");
             }
             Action::Start { .. } => {
-                let db = self.my_db(cd)?;
-                if db.spec.role == DbRole::Master && db.spec.synchronous_replication {
-                    tracing::info!("not allowing connection as normal users since synchronous replication is enabled and instance was down");
-                    self.sync_gate = true;
-                }
                 self.write_files(cd)?;
                 tracing::info!(standby = self.pg.has_standby_signal(), "starting database");
-                self.pg.start(self.db_wait_ready_timeout).await?;
+                self.pg.start(self.db_wait_ready_timeout()).await?;
             }
             Action::Promote => {
                 tracing::info!("promoting to master");
-                self.pg.promote(self.db_wait_ready_timeout).await?;
+                self.pg.promote(self.db_wait_ready_timeout()).await?;
                 self.write_files(cd)?;
-                self.pg.reload(self.request_timeout).await?;
+                self.pg.reload(self.request_timeout()).await?;
             }
             Action::Halt => {
                 tracing::info!("switchover: checkpoint, then stopping the old primary");
@@ -158,12 +153,12 @@ impl Keeper {
                     // Only the shutdown gets longer: its own checkpoint writes everything.
                     tracing::warn!(error = %e, "checkpoint before the switchover failed");
                 }
-                self.pg.stop(self.db_wait_ready_timeout).await?;
+                self.pg.stop(self.db_wait_ready_timeout()).await?;
             }
             Action::Reconfigure => {
                 tracing::info!("postgres parameters changed, reloading postgres instance");
                 self.write_files(cd)?;
-                self.pg.reload(self.request_timeout).await?;
+                self.pg.reload(self.request_timeout()).await?;
                 let db = self.my_db(cd)?;
                 if db.spec.role == DbRole::Master && db.spec.synchronous_replication {
                     // Commits waiting for a standby just listed go as soon as it replies.
@@ -175,8 +170,8 @@ impl Keeper {
             Action::Restart => {
                 tracing::info!(parameters = %self.last_pending_restart.join(","), "restarting postgres to apply parameters that need it (automaticPgRestart)");
                 self.write_files(cd)?;
-                self.pg.stop(self.db_wait_ready_timeout).await?;
-                self.pg.start(self.db_wait_ready_timeout).await?;
+                self.pg.stop(self.db_wait_ready_timeout()).await?;
+                self.pg.start(self.db_wait_ready_timeout()).await?;
             }
             Action::SyncSlots { create, drop } => {
                 let conn = self.local_conn();
@@ -219,7 +214,7 @@ impl Keeper {
             source.port,
             source.user,
             source.password,
-            self.db_wait_ready_timeout,
+            self.db_wait_ready_timeout(),
         )
         .await
         {
@@ -230,7 +225,7 @@ impl Keeper {
             .pg
             .rewind(
                 &source,
-                self.db_wait_ready_timeout.max(Duration::from_secs(600)),
+                self.db_wait_ready_timeout().max(Duration::from_secs(600)),
             )
             .await
         {

@@ -2,7 +2,14 @@
 //! replication passfile), rendered from the cluster data and the keeper's flags, and
 //! written.
 
-use super::*;
+use crate::{upstream_of, Keeper, SOCKET_DIR};
+use anyhow::Context;
+use stolon_cluster::{ClusterData, Db, DbRole, SuReplAccessMode};
+use stolon_engine::keeper::{followed_endpoint, slot_name, synchronous_standby_names, Endpoint};
+use stolon_pg::conf::{
+    render_pg_hba, render_postgresql_conf, ConfInput, HbaUsers, RemoteSource, StandbySettings,
+    SuReplSources, WalSource,
+};
 
 impl Keeper {
     /// The configuration files the instance should have now: its local role decides

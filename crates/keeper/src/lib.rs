@@ -1,9 +1,11 @@
 //! The keeper: one per PostgreSQL instance.
 //!
-//! It owns the instance's data directory and process. Each loop it reads the cluster data,
-//! observes its instance, asks the engine for the next action ([`stolon_engine::keeper`])
-//! until there is none, and publishes what it observed as its keeper info. It never decides
-//! on its own to become a primary: only the db spec the sentinel wrote can say so.
+//! It owns the instance's data directory and process. It drives the engine's keeper
+//! machine ([`stolon_engine::keeper::machine`]), which decides everything: each loop it
+//! reads the cluster data, observes the instance and acts on it until the reconciler has
+//! nothing more to do, publishes what it observed as its keeper info, and sleeps. This crate
+//! only carries out the machine's requests. It never decides on its own to become a primary:
+//! only the db spec the sentinel wrote can say so.
 
 mod act;
 pub mod cli;
@@ -14,53 +16,39 @@ mod observe;
 mod passwords;
 mod publish;
 mod restore;
-mod starts;
 mod state;
 mod status;
 mod timeline;
 
 use anyhow::Context;
 use disk::DiskWatch;
-use fence::Fence;
 pub use fence::StoreLoss;
 use passwords::Passwords;
 pub use passwords::RolePassword;
-use publish::same_but_position;
-use starts::{FailedStarts, StartKey};
 use state::{DataDir, DbState};
 use status::Status;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use stolon_cluster::{
-    ClusterData, ClusterPhase, DataDisk, Db, DbRole, DbUid, KeeperUid, Lsn, PgState,
-    ShutdownCheckpoint, SuReplAccessMode, TimelineId,
-};
-use stolon_engine::keeper::{
-    followed_endpoint, next_action, slot_name, sync_gate_lifted, synchronous_standby_names, Action,
-    Endpoint, Instance, SLOT_PREFIX,
-};
-use stolon_engine::store_loss::Timing;
-use stolon_pg::conf::{
-    render_pg_hba, render_postgresql_conf, ConfInput, HbaUsers, RemoteSource, ReplicationTls,
-    StandbySettings, SuReplSources, WalSource,
-};
+use stolon_cluster::{ClusterData, Db, DbUid, KeeperUid};
+use stolon_engine::keeper::machine::{Identity, Input, KeeperMachine, Note, ReadOutcome, Request};
+use stolon_engine::keeper::Endpoint;
+use stolon_engine::ClusterView;
+use stolon_pg::conf::ReplicationTls;
 use stolon_pg::ctl::{OsUser, PgCtl};
-use stolon_pg::probe::{LocalConn, Observed, UpstreamProgress};
+use stolon_pg::probe::LocalConn;
 use stolon_store::{ChangeWaiter, Store, WatchScope};
 use timeline::StandbyTimeline;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Where PostgreSQL puts its unix socket: the keeper talks to its instance through it.
 const SOCKET_DIR: &str = "/tmp";
 /// Until the cluster data says otherwise.
-const DEFAULT_SLEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// How soon to read the store again after it failed.
-const STORE_RETRY: Duration = Duration::from_secs(1);
-/// The most actions one loop takes before publishing what it has done.
-const MAX_ACTIONS_PER_LOOP: usize = 8;
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_DB_WAIT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct KeeperConfig {
@@ -102,6 +90,24 @@ fn local_conn(config: &KeeperConfig, timeout: Duration) -> LocalConn {
         timeout,
     }
 }
+/// The keeper's state machine, shared by the loop that drives it and the fence's
+/// watchdog; locked only while it decides, never across IO.
+pub(crate) struct Machine {
+    inner: Mutex<KeeperMachine>,
+    /// The origin of the machine's clock.
+    origin: Instant,
+}
+
+impl Machine {
+    pub fn lock(&self) -> MutexGuard<'_, KeeperMachine> {
+        self.inner.lock().unwrap()
+    }
+
+    /// The machine's clock.
+    pub fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
 
 /// Runs the keeper until `shutdown`, then stops PostgreSQL.
 pub async fn run(
@@ -121,13 +127,27 @@ pub async fn run(
     pg.chown(&data.root)
         .context("giving the data dir to postgres' OS user")?;
     let uid = KeeperUid::new(uid);
-    let fence = (config.store_loss == StoreLoss::Fence).then(|| Arc::new(Fence::default()));
+    let identity = Identity {
+        uid: uid.clone(),
+        can_be_master: config.can_be_master,
+        can_be_synchronous_replica: config.can_be_synchronous_replica,
+        priority: config.priority,
+        advertise: Endpoint {
+            host: config.advertise_address.clone(),
+            port: config.advertise_port,
+        },
+    };
+    let fenced = config.store_loss == StoreLoss::Fence;
+    let machine = Arc::new(Machine {
+        inner: Mutex::new(KeeperMachine::new(identity, rand::random(), fenced)),
+        origin: Instant::now(),
+    });
     let status = Arc::new(Status::new(
         config.cluster_name.clone(),
         uid.clone(),
         local_conn(&config, status::PROBE_TIMEOUT),
         store.clone(),
-        fence.clone(),
+        machine.clone(),
     ));
     if let Some(address) = config.http {
         stolon_daemon::http::serve(address, status.clone().handler(), shutdown.clone()).await?;
@@ -136,67 +156,41 @@ pub async fn run(
     let mut keeper = Keeper {
         uid,
         status,
-        fence: fence.clone(),
-        boot_uuid: new_boot_uuid(),
+        machine: machine.clone(),
         pg,
         data,
         config,
         store,
-        last_wait: None,
-        request_timeout: Duration::from_secs(10),
-        db_wait_ready_timeout: Duration::from_secs(60),
-        sync_timeout: None,
+        view: None,
         sync_gate: false,
-        failed_starts: FailedStarts::default(),
         last_pending_restart: Vec::new(),
         standby_timeline: StandbyTimeline::default(),
         disk: DiskWatch::new(),
         passwords,
         restartpoint: None,
-        paused: false,
+        fence_lifted: Arc::new(Notify::new()),
     };
-    // A postgres left running by a previous keeper acts on decisions we did not see: stop
-    // it, and start it again only once the sentinel has seen this boot. Unless the cluster
-    // is paused: then decisions are frozen, and the operator restarting this keeper (to
-    // upgrade it) keeps the instance serving.
-    keeper.paused = stolon_store::read_cluster_data(keeper.store.as_ref())
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|cd| cd.data.cluster.status.pause.is_some());
-    if keeper
-        .pg
-        .is_running(keeper.request_timeout)
-        .await
-        .unwrap_or(false)
-    {
-        if keeper.paused {
-            tracing::info!("the cluster is paused: leaving the running postgres as it is");
-        } else {
-            tracing::info!("stopping postgres left running by a previous keeper process");
-            keeper.pg.stop(keeper.db_wait_ready_timeout).await?;
-        }
-    }
     let watchdog = shutdown.child_token();
-    let watching = fence.map(|fence| {
-        let (pg, watchdog) = (keeper.pg.clone(), watchdog.clone());
-        tokio::spawn(async move { fence.watch(pg, watchdog).await })
+    let watching = fenced.then(|| {
+        let (pg, watchdog, machine) = (keeper.pg.clone(), watchdog.clone(), machine.clone());
+        tokio::spawn(async move { fence::watch(&machine, &pg, &watchdog).await })
     });
     let result = keeper.run_loop(&shutdown).await;
     watchdog.cancel();
     if let Some(watching) = watching {
         let _ = watching.await;
     }
-    if keeper.paused {
+    let paused = machine.lock().paused();
+    if paused {
         tracing::info!("the cluster is paused: leaving postgres running as the keeper exits");
     } else if keeper
         .pg
-        .is_running(keeper.request_timeout)
+        .is_running(keeper.request_timeout())
         .await
         .unwrap_or(true)
     {
         tracing::info!("stopping database");
-        if let Err(e) = keeper.pg.stop(keeper.db_wait_ready_timeout).await {
+        if let Err(e) = keeper.pg.stop(keeper.db_wait_ready_timeout()).await {
             tracing::error!(error = %e, "failed to stop postgres");
         }
     }
@@ -206,224 +200,138 @@ pub async fn run(
 struct Keeper {
     uid: KeeperUid,
     status: Arc<Status>,
-    /// With `--store-loss fence`.
-    fence: Option<Arc<Fence>>,
-    boot_uuid: String,
+    machine: Arc<Machine>,
     pg: PgCtl,
     data: DataDir,
     config: KeeperConfig,
     store: Arc<dyn Store>,
-    last_wait: Option<&'static str>,
-    request_timeout: Duration,
-    db_wait_ready_timeout: Duration,
-    /// How long a restore or a recovery may take (the spec's syncTimeout); None: no limit.
-    sync_timeout: Option<Duration>,
-    /// Set when a synchronous primary starts: only internal roles may connect until its
-    /// synchronous standbys are in sync again.
+    /// The cluster data the machine's last request was made against.
+    view: Option<Arc<ClusterView>>,
+    /// Whether, as of the machine's last request, only the keeper's own roles may connect.
     sync_gate: bool,
-    failed_starts: FailedStarts,
     /// The parameters last reported as waiting for a restart, to log them once.
     last_pending_restart: Vec<String>,
     standby_timeline: StandbyTimeline,
     disk: DiskWatch,
     passwords: Passwords,
-    /// Whether the cluster data last read says the cluster is paused (`stolonctl pause`).
-    paused: bool,
     /// A restartpoint asked for in the background, so that a slow one delays no heartbeat.
     restartpoint: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// What one observation of the instance gave.
-struct Seen {
-    instance: Instance,
-    probe: Option<Observed>,
-    /// Where the WAL of the stopped instance ends, when it was stopped for a switchover.
-    shutdown_checkpoint: Option<ShutdownCheckpoint>,
-    data_disk: Option<DataDisk>,
-    /// A standby leader's progress behind the remote primary.
-    remote: Option<UpstreamProgress>,
+    /// Wakes the loop when a publish's answer lifted the fence.
+    fence_lifted: Arc<Notify>,
 }
 
 impl Keeper {
+    /// Carries out the machine's requests, one at a time, until `shutdown`.
     async fn run_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut changes = ChangeWaiter::new(WatchScope::ClusterData);
-        let mut heartbeat = DEFAULT_SLEEP_INTERVAL;
-        let mut last_published: Option<(Instant, Option<PgState>)> = None;
-        // The last cluster data read: while the store cannot be read, the keeper still
-        // publishes what it observes against it.
-        let mut view = None;
+        let mut step = self.machine.lock().start();
         loop {
-            let read = match stolon_store::read_cluster_data(self.store.as_ref()).await {
-                Ok(cd) => {
-                    view = cd;
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read cluster data; not acting on postgres until it can be read");
-                    false
-                }
-            };
-            if let (true, Some(cd)) = (read, &view) {
-                self.status.read_cluster_data(cd);
-                self.paused = cd.data.cluster.status.pause.is_some();
-                heartbeat = cd.spec.keeper_heartbeat();
-                self.request_timeout = cd.spec.request_timeout;
-                self.db_wait_ready_timeout = cd.spec.db_wait_ready_timeout;
-                self.sync_timeout = cd.spec.sync_timeout;
-                if let Some(fence) = &self.fence {
-                    // While the cluster initialises, no failover can replace this keeper,
-                    // whose loop may be busy in initdb for longer than the fence's limit.
-                    let master = cd.data.cluster.status.phase == ClusterPhase::Normal
-                        && cd
-                            .data
-                            .db_of_keeper(&self.uid)
-                            .is_some_and(|db| db.spec.role == DbRole::Master);
-                    fence.read(Timing::of(&cd.spec), master, self.db_wait_ready_timeout);
-                }
+            for note in &step.notes {
+                self.tell(note);
             }
-            let data = view.as_ref().map(|c| &c.data);
-            let seen = if read {
-                self.reconcile(data).await
-            } else {
-                self.observe(data).await
-            };
-            let running = seen.instance.running;
-            self.status.observed(
-                running,
-                seen.instance.in_recovery,
-                seen.instance.pending_restart,
-                self.sync_gate,
-                seen.data_disk,
-            );
-            let mut lifted = false;
-            if let Some(cd) = data {
-                let state = self.pg_state(&seen);
-                // During a switchover the target's position is what the sentinel waits for.
-                let switching = cd.cluster.status.switchover.is_some();
-                let due = last_published.as_ref().is_none_or(|(at, prev)| {
-                    at.elapsed() >= heartbeat
-                        || !same_but_position(prev.as_ref(), state.as_ref())
-                        || (switching && prev != &state)
-                });
-                if due {
-                    // The sentinel may have seen this info from the moment it was sent.
-                    let sent = Instant::now();
-                    match self.publish(cd, state.clone(), heartbeat).await {
-                        Ok(()) => {
-                            last_published = Some((sent, state));
-                            lifted = self.fence.as_ref().is_some_and(|f| f.published(sent));
+            if let Some(publication) = step.publish {
+                self.send(publication);
+            }
+            let input = match step.request {
+                Request::ReadClusterData => Input::Read(self.read().await),
+                Request::Observe { view, sync_gate } => {
+                    (self.view, self.sync_gate) = (view, sync_gate);
+                    let observation = self.observe().await;
+                    self.status.observed(&observation, self.sync_gate);
+                    Input::Observed(Box::new(observation))
+                }
+                Request::Act {
+                    action,
+                    view,
+                    sync_gate,
+                } => {
+                    (self.view, self.sync_gate) = (view, sync_gate);
+                    let view = self.view.clone();
+                    let result = self.act(view.as_deref().map(|v| &v.data), &action).await;
+                    self.status.acted(result.is_ok());
+                    if let Err(e) = &result {
+                        tracing::error!(action = ?action, error = %format!("{e:#}"), "action failed");
+                    }
+                    Input::Acted {
+                        succeeded: result.is_ok(),
+                    }
+                }
+                Request::Sleep {
+                    max,
+                    wake_on_change,
+                    wake_on_exit,
+                } => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = changes.wait(self.store.as_ref(), max), if wake_on_change => {}
+                        _ = tokio::time::sleep(max), if !wake_on_change => {}
+                        _ = self.fence_lifted.notified() => {}
+                        _ = self.pg.wait_for_exit(), if wake_on_exit => {
+                            tracing::warn!("postgres exited");
                         }
-                        Err(e) => tracing::warn!(error = %e, "cannot publish keeper info"),
                     }
-                }
-            }
-            if lifted {
-                // The sentinel may have decided on this keeper from what it knew before the
-                // fence lifted, and its decision may not be in the store yet. A new boot
-                // makes the engine wait for cluster data that records it, which the sentinel
-                // writes only after reading our info of now: any earlier decision is in it.
-                self.boot_uuid = new_boot_uuid();
-                last_published = None;
-                continue;
-            }
-            if !read {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(heartbeat.min(STORE_RETRY)) => continue,
-                }
-            }
-            let next_publish = last_published
-                .as_ref()
-                .map(|(at, _)| heartbeat.saturating_sub(at.elapsed()))
-                .unwrap_or(heartbeat);
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = changes.wait(self.store.as_ref(), next_publish.max(Duration::from_millis(50))) => {}
-                _ = self.pg.wait_for_exit(), if running => {
-                    tracing::warn!("postgres exited");
-                }
-            }
-        }
-    }
-
-    /// Observes and acts until the engine has nothing more to do, or the store-loss fence
-    /// holds (checked before each action: it may fall due during one); returns the last
-    /// observation.
-    async fn reconcile(&mut self, cd: Option<&ClusterData>) -> Seen {
-        let mut seen = self.observe(cd).await;
-        let mut previous: Option<Action> = None;
-        for _ in 0..MAX_ACTIONS_PER_LOOP {
-            if self.fence.as_ref().is_some_and(|f| f.holds()) {
-                return seen;
-            }
-            let local = match self.data.db_state() {
-                Ok(s) => s.local_db(),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot read our db state: refusing to act");
-                    return seen;
+                    Input::Woken
                 }
             };
-            let action = next_action(cd, &self.uid, &self.boot_uuid, &local, &seen.instance);
-            // The same action again right after it succeeded did not change what we observe
-            // (a slot still in use, say): retry on the next loop rather than spin now.
-            if previous.as_ref() == Some(&action) {
-                return seen;
-            }
-            match &action {
-                Action::Idle => {
-                    self.last_wait = None;
-                    self.status.converged();
-                    return seen;
-                }
-                Action::Wait(reason) => {
-                    if self.last_wait != Some(reason) {
-                        tracing::info!("{reason}");
-                        self.last_wait = Some(reason);
-                    }
-                    return seen;
-                }
-                _ => self.last_wait = None,
-            }
-            let starting = matches!(action, Action::Start { .. });
-            if starting
-                && !self
-                    .failed_starts
-                    .wait(&self.start_key(cd), Instant::now())
-                    .is_zero()
-            {
-                return seen;
-            }
-            let result = self.act(cd, &action).await;
-            self.status.acted(result.is_ok());
-            if starting {
-                let retry_in =
-                    self.failed_starts
-                        .record(self.start_key(cd), result.is_ok(), Instant::now());
-                if let Some(retry_in) = retry_in {
-                    tracing::error!(
-                        failures = self.failed_starts.failures(),
-                        "postgres failed to start repeatedly: trying again in {retry_in:?} (at once if the db spec changes)"
-                    );
-                }
-            }
-            if let Err(e) = result {
-                tracing::error!(action = ?action, error = %format!("{e:#}"), "action failed");
-                return self.observe(cd).await;
-            }
-            seen = self.observe(cd).await;
-            previous = Some(action);
+            let now = self.machine.now();
+            step = self.machine.lock().handle(now, input);
         }
-        seen
     }
 
-    /// The db and generation a start is for: failed starts are counted per spec.
-    fn start_key(&self, cd: Option<&ClusterData>) -> StartKey {
-        cd.and_then(|cd| cd.db_of_keeper(&self.uid))
-            .map(|db| (db.uid.clone(), db.generation))
+    /// One line per decision of the machine.
+    fn tell(&self, note: &Note) {
+        match note {
+            Note::Converged => self.status.converged(),
+            Note::StartBackoff { failures, .. } => tracing::error!(failures, "{note}"),
+            Note::Waiting(_)
+            | Note::SyncGateClosed
+            | Note::SyncGateLifted
+            | Note::FenceLifted { .. }
+            | Note::LeftRunningWhilePaused => tracing::info!("{note}"),
+        }
+    }
+
+    async fn read(&mut self) -> ReadOutcome {
+        match stolon_store::read_cluster_data(self.store.as_ref()).await {
+            Ok(Some(read)) => {
+                let view = Arc::new(ClusterView {
+                    data: read.data,
+                    spec: read.spec,
+                });
+                self.status.read_cluster_data(view.clone());
+                ReadOutcome::Data(view)
+            }
+            Ok(None) => ReadOutcome::NoData,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read cluster data; not acting on postgres until it can be read");
+                ReadOutcome::Failed
+            }
+        }
+    }
+
+    /// The spec's requestTimeout: how long a request to postgres may take.
+    fn request_timeout(&self) -> Duration {
+        self.view
+            .as_ref()
+            .map_or(DEFAULT_REQUEST_TIMEOUT, |v| v.spec.request_timeout)
+    }
+
+    /// The spec's dbWaitReadyTimeout: how long postgres may take to start or stop.
+    fn db_wait_ready_timeout(&self) -> Duration {
+        self.view
+            .as_ref()
+            .map_or(DEFAULT_DB_WAIT_READY_TIMEOUT, |v| {
+                v.spec.db_wait_ready_timeout
+            })
+    }
+
+    /// The spec's syncTimeout: how long a restore or a recovery may take; None: no limit.
+    fn sync_timeout(&self) -> Option<Duration> {
+        self.view.as_ref().and_then(|v| v.spec.sync_timeout)
     }
 
     fn local_conn(&self) -> LocalConn {
-        local_conn(&self.config, self.request_timeout)
+        local_conn(&self.config, self.request_timeout())
     }
 
     fn my_db<'a>(&self, cd: Option<&'a ClusterData>) -> anyhow::Result<&'a Db> {
@@ -474,36 +382,15 @@ impl Keeper {
     }
 
     async fn stop_if_running(&self) -> anyhow::Result<()> {
-        if self.pg.is_running(self.request_timeout).await? {
+        if self.pg.is_running(self.request_timeout()).await? {
             tracing::info!("stopping database");
-            self.pg.stop(self.db_wait_ready_timeout).await?;
+            self.pg.stop(self.db_wait_ready_timeout()).await?;
         }
         Ok(())
     }
 }
-
-/// Identifies one run of postgres under this keeper: the engine acts only on cluster data
-/// that records the current one.
-fn new_boot_uuid() -> String {
-    format!(
-        "{}{}",
-        stolon_daemon::random_uid(),
-        stolon_daemon::random_uid()
-    )
-}
-
 /// Where a configuration file makes the instance stream from, if anywhere.
 fn upstream_of(conf: Option<&str>) -> Option<Endpoint> {
     conf.and_then(stolon_pg::conf::parse_upstream)
         .map(|(host, port)| Endpoint { host, port })
-}
-
-/// Our standbys that a primary's `pg_stat_replication` reports in sync.
-fn in_sync_dbs(probe: &Observed) -> Vec<DbUid> {
-    probe
-        .in_sync
-        .iter()
-        .filter_map(|name| name.strip_prefix(SLOT_PREFIX))
-        .map(DbUid::new)
-        .collect()
 }

@@ -2,12 +2,22 @@
 //! itself over SQL, its files, its disk; and the upkeep done while looking (a restartpoint
 //! that is due, the roles' passwords).
 
-use super::*;
+use crate::state::DbState;
+use crate::{upstream_of, Keeper};
+use stolon_cluster::DbUid;
+use stolon_cluster::{Lsn, RemoteReplication, ShutdownCheckpoint, TimelineId, TimelineSwitch};
+use stolon_engine::keeper::report::{Observation, Probe};
+use stolon_engine::keeper::Instance;
+use stolon_engine::keeper::SLOT_PREFIX;
+use stolon_pg::probe::{Observed, UpstreamProgress};
 
 impl Keeper {
-    pub(crate) async fn observe(&mut self, cd: Option<&ClusterData>) -> Seen {
+    /// Looks at the instance against the cluster data of the machine's request.
+    pub(crate) async fn observe(&mut self) -> Observation {
+        let view = self.view.clone();
+        let cd = view.as_deref().map(|v| &v.data);
         let initialized = self.pg.is_initialized();
-        let running = match self.pg.is_running(self.request_timeout).await {
+        let running = match self.pg.is_running(self.request_timeout()).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell whether postgres runs");
@@ -34,14 +44,6 @@ impl Keeper {
         let on_disk = self.pg.read_file("postgresql.conf");
         let following = upstream_of(on_disk.as_deref());
         let db = cd.and_then(|cd| cd.db_of_keeper(&self.uid).map(|db| (cd, db)));
-        if let (true, Some(probe), Some((_, db))) = (self.sync_gate, &probe, db) {
-            if sync_gate_lifted(&db.spec.synchronous_standbys, &in_sync_dbs(probe)) {
-                tracing::info!(
-                    "synchronous standbys in sync: allowing connections from normal users"
-                );
-                self.sync_gate = false;
-            }
-        }
         let config_stale = match db {
             Some((cd, db)) if initialized => {
                 let (conf, hba) = self.desired_files(cd, db, following.as_ref());
@@ -62,7 +64,7 @@ impl Keeper {
         }
         let halted = db.is_some_and(|(_, db)| db.spec.halt);
         let shutdown_checkpoint = if halted && initialized && !running {
-            match self.pg.shutdown_checkpoint(self.request_timeout).await {
+            match self.pg.shutdown_checkpoint(self.request_timeout()).await {
                 Ok(found) => found.and_then(|(timeline, location)| {
                     Some(ShutdownCheckpoint {
                         timeline_id: TimelineId(timeline),
@@ -80,7 +82,7 @@ impl Keeper {
         let remote = match (&probe, db) {
             (Some(p), Some((_, db))) if p.in_recovery && db.spec.follows_remote() => {
                 match self.local_conn().upstream_progress().await {
-                    Ok(progress) => Some(progress),
+                    Ok(progress) => Some(remote_replication(&progress)),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the replication from the remote primary");
                         None
@@ -89,10 +91,29 @@ impl Keeper {
             }
             _ => None,
         };
-        Seen {
+        let state = match self.data.db_state() {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read our db state: refusing to act");
+                None
+            }
+        };
+        let timelines_history = probe
+            .as_ref()
+            .filter(|p| !p.in_recovery && p.timeline_id > 1)
+            .and_then(|p| {
+                self.pg
+                    .read_file(&format!("pg_wal/{:08X}.history", p.timeline_id))
+            })
+            .map(|text| TimelineSwitch::parse_history(&text))
+            .unwrap_or_default();
+        Observation {
+            local: state.as_ref().map(DbState::local_db),
+            init_pg_parameters: state.map(|s| s.init_pg_parameters).unwrap_or_default(),
             remote,
             shutdown_checkpoint,
             data_disk: self.disk.measure(&self.data.root),
+            timelines_history,
             instance: Instance {
                 initialized,
                 running,
@@ -108,7 +129,7 @@ impl Keeper {
                 },
                 pending_restart,
             },
-            probe,
+            probe: probe.as_ref().map(engine_probe),
         }
     }
 
@@ -148,5 +169,36 @@ impl Keeper {
                 tracing::warn!(error = %e, "cannot write the replication passfile");
             }
         }
+    }
+}
+
+/// What the engine reads of an instance's answers over SQL.
+fn engine_probe(probe: &Observed) -> Probe {
+    Probe {
+        in_recovery: probe.in_recovery,
+        system_id: probe.system_id.clone(),
+        timeline_id: TimelineId(probe.timeline_id),
+        position: Lsn::parse(&probe.lsn).unwrap_or_default(),
+        in_sync: probe
+            .in_sync
+            .iter()
+            .filter_map(|name| name.strip_prefix(SLOT_PREFIX))
+            .map(DbUid::new)
+            .collect(),
+        oldest_wal_file: probe.oldest_wal_file.clone(),
+    }
+}
+
+/// A standby leader's progress behind the remote primary, as its keeper info reports it.
+fn remote_replication(progress: &UpstreamProgress) -> RemoteReplication {
+    let lsn = |text: &Option<String>| text.as_deref().and_then(Lsn::parse).unwrap_or_default();
+    RemoteReplication {
+        sender: progress.sender.clone().unwrap_or_default(),
+        received: lsn(&progress.received),
+        replayed: lsn(&progress.replayed),
+        lag_bytes: progress.lag_bytes.and_then(|b| u64::try_from(b).ok()),
+        replay_delay_ms: progress
+            .replay_delay_ms
+            .and_then(|ms| u64::try_from(ms).ok()),
     }
 }

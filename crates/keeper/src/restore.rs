@@ -41,7 +41,7 @@ impl Keeper {
         tracing::info!(command = %command, "running dataRestoreCommand");
         let restored = self
             .pg
-            .run_shell(&command, "dataRestoreCommand", self.sync_timeout)
+            .run_shell(&command, "dataRestoreCommand", self.sync_timeout())
             .await
             .map_err(anyhow::Error::from)
             .and_then(|()| {
@@ -92,7 +92,7 @@ impl Keeper {
                 .write_file("postgresql.conf", &format!("{conf}{recovery}"))?;
             self.pg.write_file("recovery.signal", "")?;
         }
-        let limit = self.sync_timeout.unwrap_or(RECOVERY_START_LIMIT);
+        let limit = self.sync_timeout().unwrap_or(RECOVERY_START_LIMIT);
         tracing::info!(
             archive = restore_command.is_some(),
             "starting database to recover it"
@@ -100,7 +100,7 @@ impl Keeper {
         self.pg.start(limit).await?;
         self.await_recovery_end().await?;
         tracing::info!("recovery finished: stopping the database to start it as the primary");
-        self.pg.stop(self.db_wait_ready_timeout).await?;
+        self.pg.stop(self.db_wait_ready_timeout()).await?;
         self.finish_new_db(db)?;
         tracing::info!(db = %db, "database cluster restored");
         Ok(())
@@ -116,7 +116,7 @@ impl Keeper {
         self.pg.remove_file("recovery.signal")?;
         self.pg.write_file("standby.signal", "")?;
         self.write_files(cd)?;
-        let limit = self.sync_timeout.unwrap_or(RECOVERY_START_LIMIT);
+        let limit = self.sync_timeout().unwrap_or(RECOVERY_START_LIMIT);
         tracing::info!(
             "starting the restored database as the standby leader, following the remote primary"
         );
@@ -131,7 +131,7 @@ impl Keeper {
         let started = Instant::now();
         let mut reported = Instant::now();
         loop {
-            if !self.pg.is_running(self.request_timeout).await? {
+            if !self.pg.is_running(self.request_timeout()).await? {
                 anyhow::bail!(
                     "postgres stopped during recovery (a recovery target never reached?): {}",
                     self.pg.log_tail()
@@ -141,7 +141,7 @@ impl Keeper {
                 return Ok(());
             }
             if self
-                .sync_timeout
+                .sync_timeout()
                 .is_some_and(|limit| started.elapsed() > limit)
             {
                 anyhow::bail!("recovery did not finish within syncTimeout");

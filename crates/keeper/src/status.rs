@@ -7,7 +7,7 @@
 //! at the keeper's next loop. Answers are shared for [`PROBE_REUSE`] so that a burst of
 //! checks costs one connection and one store read.
 
-use crate::fence::Fence;
+use crate::Machine;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,8 +15,10 @@ use stolon_cluster::{DataDisk, DbRole, KeeperUid};
 use stolon_daemon::http::{Answer, Handler, Request, Response};
 use stolon_daemon::metrics::{unix_seconds, Exposition};
 use stolon_engine::health::{answer, Check, Facts};
+use stolon_engine::keeper::report::Observation;
+use stolon_engine::ClusterView;
 use stolon_pg::probe::LocalConn;
-use stolon_store::{ReadClusterData, Store};
+use stolon_store::Store;
 use tokio::time::Instant;
 
 /// How long one answer of PostgreSQL, or one read of the store, serves later checks.
@@ -32,19 +34,19 @@ pub(crate) struct Status {
     uid: KeeperUid,
     conn: LocalConn,
     store: Arc<dyn Store>,
-    /// With `--store-loss fence`.
-    fence: Option<Arc<Fence>>,
+    /// The keeper's machine: its store-loss fence.
+    machine: Arc<Machine>,
     known: Mutex<Known>,
     /// PostgreSQL's last answer (in recovery or not; None: no answer) and when it came.
     probe: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
     /// The store's last answer (None: unreadable, or no cluster data) and when it came.
-    read: tokio::sync::Mutex<Option<(Instant, Option<Arc<ReadClusterData>>)>>,
+    read: tokio::sync::Mutex<Option<(Instant, Option<Arc<ClusterView>>)>>,
 }
 
 /// What the keeper's loop has recorded.
 #[derive(Default)]
 struct Known {
-    view: Option<Arc<ReadClusterData>>,
+    view: Option<Arc<ClusterView>>,
     view_read_at: Option<SystemTime>,
     sync_gate: bool,
     /// From the loop's last observation: whether postgres runs and is in recovery.
@@ -64,39 +66,32 @@ impl Status {
         uid: KeeperUid,
         conn: LocalConn,
         store: Arc<dyn Store>,
-        fence: Option<Arc<Fence>>,
+        machine: Arc<Machine>,
     ) -> Status {
         Status {
             cluster_name,
             uid,
             conn,
             store,
-            fence,
+            machine,
             known: Mutex::new(Known::default()),
             probe: tokio::sync::Mutex::new(None),
             read: tokio::sync::Mutex::new(None),
         }
     }
 
-    pub fn read_cluster_data(&self, read: &ReadClusterData) {
+    pub fn read_cluster_data(&self, view: Arc<ClusterView>) {
         let mut known = self.known.lock().unwrap();
-        known.view = Some(Arc::new(read.clone()));
+        known.view = Some(view);
         known.view_read_at = Some(SystemTime::now());
     }
 
-    pub fn observed(
-        &self,
-        running: bool,
-        in_recovery: Option<bool>,
-        needs_restart: bool,
-        sync_gate: bool,
-        data_disk: Option<DataDisk>,
-    ) {
+    pub fn observed(&self, observation: &Observation, sync_gate: bool) {
         let mut known = self.known.lock().unwrap();
-        known.data_disk = data_disk;
-        known.running = running;
-        known.in_recovery = in_recovery;
-        known.needs_restart = needs_restart;
+        known.data_disk = observation.data_disk;
+        known.running = observation.instance.running;
+        known.in_recovery = observation.instance.in_recovery;
+        known.needs_restart = observation.instance.pending_restart;
         known.sync_gate = sync_gate;
     }
 
@@ -152,7 +147,7 @@ impl Status {
                 view: view.as_deref().map(|read| (&read.data, &read.spec)),
                 keeper: &self.uid,
                 sync_gate,
-                fenced: self.fence.as_ref().is_some_and(|f| f.holds()),
+                fenced: self.machine.lock().fence_holds(self.machine.now()),
             },
         );
         let role = match in_recovery {
@@ -185,7 +180,7 @@ impl Status {
     }
 
     /// The cluster data as the store has it, read at most [`PROBE_REUSE`] ago.
-    async fn cluster_data(&self) -> Option<Arc<ReadClusterData>> {
+    async fn cluster_data(&self) -> Option<Arc<ClusterView>> {
         let mut last = self.read.lock().await;
         if let Some((at, read)) = last.as_ref() {
             if at.elapsed() < PROBE_REUSE {
@@ -200,7 +195,12 @@ impl Status {
         .ok()
         .and_then(Result::ok)
         .flatten()
-        .map(Arc::new);
+        .map(|read| {
+            Arc::new(ClusterView {
+                data: read.data,
+                spec: read.spec,
+            })
+        });
         *last = Some((Instant::now(), read.clone()));
         read
     }
@@ -257,7 +257,7 @@ impl Status {
         .gauge(
             "stolon_keeper_fenced",
             "1 while the keeper keeps its postgres stopped because it could not store its info (--store-loss fence).",
-            f64::from(u8::from(self.fence.as_ref().is_some_and(|f| f.fenced()))),
+            f64::from(u8::from(self.machine.lock().fenced())),
         )
         .gauge(
             "stolon_keeper_data_disk_available_bytes",

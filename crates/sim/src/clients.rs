@@ -53,7 +53,7 @@ impl World {
         if !self.net.linked(Node::Proxy(p), Node::Keeper(k))
             || !keeper.pg.writable()
             || keeper.pg.starts != starts
-            || keeper.sync_gate
+            || keeper.machine.sync_gate()
         {
             return;
         }

@@ -7,7 +7,6 @@ use crate::proxy::Gate;
 use crate::world::{Ev, World};
 use std::time::Duration;
 use stolon_engine::sentinel::Memory;
-use stolon_engine::store_loss::KeeperFence;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -126,7 +125,10 @@ impl World {
                 self.keepers[k].pg.stop();
             }
             Fault::KeeperCrash(k) => self.crash_keeper(k),
-            Fault::PgCrash(k) => self.keepers[k].pg.stop(),
+            Fault::PgCrash(k) => {
+                self.keepers[k].pg.stop();
+                self.postgres_exited(k);
+            }
             Fault::Freeze(node) => self.net.freeze(node, true),
             Fault::StoreCut(node) => self.net.cut_store(node, true),
             Fault::Isolate(k) => self.isolate(k, true),
@@ -195,26 +197,17 @@ impl World {
     fn crash_keeper(&mut self, k: usize) {
         let keeper = &mut self.keepers[k];
         keeper.alive = false;
-        keeper.acting = None;
         keeper.next_tick = None;
     }
 
     /// A new keeper process: a new boot, nothing remembered but its state file.
     fn restart_keeper(&mut self, k: usize) {
-        let keeper = &mut self.keepers[k];
-        if keeper.alive {
+        if self.keepers[k].alive {
             return;
         }
-        keeper.alive = true;
-        keeper.incarnation += 1;
-        keeper.boot_uuid = format!("boot-{}", keeper.incarnation);
-        keeper.view = None;
-        keeper.previous = None;
-        keeper.fence = KeeperFence::default();
-        keeper.sync_gate = false;
-        let incarnation = keeper.incarnation;
-        self.wake_keeper(k, Duration::ZERO);
-        self.schedule(Duration::ZERO, Ev::KeeperFenceCheck(k, incarnation));
+        let seed = self.rng.next_u64();
+        self.keepers[k].restart(k, seed);
+        self.start_keeper(k, Duration::ZERO);
     }
 
     fn isolate(&mut self, k: usize, cut: bool) {

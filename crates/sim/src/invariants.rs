@@ -104,8 +104,8 @@ impl World {
                     in_recovery: keeper.pg.running.then(|| keeper.pg.in_recovery()),
                     view: view.filter(|_| self.net.reaches_store(node)),
                     keeper: &keeper.uid,
-                    sync_gate: keeper.sync_gate,
-                    fenced: keeper.fence.holds(self.clock(node)),
+                    sync_gate: keeper.machine.sync_gate(),
+                    fenced: keeper.machine.fence_holds(self.clock(node)),
                 };
                 answer(Check::Primary, &facts).ok
             })

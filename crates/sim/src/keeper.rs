@@ -1,43 +1,61 @@
-//! A keeper: the real reconciler (`keeper::next_action`) and store-loss fence
-//! (`store_loss::KeeperFence`) driving a simulated postgres, with the loop of the keeper
-//! daemon around them: read the cluster data, act until idle, publish.
+//! A keeper: the engine's keeper machine (`keeper::machine::KeeperMachine`, the one the
+//! keeper daemon drives) against a simulated postgres and store. What is simulated here is
+//! only IO: how long an action takes and what it does to the instance, what the instance
+//! looks like, whether the store takes a publish and when its answer comes.
 
 use crate::net::Node;
 use crate::pg::{Config, Pg};
+use crate::store::REQUEST_TIMEOUT;
 use crate::world::{sooner, Delivery, Ev, World};
+use std::sync::Arc;
 use std::time::Duration;
-use stolon_cluster::{
-    ClusterData, ClusterPhase, Db, DbRole, DbUid, KeeperInfo, KeeperUid, PgState, ValidSpec,
+use stolon_cluster::{ClusterData, Db, DbUid, KeeperUid};
+use stolon_engine::keeper::machine::{
+    Identity, Input, KeeperMachine, Note, Publication, ReadOutcome, Request, Step,
 };
+use stolon_engine::keeper::report::{Observation, Probe};
 use stolon_engine::keeper::{
-    followed_endpoint, next_action, slot_name, sync_gate_lifted, synchronous_standby_names, Action,
-    Endpoint, Instance, LocalDb,
+    followed_endpoint, slot_name, synchronous_standby_names, Action, Endpoint, Instance, LocalDb,
 };
-use stolon_engine::store_loss::{Enforce, KeeperFence, Timing};
+use stolon_engine::store_loss::Enforce;
+use stolon_engine::ClusterView;
 
 pub const PG_PORT: u16 = 5432;
 /// How often a frozen process is looked at again.
 pub const FROZEN_POLL: Duration = Duration::from_millis(100);
+/// How often the fence's watchdog looks (the daemon's).
+const WATCHDOG_RECHECK: Duration = Duration::from_millis(200);
+
+/// What the keeper process waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// Its loop runs (between two events: nothing).
+    Nothing,
+    /// An action under way.
+    Acting(Action),
+    /// The end of a sleep, a change of the cluster data (with `wake_on_change`), or its
+    /// postgres exiting (with `wake_on_exit`).
+    Sleeping {
+        wake_on_change: bool,
+        wake_on_exit: bool,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct KeeperSim {
     pub uid: KeeperUid,
     pub alive: bool,
-    /// Each start of the keeper process; a restart also changes `boot_uuid`.
+    /// Each start of the keeper process: events of an earlier one are stale.
     pub incarnation: u64,
-    pub boot_uuid: String,
+    pub machine: KeeperMachine,
+    /// The keeper's state file.
     pub local: LocalDb,
     pub pg: Pg,
-    pub fence: KeeperFence,
-    pub view: Option<(ClusterData, ValidSpec)>,
-    /// The action under way, begun at the loop whose read is in `view`.
-    pub acting: Option<Action>,
-    /// The last action of the current loop: the same again waits for the next loop.
-    pub previous: Option<Action>,
-    pub next_tick: Option<std::time::Duration>,
-    /// After a synchronous primary starts, only the keeper's own roles may connect until its
-    /// standbys are in sync again.
-    pub sync_gate: bool,
+    pub waiting: Waiting,
+    pub next_tick: Option<Duration>,
+    /// A change of the cluster data the watch delivered while the loop was not sleeping on
+    /// it: the next such sleep ends at once, as the daemon's watch channel does.
+    pub change_pending: bool,
     /// A slow disk: every action takes seconds.
     pub slow: bool,
     /// Its postgres cannot be promoted.
@@ -45,28 +63,52 @@ pub struct KeeperSim {
 }
 
 impl KeeperSim {
-    pub fn new(index: usize) -> KeeperSim {
+    pub fn new(index: usize, seed: u64) -> KeeperSim {
+        let uid = KeeperUid::new(format!("keeper{index}"));
         KeeperSim {
-            uid: KeeperUid::new(format!("keeper{index}")),
+            machine: machine(&uid, index, seed),
+            uid,
             alive: true,
             incarnation: 0,
-            boot_uuid: "boot-0".into(),
             local: LocalDb::default(),
             pg: Pg::default(),
-            fence: KeeperFence::default(),
-            view: None,
-            acting: None,
-            previous: None,
+            waiting: Waiting::Nothing,
             next_tick: None,
-            sync_gate: false,
+            change_pending: false,
             slow: false,
             promote_fails: false,
         }
     }
 
+    /// A new keeper process: nothing remembered but its state file (and its postgres).
+    pub fn restart(&mut self, index: usize, seed: u64) {
+        self.alive = true;
+        self.incarnation += 1;
+        self.machine = machine(&self.uid, index, seed);
+        self.waiting = Waiting::Nothing;
+        self.next_tick = None;
+        self.change_pending = false;
+    }
+
+    pub fn view(&self) -> Option<&ClusterView> {
+        self.machine.view().map(|v| v.as_ref())
+    }
+
     pub fn db<'a>(&self, cd: &'a ClusterData) -> Option<&'a Db> {
         cd.db_of_keeper(&self.uid)
     }
+}
+
+/// The machine of keeper `index`'s process, with the store-loss fence on.
+fn machine(uid: &KeeperUid, index: usize, seed: u64) -> KeeperMachine {
+    let identity = Identity {
+        uid: uid.clone(),
+        can_be_master: true,
+        can_be_synchronous_replica: true,
+        priority: 0,
+        advertise: endpoint(index),
+    };
+    KeeperMachine::new(identity, seed, true)
 }
 
 pub fn endpoint(keeper: usize) -> Endpoint {
@@ -86,17 +128,62 @@ pub fn slot_db(name: &str) -> DbUid {
 }
 
 impl World {
-    /// Wakes keeper `k`'s loop after `after`, unless it is due sooner.
-    pub(crate) fn wake_keeper(&mut self, k: usize, after: Duration) {
+    /// Starts keeper `k`'s process: its loop and its fence's watchdog.
+    pub(crate) fn start_keeper(&mut self, k: usize, after: Duration) {
+        let incarnation = self.keepers[k].incarnation;
+        self.schedule(after, Ev::KeeperStart(k, incarnation));
+        self.schedule(after, Ev::KeeperFenceCheck(k, incarnation));
+    }
+
+    pub(crate) fn keeper_start(&mut self, k: usize, incarnation: u64, ev: &Ev) {
+        if !self.current(k, incarnation) || !self.thawed(Node::Keeper(k), ev) {
+            return;
+        }
+        let step = self.keepers[k].machine.start();
+        self.keeper_run(k, step);
+    }
+
+    /// Wakes keeper `k`'s sleep after `after`, unless it is due sooner.
+    fn wake_keeper(&mut self, k: usize, after: Duration) {
         let keeper = &mut self.keepers[k];
         if keeper.alive && sooner(&mut keeper.next_tick, self.now, after) {
             self.schedule(after, Ev::KeeperTick(k));
         }
     }
 
+    /// The watch tells keeper `k`'s process that the cluster data changed.
+    pub(crate) fn cluster_data_changed(&mut self, k: usize) {
+        let keeper = &mut self.keepers[k];
+        if !keeper.alive {
+            return;
+        }
+        match keeper.waiting {
+            Waiting::Sleeping {
+                wake_on_change: true,
+                ..
+            } => self.wake_keeper(k, Duration::ZERO),
+            Waiting::Sleeping { .. } => {}
+            _ => keeper.change_pending = true,
+        }
+    }
+
+    /// Keeper `k`'s postgres stopped other than by its loop's action (it crashed, or the
+    /// fence stopped it): a loop sleeping on its exit wakes.
+    pub(crate) fn postgres_exited(&mut self, k: usize) {
+        if let Waiting::Sleeping {
+            wake_on_exit: true, ..
+        } = self.keepers[k].waiting
+        {
+            self.wake_keeper(k, Duration::ZERO);
+        }
+    }
+
     pub(crate) fn keeper_tick(&mut self, k: usize) {
         let keeper = &self.keepers[k];
-        if !keeper.alive || keeper.next_tick != Some(self.now) || keeper.acting.is_some() {
+        if !keeper.alive
+            || keeper.next_tick != Some(self.now)
+            || !matches!(keeper.waiting, Waiting::Sleeping { .. })
+        {
             return;
         }
         self.keepers[k].next_tick = None;
@@ -104,135 +191,144 @@ impl World {
             self.wake_keeper(k, FROZEN_POLL);
             return;
         }
-        self.keepers[k].previous = None;
-        self.keeper_loop(k);
+        self.keeper_input(k, Input::Woken);
     }
 
-    /// An action ended: its effect, then the loop goes on.
-    pub(crate) fn keeper_acted(&mut self, k: usize, ev: &Ev) {
-        if !self.keepers[k].alive || self.keepers[k].acting.is_none() {
+    /// An action ended: what it did to the instance, then the machine goes on.
+    pub(crate) fn keeper_acted(&mut self, k: usize, incarnation: u64, ev: &Ev) {
+        if !self.current(k, incarnation) || !self.thawed(Node::Keeper(k), ev) {
             return;
         }
-        if !self.thawed(Node::Keeper(k), ev) {
+        let Waiting::Acting(action) = self.keepers[k].waiting.clone() else {
             return;
-        }
-        let action = self.keepers[k].acting.take().expect("checked");
-        match self.apply(k, &action) {
-            Ok(()) => self.keepers[k].previous = Some(action),
+        };
+        let succeeded = match self.apply(k, &action) {
+            Ok(()) => true,
             Err(e) => {
                 self.log(format!("keeper{k}: action failed: {action:?}: {e}"));
-                self.keepers[k].previous = None;
-                self.publish_and_sleep(k);
-                return;
+                false
             }
-        }
-        self.keeper_loop(k);
+        };
+        self.keeper_input(k, Input::Acted { succeeded });
     }
 
-    /// Read, then act until idle or waiting, then publish: one loop of the keeper daemon.
-    fn keeper_loop(&mut self, k: usize) {
-        let reachable = self.net.reaches_store(Node::Keeper(k));
-        let read = if reachable { self.store.read() } else { None };
-        if let Some((cd, spec, _)) = read {
-            let master = cd.cluster.status.phase == ClusterPhase::Normal
-                && self.keepers[k]
-                    .db(&cd)
-                    .is_some_and(|db| db.spec.role == DbRole::Master);
-            self.keepers[k].fence.read(Timing::of(&spec), master);
-            self.keepers[k].view = Some((cd, spec));
-        } else if reachable {
-            self.keepers[k].view = None;
-        }
-        if reachable && !self.keepers[k].fence.holds(self.clock(Node::Keeper(k))) {
-            let keeper = &self.keepers[k];
-            let cd = keeper.view.as_ref().map(|(cd, _)| cd);
-            let instance = self.instance(k);
-            let action = next_action(cd, &keeper.uid, &keeper.boot_uuid, &keeper.local, &instance);
-            let repeated = keeper.previous.as_ref() == Some(&action);
-            if !matches!(action, Action::Idle | Action::Wait(_)) && !repeated {
-                self.begin(k, action);
-                return;
-            }
-        }
-        self.publish_and_sleep(k);
-    }
-
-    fn publish_and_sleep(&mut self, k: usize) {
-        let heartbeat = self.keepers[k]
-            .view
-            .as_ref()
-            .map_or(Duration::from_secs(1), |(_, spec)| spec.keeper_heartbeat());
-        if self.net.reaches_store(Node::Keeper(k)) {
-            if let Some((cd, _)) = &self.keepers[k].view {
-                let info = KeeperInfo {
-                    info_uid: format!("{:x}", self.rng.next_u64()),
-                    uid: self.keepers[k].uid.clone(),
-                    cluster_uid: cd.cluster.uid.clone(),
-                    boot_uuid: self.keepers[k].boot_uuid.clone(),
-                    can_be_master: true,
-                    can_be_synchronous_replica: true,
-                    priority: 0,
-                    postgres_state: self.pg_state(k),
-                };
-                let ttl = (3 * heartbeat).max(Duration::from_secs(3));
-                if let Delivery::Applied(answer) = self.deliver() {
-                    self.store.put_keeper_info(info, self.store_clock() + ttl);
-                    self.wake_sentinels();
-                    if let Some(answer) = answer {
-                        let boot = self.keepers[k].boot_uuid.clone();
-                        self.schedule(
-                            answer,
-                            Ev::KeeperPublished {
-                                keeper: k,
-                                sent: self.clock(Node::Keeper(k)),
-                                boot,
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        self.wake_keeper(k, heartbeat);
-    }
-
-    /// The answer to a publish: it lifts the fence; a lifted fence means a new boot, so
-    /// that the keeper acts only on cluster data written after the sentinel saw it again.
-    pub(crate) fn keeper_published(&mut self, k: usize, sent: Duration, boot: &str) {
-        let keeper = &self.keepers[k];
-        if !keeper.alive || keeper.boot_uuid != boot || !self.net.reaches_store(Node::Keeper(k)) {
+    /// A publish's answer came, or the request timed out.
+    pub(crate) fn keeper_published(
+        &mut self,
+        k: usize,
+        incarnation: u64,
+        sent: Duration,
+        succeeded: bool,
+        ev: &Ev,
+    ) {
+        if !self.current(k, incarnation) || !self.thawed(Node::Keeper(k), ev) {
             return;
         }
         let now = self.clock(Node::Keeper(k));
-        let keeper = &mut self.keepers[k];
-        if let Some(held) = keeper.fence.published(sent, now) {
-            keeper.boot_uuid = format!(
-                "boot-{}-lifted-{}",
-                keeper.incarnation,
-                self.now.as_millis()
-            );
-            self.log(format!(
-                "keeper{k}: store reachable again, fence lifted after {held:?}: new boot"
-            ));
+        if let Some(note) = self.keepers[k].machine.published(now, sent, succeeded) {
+            self.log(format!("keeper{k}: {note}: new boot"));
+            self.wake_keeper(k, Duration::ZERO);
         }
+    }
+
+    fn current(&self, k: usize, incarnation: u64) -> bool {
+        self.keepers[k].alive && self.keepers[k].incarnation == incarnation
+    }
+
+    fn keeper_input(&mut self, k: usize, input: Input) {
+        self.keepers[k].waiting = Waiting::Nothing;
+        let now = self.clock(Node::Keeper(k));
+        let step = self.keepers[k].machine.handle(now, input);
+        self.keeper_run(k, step);
+    }
+
+    /// Carries out the machine's requests until one takes time.
+    fn keeper_run(&mut self, k: usize, mut step: Step) {
+        loop {
+            for note in &step.notes {
+                if *note != Note::Converged {
+                    self.log(format!("keeper{k}: {note}"));
+                }
+            }
+            if let Some(publication) = step.publish {
+                self.keeper_publish(k, publication);
+            }
+            let input = match step.request {
+                Request::ReadClusterData => Input::Read(self.keeper_read(k)),
+                Request::Observe { .. } => Input::Observed(Box::new(self.observation(k))),
+                Request::Act { action, .. } => return self.begin(k, action),
+                Request::Sleep {
+                    max,
+                    wake_on_change,
+                    wake_on_exit,
+                } => {
+                    let keeper = &mut self.keepers[k];
+                    keeper.waiting = Waiting::Sleeping {
+                        wake_on_change,
+                        wake_on_exit,
+                    };
+                    keeper.next_tick = None;
+                    let woken = wake_on_change && std::mem::take(&mut keeper.change_pending);
+                    let after = if woken { Duration::ZERO } else { max };
+                    return self.wake_keeper(k, after);
+                }
+            };
+            let now = self.clock(Node::Keeper(k));
+            step = self.keepers[k].machine.handle(now, input);
+        }
+    }
+
+    fn keeper_read(&mut self, k: usize) -> ReadOutcome {
+        if !self.net.reaches_store(Node::Keeper(k)) {
+            return ReadOutcome::Failed;
+        }
+        match self.store.read() {
+            Some((data, spec, _)) => ReadOutcome::Data(Arc::new(ClusterView { data, spec })),
+            None => ReadOutcome::NoData,
+        }
+    }
+
+    fn keeper_publish(&mut self, k: usize, publication: Publication) {
+        let incarnation = self.keepers[k].incarnation;
+        let delivery = if self.net.reaches_store(Node::Keeper(k)) {
+            self.deliver()
+        } else {
+            Delivery::Lost
+        };
+        if let Delivery::Applied(_) = delivery {
+            let expires = self.store_clock() + publication.ttl;
+            self.store.put_keeper_info(publication.info, expires);
+            self.wake_sentinels();
+        }
+        let (after, succeeded) = match delivery {
+            Delivery::Applied(Some(answer)) => (answer, true),
+            _ => (REQUEST_TIMEOUT, false),
+        };
+
+        self.schedule(
+            after,
+            Ev::KeeperPublished {
+                keeper: k,
+                incarnation,
+                sent: publication.sent,
+                succeeded,
+            },
+        );
     }
 
     /// The fence's watchdog, a task of its own in the keeper process.
     pub(crate) fn keeper_fence_check(&mut self, k: usize, incarnation: u64) {
-        let keeper = &self.keepers[k];
-        if !keeper.alive || keeper.incarnation != incarnation {
+        if !self.current(k, incarnation) {
             return;
         }
         if self.net.frozen(Node::Keeper(k)) {
-            self.schedule(
-                Duration::from_millis(100),
-                Ev::KeeperFenceCheck(k, incarnation),
-            );
+            self.schedule(FROZEN_POLL, Ev::KeeperFenceCheck(k, incarnation));
             return;
         }
         let now = self.clock(Node::Keeper(k));
-        let again = match self.keepers[k].fence.enforce(now) {
-            Enforce::Idle => Duration::from_millis(200),
-            Enforce::LookAgainIn(left) => left.min(Duration::from_millis(200)),
+        let again = match self.keepers[k].machine.enforce_fence(now) {
+            Enforce::Idle => WATCHDOG_RECHECK,
+            Enforce::LookAgainIn(left) => left.min(WATCHDOG_RECHECK),
             Enforce::Stop { fenced_now, .. } => {
                 if let Some(silent) = fenced_now {
                     self.log(format!(
@@ -242,9 +338,10 @@ impl World {
                 if self.keepers[k].pg.running {
                     self.keepers[k].pg.stop();
                     self.log(format!("keeper{k}: postgres stopped by the fence"));
+                    self.postgres_exited(k);
                 }
-                self.keepers[k].fence.seen_stopped();
-                Duration::from_millis(200)
+                self.keepers[k].machine.fence_saw_stopped();
+                WATCHDOG_RECHECK
             }
         };
         self.schedule(again, Ev::KeeperFenceCheck(k, incarnation));
@@ -268,8 +365,9 @@ impl World {
             };
         }
         self.log(format!("keeper{k}: {action:?} ({took:?})"));
-        self.keepers[k].acting = Some(action);
-        self.schedule(took, Ev::KeeperActed(k));
+        let incarnation = self.keepers[k].incarnation;
+        self.keepers[k].waiting = Waiting::Acting(action);
+        self.schedule(took, Ev::KeeperActed(k, incarnation));
     }
 
     fn apply(&mut self, k: usize, action: &Action) -> Result<(), String> {
@@ -311,18 +409,10 @@ impl World {
                 self.keepers[k].pg.config = self.desired_config(k);
             }
             Action::Start { .. } => {
-                let synchronous_master = self.keepers[k].view.as_ref().is_some_and(|(cd, _)| {
-                    self.keepers[k].db(cd).is_some_and(|db| {
-                        db.spec.role == DbRole::Master && db.spec.synchronous_replication
-                    })
-                });
                 let config = self.desired_config(k);
                 let keeper = &mut self.keepers[k];
                 keeper.pg.start();
                 keeper.pg.config = config;
-                if synchronous_master {
-                    keeper.sync_gate = true;
-                }
             }
             Action::Promote if self.keepers[k].promote_fails => {
                 return Err("pg_ctl promote failed".into())
@@ -357,20 +447,21 @@ impl World {
         Ok(())
     }
 
-    /// What the configuration files would say if written now (the keeper's desired_files).
+    /// What the configuration files would say if written now (the parts of the keeper's
+    /// rendered `postgresql.conf` the simulated instance models).
     fn desired_config(&self, k: usize) -> Config {
         let keeper = &self.keepers[k];
-        let Some((cd, _)) = &keeper.view else {
+        let Some(view) = keeper.view() else {
             return keeper.pg.config.clone();
         };
-        let Some(db) = keeper.db(cd) else {
+        let Some(db) = keeper.db(&view.data) else {
             return keeper.pg.config.clone();
         };
         let upstream = keeper
             .pg
             .standby_signal
             .then(|| {
-                followed_endpoint(cd, db)
+                followed_endpoint(&view.data, db)
                     .and_then(|e| keeper_at(&e.host))
                     .or(keeper.pg.config.upstream)
             })
@@ -381,23 +472,40 @@ impl World {
         }
     }
 
-    fn instance(&self, k: usize) -> Instance {
+    /// What the keeper sees of its simulated instance.
+    fn observation(&self, k: usize) -> Observation {
         let keeper = &self.keepers[k];
         let pg = &keeper.pg;
         let assigned = keeper
-            .view
-            .as_ref()
-            .is_some_and(|(cd, _)| keeper.db(cd).is_some());
-        Instance {
-            initialized: pg.initialized,
-            running: pg.running,
-            standby_signal: pg.standby_signal,
-            in_recovery: pg.running.then_some(pg.standby_signal),
-            following: pg.config.upstream.map(endpoint),
-            config_stale: pg.initialized && assigned && self.desired_config(k) != pg.config,
-            system_id: pg.initialized.then(|| pg.system_id.clone()),
-            slots: pg.running.then(|| pg.slots.clone()),
-            pending_restart: false,
+            .view()
+            .is_some_and(|view| keeper.db(&view.data).is_some());
+        Observation {
+            local: Some(keeper.local.clone()),
+            instance: Instance {
+                initialized: pg.initialized,
+                running: pg.running,
+                standby_signal: pg.standby_signal,
+                in_recovery: pg.running.then_some(pg.standby_signal),
+                following: pg.config.upstream.map(endpoint),
+                config_stale: pg.initialized && assigned && self.desired_config(k) != pg.config,
+                system_id: pg.initialized.then(|| pg.system_id.clone()),
+                slots: pg.running.then(|| pg.slots.clone()),
+                pending_restart: false,
+            },
+            probe: pg.running.then(|| Probe {
+                in_recovery: pg.in_recovery(),
+                system_id: pg.system_id.clone(),
+                timeline_id: pg.timeline_id(),
+                position: pg.position(),
+                in_sync: self.in_sync(k),
+                oldest_wal_file: String::new(),
+            }),
+            timelines_history: if pg.writable() {
+                pg.history.clone()
+            } else {
+                Vec::new()
+            },
+            ..Observation::default()
         }
     }
 
@@ -418,59 +526,5 @@ impl World {
             })
             .map(|name| slot_db(name))
             .collect()
-    }
-
-    fn pg_state(&mut self, k: usize) -> Option<PgState> {
-        let in_sync = self.in_sync(k);
-        let keeper = &mut self.keepers[k];
-        let uid = keeper.local.uid.clone()?;
-        if keeper.sync_gate {
-            let wanted = keeper
-                .view
-                .as_ref()
-                .and_then(|(cd, _)| keeper.db(cd))
-                .map(|db| db.spec.synchronous_standbys.clone())
-                .unwrap_or_default();
-            if sync_gate_lifted(&wanted, &in_sync) {
-                keeper.sync_gate = false;
-            }
-        }
-        let pg = &keeper.pg;
-        let answers = pg.running;
-        Some(PgState {
-            db_uid: uid,
-            generation: keeper.local.generation,
-            healthy: answers && !keeper.local.initializing,
-            down: !pg.running,
-            in_recovery: pg.in_recovery(),
-            system_id: if answers {
-                pg.system_id.clone()
-            } else {
-                String::new()
-            },
-            timeline_id: if answers {
-                pg.timeline_id()
-            } else {
-                Default::default()
-            },
-            x_log_pos: if answers {
-                pg.position()
-            } else {
-                Default::default()
-            },
-            listen_address: endpoint(k).host,
-            port: PG_PORT,
-            synchronous_standbys: if pg.writable() { in_sync } else { Vec::new() },
-            older_wal_file: String::new(),
-            timelines_history: if pg.writable() {
-                pg.history.clone()
-            } else {
-                Vec::new()
-            },
-            shutdown_checkpoint: None,
-            init_pg_parameters: Default::default(),
-            data_disk: None,
-            remote: None,
-        })
     }
 }

@@ -160,7 +160,7 @@ impl World {
                 } else {
                     Duration::ZERO
                 };
-                self.wake_keeper(k, DEBOUNCE + late);
+                self.schedule(DEBOUNCE + late, Ev::KeeperWatch(k));
             }
         }
     }

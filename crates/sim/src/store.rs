@@ -6,6 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use stolon_cluster::{ClusterData, KeeperInfo, KeeperUid, ProxyInfo, ProxyUid, ValidSpec};
 
+/// How long a component waits for the store's answer before its request fails: the
+/// daemons' `--store-timeout`, as the simulated cluster runs them (below its proxyTimeout,
+/// as the defaults are).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     cd: Option<ClusterData>,

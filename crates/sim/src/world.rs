@@ -85,14 +85,20 @@ pub(crate) enum Ev {
         data: Box<ClusterData>,
         expect: u64,
     },
+    /// A keeper process starts (its incarnation).
+    KeeperStart(usize, u64),
     KeeperTick(usize),
-    KeeperActed(usize),
+    KeeperActed(usize, u64),
     KeeperPublished {
         keeper: usize,
+        incarnation: u64,
+        /// When it was sent, on the keeper's clock.
         sent: Duration,
-        boot: String,
+        succeeded: bool,
     },
     KeeperFenceCheck(usize, u64),
+    /// The watch tells a keeper that the cluster data changed.
+    KeeperWatch(usize),
     ProxyCheck(usize),
     ProxyPublished {
         proxy: usize,
@@ -171,7 +177,7 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
         events: BTreeMap::new(),
         seq: 0,
         store: Store::with_cluster_data(cd),
-        keepers: (0..config.keepers).map(KeeperSim::new).collect(),
+        keepers: Vec::new(),
         sentinels: (0..config.sentinels)
             .map(|_| SentinelSim {
                 alive: true,
@@ -195,6 +201,9 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
         without_faults: config.without_faults.clone(),
         end: config.fault_window + config.settle,
     };
+    world.keepers = (0..config.keepers)
+        .map(|k| KeeperSim::new(k, world.rng.next_u64()))
+        .collect();
     world.start();
     let mut events = 0;
     while let Some(Reverse((at, seq))) = world.queue.pop() {
@@ -229,8 +238,7 @@ impl World {
     fn start(&mut self) {
         for i in 0..self.keepers.len() {
             let after = self.jitter(0, 1000);
-            self.wake_keeper(i, after);
-            self.schedule(after, Ev::KeeperFenceCheck(i, 0));
+            self.start_keeper(i, after);
         }
         for i in 0..self.sentinels.len() {
             let after = self.jitter(0, 1000);
@@ -246,9 +254,12 @@ impl World {
         self.schedule_at(self.faults_end, Ev::Settle);
     }
 
-    /// A request to the store from a node that reaches it: now and then lost, or its
-    /// answer lost, or slow.
+    /// A request to the store from a node that reaches it: during the fault window now and
+    /// then lost, or its answer lost, or slow; once everything is healed, answered soon.
     pub(crate) fn deliver(&mut self) -> Delivery {
+        if self.now >= self.faults_end {
+            return Delivery::Applied(Some(self.jitter(1, 30)));
+        }
         match self.rng.range(0, 100) {
             0..=1 => Delivery::Lost,
             2..=3 => Delivery::Applied(None),
@@ -306,12 +317,17 @@ impl World {
                 data,
                 expect,
             } => self.sentinel_write(sentinel, term, *data, expect),
+            Ev::KeeperStart(k, incarnation) => self.keeper_start(k, incarnation, &ev),
             Ev::KeeperTick(k) => self.keeper_tick(k),
-            Ev::KeeperActed(k) => self.keeper_acted(k, &ev),
-            Ev::KeeperPublished { keeper, sent, boot } => {
-                self.keeper_published(keeper, sent, &boot)
-            }
+            Ev::KeeperActed(k, incarnation) => self.keeper_acted(k, incarnation, &ev),
+            Ev::KeeperPublished {
+                keeper,
+                incarnation,
+                sent,
+                succeeded,
+            } => self.keeper_published(keeper, incarnation, sent, succeeded, &ev),
             Ev::KeeperFenceCheck(k, incarnation) => self.keeper_fence_check(k, incarnation),
+            Ev::KeeperWatch(k) => self.cluster_data_changed(k),
             Ev::ProxyCheck(p) => self.proxy_check(p, &ev),
             Ev::ProxyPublished {
                 proxy,

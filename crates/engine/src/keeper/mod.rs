@@ -8,6 +8,10 @@
 
 use stolon_cluster::{ClusterData, Db, DbRole, DbUid, Generation, InitMode, KeeperUid};
 
+pub mod machine;
+pub mod report;
+pub mod starts;
+
 /// Where a standby streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

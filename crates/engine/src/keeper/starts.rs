@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 use stolon_cluster::{DbUid, Generation};
-use tokio::time::Instant;
 
 /// Starts tried without waiting.
 const QUICK_ATTEMPTS: u32 = 5;
@@ -14,28 +13,29 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The db spec a start is for.
-pub(crate) type StartKey = Option<(DbUid, Generation)>;
+pub type StartKey = Option<(DbUid, Generation)>;
 
-#[derive(Debug, Default)]
-pub(crate) struct FailedStarts {
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailedStarts {
     key: StartKey,
     failures: u32,
-    retry_at: Option<Instant>,
+    /// On the caller's monotonic clock.
+    retry_at: Option<Duration>,
 }
 
 impl FailedStarts {
     /// How long a start for `key` must still wait; zero when it may be tried now.
-    pub fn wait(&self, key: &StartKey, now: Instant) -> Duration {
+    pub fn wait(&self, key: &StartKey, now: Duration) -> Duration {
         if *key != self.key {
             return Duration::ZERO;
         }
         self.retry_at
-            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+            .map_or(Duration::ZERO, |at| at.saturating_sub(now))
     }
 
     /// Records a start's outcome; after a failure past the quick attempts, returns how long
     /// the next start waits.
-    pub fn record(&mut self, key: StartKey, succeeded: bool, now: Instant) -> Option<Duration> {
+    pub fn record(&mut self, key: StartKey, succeeded: bool, now: Duration) -> Option<Duration> {
         if succeeded || key != self.key {
             *self = FailedStarts {
                 key,
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_start_waits_after_the_quick_attempts_and_a_new_spec_or_a_success_clears_it() {
-        let now = Instant::now();
+        let now = Duration::from_secs(100);
         let mut starts = FailedStarts::default();
         for _ in 0..QUICK_ATTEMPTS - 1 {
             assert_eq!(starts.record(key(1), false, now), None);
