@@ -383,6 +383,11 @@ pub fn random_uid() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
+/// A seed for the names an engine machine makes (`stolon_engine::ids`), from the OS.
+pub fn random_seed() -> u64 {
+    rand::random()
+}
+
 /// A password file any user may read or change, or its group change. Group read is how a
 /// Kubernetes Secret mounted with an fsGroup reaches a non-root program (root owns the
 /// file), so it is no reason to warn.

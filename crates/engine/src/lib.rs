@@ -6,7 +6,6 @@
 //! No IO, no clock reads, no async, no randomness except an injected seed: the daemons
 //! observe, call these, and act, and the tests drive them with plain values.
 
-pub mod fence;
 pub mod health;
 pub mod ids;
 pub mod keeper;

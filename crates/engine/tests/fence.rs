@@ -2,7 +2,7 @@
 //! once; a higher one only once no info announcing the lower one can be in the store.
 
 use std::time::Duration;
-use stolon_engine::fence::{ProxyFence, DEFAULT_PROXY_TIMEOUT};
+use stolon_engine::proxy::fence::{ProxyFence, DEFAULT_PROXY_TIMEOUT};
 
 fn s(secs: u64) -> Duration {
     Duration::from_secs(secs)

@@ -10,7 +10,7 @@ use common::*;
 use proptest::prelude::*;
 use std::time::Duration;
 use stolon_cluster::{ProxyUid, ValidSpec};
-use stolon_engine::fence::ProxyFence;
+use stolon_engine::proxy::fence::ProxyFence;
 
 const KEEPERS: [&str; 3] = ["k0", "k1", "k2"];
 const PROXIES: [&str; 2] = ["p0", "p1"];

@@ -2,6 +2,8 @@
 //! known address, and this proxy is listed as enabled.
 
 mod common;
+#[path = "proxy/machine.rs"]
+mod machine;
 
 use common::CdBuilder;
 use stolon_cluster::{ClusterData, DbRole, DbUid, FollowConfig, Generation, ProxyUid, TimelineId};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use stolon_cluster::{
     ClusterPhase, DbRole, DbUid, Generation, InitMode, KeeperUid, Lsn, ProxyUid, TimelineId,
 };
-use stolon_engine::fence::info_ttl;
 use stolon_engine::keeper;
+use stolon_engine::proxy::fence::info_ttl;
 use stolon_engine::sentinel::{
     self, choose_new_master, ElectionRules, Memory, Observations, Rejection, PROXY_FENCE_MARGIN,
 };

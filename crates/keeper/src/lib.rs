@@ -139,7 +139,11 @@ pub async fn run(
     };
     let fenced = config.store_loss == StoreLoss::Fence;
     let machine = Arc::new(Machine {
-        inner: Mutex::new(KeeperMachine::new(identity, rand::random(), fenced)),
+        inner: Mutex::new(KeeperMachine::new(
+            identity,
+            stolon_daemon::random_seed(),
+            fenced,
+        )),
         origin: Instant::now(),
     });
     let status = Arc::new(Status::new(

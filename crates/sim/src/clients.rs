@@ -42,7 +42,7 @@ impl World {
             let at = self.rng.range(0, self.proxies[p].sessions.len() as u64) as usize;
             self.proxies[p].sessions[at]
         } else {
-            let Gate::Open(Target { keeper, .. }) = self.proxies[p].gate else {
+            let Gate::Open(Target { keeper, .. }) = *self.proxies[p].gate() else {
                 return;
             };
             let session = (keeper, self.keepers[keeper].pg.starts);

@@ -3,7 +3,6 @@
 //! jumps, which stay.
 
 use crate::net::Node;
-use crate::proxy::Gate;
 use crate::world::{Ev, World};
 use std::time::Duration;
 use stolon_engine::sentinel::Memory;
@@ -141,10 +140,7 @@ impl World {
                 sentinel.memory = Memory::default();
                 sentinel.next_tick = None;
             }
-            Fault::ProxyCrash(p) => {
-                self.set_gate(p, Gate::Closed);
-                self.proxies[p].alive = false;
-            }
+            Fault::ProxyCrash(p) => self.crash_proxy(p),
             Fault::PromoteFails(k) => self.keepers[k].promote_fails = true,
             Fault::ClockJump(node, by) => self.jump_clock(node, by),
             Fault::StoreClockJump(by) => self.jump_store_clock(by),
@@ -170,13 +166,7 @@ impl World {
                     self.wake_sentinel(s, Duration::ZERO);
                 }
             }
-            Fault::ProxyCrash(p) => {
-                if !self.proxies[p].alive {
-                    let proxy = &mut self.proxies[p];
-                    proxy.alive = true;
-                    proxy.fence = Default::default();
-                }
-            }
+            Fault::ProxyCrash(p) => self.restart_proxy(p),
         }
     }
 

@@ -44,7 +44,7 @@ impl World {
                     writable.insert(keeper);
                 }
             }
-            let Gate::Open(Target { keeper, ref db }) = proxy.gate else {
+            let &Gate::Open(Target { keeper, ref db }) = proxy.gate() else {
                 continue;
             };
             if named.as_ref() != Some(db) {
@@ -207,7 +207,7 @@ impl World {
             return Err(format!("keeper{primary}'s instance does not take writes"));
         }
         for (p, proxy) in self.proxies.iter().enumerate() {
-            match &proxy.gate {
+            match proxy.gate() {
                 Gate::Open(target) if target.db == master.uid => {}
                 gate => return Err(format!("proxy{p} is {gate:?}, not open to {}", master.uid)),
             }

@@ -162,6 +162,14 @@ impl World {
                 };
                 self.schedule(DEBOUNCE + late, Ev::KeeperWatch(k));
             }
+            for p in 0..self.proxies.len() {
+                let late = if self.rng.chance(5) {
+                    self.jitter(0, 2000)
+                } else {
+                    Duration::ZERO
+                };
+                self.schedule(DEBOUNCE + late, Ev::ProxyWatch(p));
+            }
         }
     }
 }

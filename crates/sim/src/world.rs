@@ -99,14 +99,23 @@ pub(crate) enum Ev {
     KeeperFenceCheck(usize, u64),
     /// The watch tells a keeper that the cluster data changed.
     KeeperWatch(usize),
-    ProxyCheck(usize),
+    /// A proxy process starts (its incarnation).
+    ProxyStart(usize, u64),
+    ProxyTick(usize),
     ProxyPublished {
         proxy: usize,
-        started: Duration,
-        timeout: Duration,
-        answered: bool,
+        incarnation: u64,
+        succeeded: bool,
     },
-    ProxyFenceCheck(usize),
+    ProxyFenceCheck(usize, u64),
+    /// The watch tells a proxy that the cluster data changed.
+    ProxyWatch(usize),
+    /// A switchover's grace ran out: these sessions of the proxy end.
+    ProxyDrain {
+        proxy: usize,
+        incarnation: u64,
+        sessions: Vec<(usize, u64)>,
+    },
     Replicate,
     ClientWrite,
     Fault(Fault),
@@ -184,7 +193,7 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
                 ..SentinelSim::default()
             })
             .collect(),
-        proxies: (0..config.proxies).map(ProxySim::new).collect(),
+        proxies: Vec::new(),
         net: Net::default(),
         clocks: Clocks::default(),
         next_txid: 1,
@@ -203,6 +212,9 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
     };
     world.keepers = (0..config.keepers)
         .map(|k| KeeperSim::new(k, world.rng.next_u64()))
+        .collect();
+    world.proxies = (0..config.proxies)
+        .map(|p| ProxySim::new(p, world.rng.next_u64()))
         .collect();
     world.start();
     let mut events = 0;
@@ -246,7 +258,7 @@ impl World {
         }
         for i in 0..self.proxies.len() {
             let after = self.jitter(0, 1000);
-            self.schedule(after, Ev::ProxyCheck(i));
+            self.start_proxy(i, after);
         }
         self.schedule(Duration::from_millis(200), Ev::Replicate);
         self.schedule(Duration::from_secs(1), Ev::ClientWrite);
@@ -328,14 +340,20 @@ impl World {
             } => self.keeper_published(keeper, incarnation, sent, succeeded, &ev),
             Ev::KeeperFenceCheck(k, incarnation) => self.keeper_fence_check(k, incarnation),
             Ev::KeeperWatch(k) => self.cluster_data_changed(k),
-            Ev::ProxyCheck(p) => self.proxy_check(p, &ev),
+            Ev::ProxyStart(p, incarnation) => self.proxy_start(p, incarnation, &ev),
+            Ev::ProxyTick(p) => self.proxy_tick(p),
             Ev::ProxyPublished {
                 proxy,
-                started,
-                timeout,
-                answered,
-            } => self.proxy_published(proxy, started, timeout, answered),
-            Ev::ProxyFenceCheck(p) => self.proxy_fence_check(p),
+                incarnation,
+                succeeded,
+            } => self.proxy_published(proxy, incarnation, succeeded, &ev),
+            Ev::ProxyFenceCheck(p, incarnation) => self.proxy_fence_check(p, incarnation),
+            Ev::ProxyWatch(p) => self.proxy_watch(p),
+            Ev::ProxyDrain {
+                proxy,
+                incarnation,
+                ref sessions,
+            } => self.proxy_drain(proxy, incarnation, sessions),
             Ev::Replicate => {
                 self.replicate();
                 self.schedule(Duration::from_millis(200), Ev::Replicate);

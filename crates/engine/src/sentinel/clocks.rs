@@ -3,7 +3,7 @@
 
 use super::standbys::STUCK_STANDBY_SLEEP_INTERVALS;
 use super::*;
-use crate::fence::info_ttl;
+use crate::proxy::fence::info_ttl;
 
 impl Planner<'_> {
     pub(super) fn converged(db: &Db) -> bool {

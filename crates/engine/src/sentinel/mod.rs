@@ -32,11 +32,7 @@ mod switchover;
 pub use failover::{choose_new_master, election_rules, Choice, ElectionRules};
 pub use switchover::{switchover_candidate, switchover_plan};
 
-/// How long after a proxy's proxyTimeout the sentinel takes it as fenced. The proxy counts
-/// its timeout from the start of the check whose info the sentinel saw after, so the margin
-/// only covers the proxy's fence timer (it looks every 100 ms) and closing its connections.
-/// It does not depend on sleepInterval: the sentinel wakes when the wait runs out.
-pub const PROXY_FENCE_MARGIN: Duration = Duration::from_secs(1);
+pub use crate::proxy::fence::PROXY_FENCE_MARGIN;
 
 /// What the sentinel read from the store besides the cluster data.
 #[derive(Debug, Clone, Copy)]
@@ -413,7 +409,7 @@ impl Planner<'_> {
     /// the store closes its connections once its proxyTimeout has passed since its last
     /// successful check; two clocks say when that has surely happened, and a proxy counts as
     /// fenced only once both do: the store's, which drops its info
-    /// [`crate::fence::info_ttl`] after its last publish, and this sentinel's, which must
+    /// [`crate::proxy::fence::info_ttl`] after its last publish, and this sentinel's, which must
     /// have seen it silent for its timeout plus [`PROXY_FENCE_MARGIN`]. So neither a jump of
     /// this sentinel's clock nor an info it read leaving the store early (the store's clock
     /// jumping) can make a new primary writable while a proxy still routes to the old.

@@ -11,7 +11,7 @@ use stolon_cluster::{
     FollowConfig, Generation, InitMode, Keeper, KeeperInfo, KeeperStatus, KeeperUid, Lsn, PgState,
     ProxyInfo, ProxyUid, ShutdownCheckpoint, TimelineId, TimelineSwitch, ValidSpec,
 };
-use stolon_engine::fence::info_ttl;
+use stolon_engine::proxy::fence::info_ttl;
 use stolon_engine::sentinel::{self, Memory, Observations, StepOutput};
 use stolon_engine::Event;
 

@@ -1,4 +1,7 @@
-//! Where a proxy sends its clients.
+//! Where a proxy sends its clients, its fence without the store, and its control loop.
+
+pub mod fence;
+pub mod machine;
 
 use std::time::Duration;
 use stolon_cluster::{ClusterData, Db, DbRole, ProxyUid};
@@ -88,9 +91,9 @@ pub fn route(cd: &ClusterData, me: &ProxyUid) -> Route {
     }
 }
 
-/// A standby a read-only connection may go to.
+/// A server a connection may go to: the primary, or a standby for a read-only connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadTarget {
+pub struct Backend {
     pub db: String,
     pub address: String,
     pub port: u16,
@@ -107,14 +110,14 @@ pub fn read_only_targets(
     me: &ProxyUid,
     max_lag: u64,
     fallback_to_primary: bool,
-) -> Vec<ReadTarget> {
+) -> Vec<Backend> {
     let Route::To { db, address, port } = route(cd, me) else {
         return Vec::new();
     };
     let Some(master) = cd.proxied_db() else {
         return Vec::new();
     };
-    let standbys: Vec<ReadTarget> = cd
+    let standbys: Vec<Backend> = cd
         .dbs
         .values()
         .filter(|s| {
@@ -122,14 +125,14 @@ pub fn read_only_targets(
                 && !s.status.listen_address.is_empty()
                 && s.status.port != 0
         })
-        .map(|s| ReadTarget {
+        .map(|s| Backend {
             db: s.uid.to_string(),
             address: s.status.listen_address.clone(),
             port: s.status.port,
         })
         .collect();
     if standbys.is_empty() && fallback_to_primary {
-        return vec![ReadTarget { db, address, port }];
+        return vec![Backend { db, address, port }];
     }
     standbys
 }

@@ -2,7 +2,7 @@
 //! store, and which proxyTimeout it announces to the sentinels.
 //!
 //! A sentinel that stops hearing from a proxy takes it as fenced once the proxyTimeout its
-//! last info announced has passed (plus [`crate::sentinel::PROXY_FENCE_MARGIN`]), and then
+//! last info announced has passed (plus [`PROXY_FENCE_MARGIN`]), and then
 //! may promote a new primary. So the timeout a proxy enforces must never exceed one that a
 //! sentinel may still be counting on:
 //! - a lower timeout in the spec is enforced at once, from the check that reads it: fencing
@@ -14,16 +14,22 @@
 
 use std::time::Duration;
 
+/// How long after a proxy's proxyTimeout the sentinel takes it as fenced. The proxy counts
+/// its timeout from the start of the check whose info the sentinel saw after, so the margin
+/// only covers the proxy's fence timer (it looks every 100 ms) and closing its connections.
+/// It does not depend on sleepInterval: the sentinel wakes when the wait runs out.
+pub const PROXY_FENCE_MARGIN: Duration = Duration::from_secs(1);
+
 /// The timeout a proxy enforces before it has read any spec.
 pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a proxy's info stays in the store after it is published: the timeout it
-/// announces plus [`crate::sentinel::PROXY_FENCE_MARGIN`], rounded up to whole seconds
+/// announces plus [`PROXY_FENCE_MARGIN`], rounded up to whole seconds
 /// (stores count leases in seconds), and at least 3 s. By the store's clock, then, an
 /// expired info means the same as a sentinel seeing the proxy silent past its timeout plus
 /// the margin by its own; a sentinel waits for both.
 pub fn info_ttl(timeout: Duration) -> Duration {
-    let ttl = timeout + crate::sentinel::PROXY_FENCE_MARGIN;
+    let ttl = timeout + PROXY_FENCE_MARGIN;
     let whole = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     Duration::from_secs(whole.max(3))
 }
