@@ -2,6 +2,8 @@
 //! proxy handshake, standbys.
 
 mod common;
+#[path = "sentinel/machine.rs"]
+mod machine;
 
 use common::*;
 use std::collections::BTreeSet;
@@ -759,6 +761,37 @@ fn a_proxy_whose_info_expired_early_is_waited_for_until_the_sentinel_saw_it_sile
 
     waits_for_proxy(&mut w, &candidate, "p2", last_change + secs(11));
     let out = w.step_at(last_change + secs(11) + ms(1));
+    assert!(has(&out.events, "proxies fenced: promoting db"));
+    assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Master);
+}
+
+#[test]
+fn a_proxy_gone_when_the_sentinel_looks_again_after_a_gap_is_waited_for_a_timeout_from_then() {
+    let mut w = World::normal(&["k0", "k1", "k2"], &["p1", "p2"]);
+    w.step_after(secs(1));
+    let t0 = w.now;
+    let old = w.master_uid();
+    let k = w.keeper_of(&old);
+    w.keeper(&k).alive = false;
+    // The sentinel is stuck in store requests for 7 s, past p2's timeout (3 s) and its
+    // check cadence. p2 went on routing and publishing meanwhile; its last info, sent just
+    // before the sentinel looks again, left the store at once (the store's clock jumped).
+    // By the sentinel's clock p2 has been silent since t0, but it did not look: it cannot
+    // vouch for that silence, and p2 may route to the old primary for a timeout from now.
+    w.proxy("p2").alive = false;
+    w.proxy("p2").present = false;
+    let looked_again = t0 + secs(7);
+    let out = w.step_at(looked_again);
+    assert!(has(&out.events, "electing db as the new master"));
+    let candidate = w.master_uid();
+
+    waits_for_proxy(
+        &mut w,
+        &candidate,
+        "p2",
+        looked_again + secs(3) + PROXY_FENCE_MARGIN,
+    );
+    let out = w.step_after(secs(1));
     assert!(has(&out.events, "proxies fenced: promoting db"));
     assert_eq!(out.data.dbs[&candidate].spec.role, DbRole::Master);
 }

@@ -4,6 +4,8 @@
 //! change in the store (or every sleep interval), reads the cluster data and the keepers'
 //! and proxies' infos, asks the engine's planner ([`stolon_engine::sentinel::step`]) for the
 //! next cluster data, and writes it with compare-and-swap against the revision it read.
+//! The engine's sentinel machine ([`stolon_engine::sentinel::machine`]) decides all of
+//! that; this crate takes part in the election and carries out the machine's requests.
 
 pub mod cli;
 
@@ -11,22 +13,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use stolon_cluster::{
-    ClusterData, ClusterSpec, ClusterUid, KeeperInfo, ProxyInfo, SentinelInfo, SentinelUid,
-};
+use stolon_cluster::{ClusterSpec, KeeperInfo, ProxyInfo, SentinelUid};
 use stolon_daemon::metrics::{unix_seconds, Exposition};
-use stolon_engine::sentinel::{step, Memory, Observations};
-use stolon_engine::{Event, Level};
+use stolon_engine::sentinel::machine::{Input, Note, ReadOutcome, Request, SentinelMachine};
+use stolon_engine::{ClusterView, Level};
 use stolon_store::{ChangeWaiter, Expect, InfoKind, Store, StoreError, WatchScope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long a leader keeps its leadership without renewing it.
 pub const LEADER_TTL: Duration = Duration::from_secs(5);
-/// Until the cluster data says otherwise.
-const DEFAULT_SLEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Store changes arrive in bursts (every component publishes): gather them.
-const DEBOUNCE: Duration = Duration::from_millis(50);
 
 pub struct SentinelConfig {
     pub uid: SentinelUid,
@@ -101,60 +97,132 @@ pub async fn run(
         term.clone(),
         shutdown.clone(),
     ));
-    let mut sentinel = Sentinel {
-        config,
-        store,
-        term,
-        memory: Memory::default(),
-        memory_term: 0,
-        events: EventLog::default(),
-        started: Instant::now(),
-        info_published: None,
-        wake_at: None,
-    };
-    let mut sleep_interval = DEFAULT_SLEEP_INTERVAL;
+    let mut machine = SentinelMachine::new(
+        config.uid.clone(),
+        config.initial_spec.clone(),
+        stolon_daemon::random_seed(),
+    );
+    let store = store.as_ref();
+    let origin = Instant::now();
     let mut changes = ChangeWaiter::new(WatchScope::Everything);
-    while !shutdown.is_cancelled() {
-        match sentinel.check().await {
-            Ok(Some(interval)) => {
-                sentinel.term.check_succeeded();
-                sleep_interval = interval;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cluster check failed"),
+    // The last store error, told with the machine's note on the failed check.
+    let mut failure: Option<StoreError> = None;
+    let mut step = machine.start();
+    loop {
+        for note in &step.notes {
+            tell(note, &term, failure.as_ref());
         }
-        let store = sentinel.store.clone();
-        // A deadline the planner named (a failInterval falling due) comes before the
-        // fallback poll.
-        let wait = sentinel.wake_at.take().map_or(sleep_interval, |at| {
-            at.saturating_sub(sentinel.started.elapsed())
-                .min(sleep_interval)
-        });
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = changes.wait(store.as_ref(), wait) => {
-                if changed {
-                    tokio::time::sleep(DEBOUNCE).await;
+        let input = match step.request {
+            Request::ReadClusterData => {
+                Input::Read(match stolon_store::read_cluster_data(store).await {
+                    Ok(Some(read)) => ReadOutcome::Data {
+                        view: Arc::new(ClusterView {
+                            data: read.data,
+                            spec: read.spec,
+                        }),
+                        revision: read.revision,
+                    },
+                    Ok(None) => ReadOutcome::NoData,
+                    Err(e) => {
+                        failure = Some(e);
+                        ReadOutcome::Failed
+                    }
+                })
+            }
+            Request::WriteInitial(cd) => {
+                let written = store.put_cluster_data(cd.encode(), Expect::Absent).await;
+                Input::Written {
+                    succeeded: written_or_conflict(written.map(|_| ()), &mut failure),
                 }
             }
-        }
+            Request::Publish { info, ttl } => {
+                let published = stolon_store::publish_info(
+                    store,
+                    InfoKind::Sentinel,
+                    info.uid.as_str(),
+                    &info,
+                    ttl,
+                )
+                .await;
+                let succeeded = published.is_ok();
+                failure = published.err();
+                Input::Published { succeeded }
+            }
+            Request::ReadInfos => Input::Infos(read_infos(store, &mut failure).await),
+            Request::Write { data, revision } => {
+                let written = store
+                    .put_cluster_data(data.encode(), Expect::Revision(revision))
+                    .await;
+                Input::Written {
+                    succeeded: written_or_conflict(written.map(|_| ()), &mut failure),
+                }
+            }
+            Request::Sleep { max, debounce } => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = changes.wait(store, max) => {
+                        if changed {
+                            tokio::time::sleep(debounce).await;
+                        }
+                    }
+                }
+                Input::Woken
+            }
+        };
+        step = machine.handle(origin.elapsed(), term.current(), input);
     }
     election.abort();
     Ok(())
 }
 
-struct Sentinel {
-    config: SentinelConfig,
-    store: Arc<dyn Store>,
-    term: Arc<LeaderTerm>,
-    memory: Memory,
-    /// The leadership term `memory` belongs to.
-    memory_term: u64,
-    events: EventLog,
-    started: Instant,
-    info_published: Option<Instant>,
-    /// When the planner asked to be run again, on the `started` clock.
-    wake_at: Option<Duration>,
+/// A write's outcome: a conflict means the cluster data changed meanwhile, which the next
+/// check reads and recomputes from.
+fn written_or_conflict(written: Result<(), StoreError>, failure: &mut Option<StoreError>) -> bool {
+    match written {
+        Ok(()) => true,
+        Err(StoreError::Conflict) => {
+            tracing::debug!("cluster data changed meanwhile; recomputing");
+            true
+        }
+        Err(e) => {
+            *failure = Some(e);
+            false
+        }
+    }
+}
+
+async fn read_infos(
+    store: &dyn Store,
+    failure: &mut Option<StoreError>,
+) -> Option<(Vec<KeeperInfo>, Vec<ProxyInfo>)> {
+    let read = async {
+        let keepers = stolon_store::read_infos(store, InfoKind::Keeper).await?;
+        let proxies = stolon_store::read_infos(store, InfoKind::Proxy).await?;
+        Ok::<_, StoreError>((keepers, proxies))
+    };
+    match read.await {
+        Ok(infos) => Some(infos),
+        Err(e) => {
+            *failure = Some(e);
+            None
+        }
+    }
+}
+
+/// One line per decision of the machine.
+fn tell(note: &Note, term: &LeaderTerm, failure: Option<&StoreError>) {
+    match note {
+        Note::Planner(event) => match event.level {
+            Level::Info => tracing::info!("{event}"),
+            Level::Warn => tracing::warn!("{event}"),
+        },
+        Note::WritingInitialClusterData | Note::WaitingForClusterData => tracing::info!("{note}"),
+        Note::CheckSucceeded => term.check_succeeded(),
+        Note::CheckFailed => match failure {
+            Some(e) => tracing::warn!(error = %e, "{note}"),
+            None => tracing::warn!("{note}"),
+        },
+    }
 }
 
 async fn election_loop(
@@ -192,106 +260,5 @@ async fn election_loop(
                 }
             }
         }
-    }
-}
-
-impl Sentinel {
-    /// One round. Returns the sleep interval of the cluster spec, when there is cluster data.
-    async fn check(&mut self) -> Result<Option<Duration>, StoreError> {
-        let store = self.store.as_ref();
-        let Some(read) = stolon_store::read_cluster_data(store).await? else {
-            if let Some(spec) = &self.config.initial_spec {
-                tracing::info!("writing initial cluster data");
-                let cd =
-                    ClusterData::new(ClusterUid::new(stolon_daemon::random_uid()), spec.clone());
-                match store.put_cluster_data(cd.encode(), Expect::Absent).await {
-                    Ok(_) | Err(StoreError::Conflict) => {}
-                    Err(e) => return Err(e),
-                }
-            } else {
-                tracing::info!(
-                    "no cluster data available, waiting for it to appear (stolonctl init)"
-                );
-            }
-            return Ok(None);
-        };
-        let interval = read.spec.sleep_interval;
-        // Publishing wakes every watcher, us included: once per interval is enough.
-        if self
-            .info_published
-            .is_none_or(|at| at.elapsed() >= interval)
-        {
-            stolon_store::publish_info(
-                store,
-                InfoKind::Sentinel,
-                self.config.uid.as_str(),
-                &SentinelInfo {
-                    uid: self.config.uid.clone(),
-                },
-                (2 * interval).max(Duration::from_secs(3)),
-            )
-            .await?;
-            self.info_published = Some(Instant::now());
-        }
-        let current_term = self.term.current();
-        if current_term == 0 {
-            return Ok(Some(interval));
-        }
-        if current_term != self.memory_term {
-            // A new term: what an earlier term remembered may be stale.
-            self.memory = Memory::default();
-            self.memory_term = current_term;
-        }
-        let keepers: Vec<KeeperInfo> = stolon_store::read_infos(store, InfoKind::Keeper).await?;
-        let proxies: Vec<ProxyInfo> = stolon_store::read_infos(store, InfoKind::Proxy).await?;
-        let out = step(
-            self.started.elapsed(),
-            &read.data,
-            &read.spec,
-            Observations {
-                keepers: &keepers,
-                proxies: &proxies,
-            },
-            &mut self.memory,
-            rand::random(),
-        );
-        self.events.log(out.events);
-        self.wake_at = out.wake_at;
-        // Leadership may have been lost while we computed: a deposed leader must not write.
-        if out.data != read.data && self.term.current() == current_term {
-            match store
-                .put_cluster_data(out.data.encode(), Expect::Revision(read.revision))
-                .await
-            {
-                Ok(_) => {}
-                Err(StoreError::Conflict) => {
-                    tracing::debug!("cluster data changed meanwhile; recomputing")
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Some(interval))
-    }
-}
-
-/// Logs the engine's events, one line each, skipping those already logged in the previous
-/// round so that a steady state does not repeat itself every loop.
-#[derive(Default)]
-pub struct EventLog {
-    previous: Vec<Event>,
-}
-
-impl EventLog {
-    pub fn log(&mut self, events: Vec<Event>) {
-        for event in &events {
-            if self.previous.contains(event) {
-                continue;
-            }
-            match event.level {
-                Level::Info => tracing::info!("{event}"),
-                Level::Warn => tracing::warn!("{event}"),
-            }
-        }
-        self.previous = events;
     }
 }

@@ -47,7 +47,7 @@ impl World {
     pub(crate) fn jump_clock(&mut self, node: Node, by: Duration) {
         *self.clocks.ahead.entry(node).or_default() += by;
         match node {
-            Node::Sentinel(s) => self.wake_sentinel(s, Duration::from_millis(1)),
+            Node::Sentinel(s) => self.sentinel_clock_jumped(s),
             Node::Proxy(p) => self.schedule_fence_check(p),
             // Its store-loss watchdog looks every 200 ms.
             Node::Keeper(_) => {}

@@ -5,7 +5,6 @@
 use crate::net::Node;
 use crate::world::{Ev, World};
 use std::time::Duration;
-use stolon_engine::sentinel::Memory;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -133,13 +132,7 @@ impl World {
             Fault::Isolate(k) => self.isolate(k, true),
             Fault::LinkCut(a, b) => self.net.cut_link(a, b, true),
             Fault::SlowDisk(k) => self.keepers[k].slow = true,
-            Fault::SentinelCrash(s) => {
-                let sentinel = &mut self.sentinels[s];
-                sentinel.alive = false;
-                sentinel.term = 0;
-                sentinel.memory = Memory::default();
-                sentinel.next_tick = None;
-            }
+            Fault::SentinelCrash(s) => self.crash_sentinel(s),
             Fault::ProxyCrash(p) => self.crash_proxy(p),
             Fault::PromoteFails(k) => self.keepers[k].promote_fails = true,
             Fault::ClockJump(node, by) => self.jump_clock(node, by),
@@ -160,12 +153,7 @@ impl World {
             Fault::Isolate(k) => self.isolate(k, false),
             Fault::LinkCut(a, b) => self.net.cut_link(a, b, false),
             Fault::SlowDisk(k) => self.keepers[k].slow = false,
-            Fault::SentinelCrash(s) => {
-                if !self.sentinels[s].alive {
-                    self.sentinels[s].alive = true;
-                    self.wake_sentinel(s, Duration::ZERO);
-                }
-            }
+            Fault::SentinelCrash(s) => self.restart_sentinel(s),
             Fault::ProxyCrash(p) => self.restart_proxy(p),
         }
     }

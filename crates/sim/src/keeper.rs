@@ -290,11 +290,7 @@ impl World {
 
     fn keeper_publish(&mut self, k: usize, publication: Publication) {
         let incarnation = self.keepers[k].incarnation;
-        let delivery = if self.net.reaches_store(Node::Keeper(k)) {
-            self.deliver()
-        } else {
-            Delivery::Lost
-        };
+        let delivery = self.deliver_from(Node::Keeper(k));
         if let Delivery::Applied(_) = delivery {
             let expires = self.store_clock() + publication.ttl;
             self.store.put_keeper_info(publication.info, expires);

@@ -181,11 +181,7 @@ impl World {
                 },
                 Request::Publish { info, ttl } => {
                     self.proxies[p].waiting = Waiting::Publishing;
-                    let delivery = if self.net.reaches_store(Node::Proxy(p)) {
-                        self.deliver()
-                    } else {
-                        Delivery::Lost
-                    };
+                    let delivery = self.deliver_from(Node::Proxy(p));
                     if delivery != Delivery::Lost {
                         self.store.put_proxy_info(info, self.store_clock() + ttl);
                         self.wake_sentinels();

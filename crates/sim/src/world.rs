@@ -15,6 +15,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 use stolon_cluster::{ClusterData, ClusterSpec, ClusterUid};
+use stolon_engine::sentinel::machine::Input;
+
+/// How long after a write of the cluster data its watchers hear of it.
+const WATCH_DELAY: Duration = Duration::from_millis(50);
 
 /// What one run simulates.
 #[derive(Debug, Clone)]
@@ -78,12 +82,25 @@ pub(crate) enum Delivery {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Ev {
+    /// A sentinel process starts (its incarnation).
+    SentinelStart(usize, u64),
     SentinelTick(usize),
+    /// A sentinel campaigns for leadership, or renews its lease.
+    SentinelCampaign(usize, u64),
+    /// The store's answer to a sentinel's request.
+    SentinelAnswer {
+        sentinel: usize,
+        incarnation: u64,
+        input: Box<Input<u64>>,
+    },
+    /// A leader's write arrives at the store.
     SentinelWrite {
         sentinel: usize,
-        term: u64,
+        incarnation: u64,
         data: Box<ClusterData>,
         expect: u64,
+        /// When it was sent (true time): without an answer it times out from then.
+        sent: Duration,
     },
     /// A keeper process starts (its incarnation).
     KeeperStart(usize, u64),
@@ -187,12 +204,7 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
         seq: 0,
         store: Store::with_cluster_data(cd),
         keepers: Vec::new(),
-        sentinels: (0..config.sentinels)
-            .map(|_| SentinelSim {
-                alive: true,
-                ..SentinelSim::default()
-            })
-            .collect(),
+        sentinels: Vec::new(),
         proxies: Vec::new(),
         net: Net::default(),
         clocks: Clocks::default(),
@@ -212,6 +224,9 @@ pub fn run(seed: u64, config: &Config) -> Outcome {
     };
     world.keepers = (0..config.keepers)
         .map(|k| KeeperSim::new(k, world.rng.next_u64()))
+        .collect();
+    world.sentinels = (0..config.sentinels)
+        .map(|s| SentinelSim::new(s, world.rng.next_u64()))
         .collect();
     world.proxies = (0..config.proxies)
         .map(|p| ProxySim::new(p, world.rng.next_u64()))
@@ -254,7 +269,7 @@ impl World {
         }
         for i in 0..self.sentinels.len() {
             let after = self.jitter(0, 1000);
-            self.wake_sentinel(i, after);
+            self.start_sentinel(i, after);
         }
         for i in 0..self.proxies.len() {
             let after = self.jitter(0, 1000);
@@ -264,6 +279,33 @@ impl World {
         self.schedule(Duration::from_secs(1), Ev::ClientWrite);
         self.plan_faults();
         self.schedule_at(self.faults_end, Ev::Settle);
+    }
+
+    /// A request to the store from `node`: lost when it cannot reach the store, otherwise
+    /// [`World::deliver`].
+    pub(crate) fn deliver_from(&mut self, node: Node) -> Delivery {
+        if self.net.reaches_store(node) {
+            self.deliver()
+        } else {
+            Delivery::Lost
+        }
+    }
+
+    /// The watch tells every keeper and proxy that the cluster data changed, now and then
+    /// late.
+    pub(crate) fn watch_cluster_data(&mut self) {
+        let watchers = (0..self.keepers.len())
+            .map(Ev::KeeperWatch)
+            .chain((0..self.proxies.len()).map(Ev::ProxyWatch))
+            .collect::<Vec<_>>();
+        for ev in watchers {
+            let late = if self.rng.chance(5) {
+                self.jitter(0, 2000)
+            } else {
+                Duration::ZERO
+            };
+            self.schedule(WATCH_DELAY + late, ev);
+        }
     }
 
     /// A request to the store from a node that reaches it: during the fault window now and
@@ -322,13 +364,24 @@ impl World {
 
     fn handle(&mut self, ev: Ev) {
         match ev {
+            Ev::SentinelStart(s, incarnation) => self.sentinel_start(s, incarnation, &ev),
             Ev::SentinelTick(s) => self.sentinel_tick(s),
+            Ev::SentinelCampaign(s, incarnation) => self.sentinel_campaign(s, incarnation, &ev),
+            Ev::SentinelAnswer {
+                sentinel,
+                incarnation,
+                ref input,
+            } => {
+                let input = (**input).clone();
+                self.sentinel_answer(sentinel, incarnation, input, &ev)
+            }
             Ev::SentinelWrite {
                 sentinel,
-                term,
+                incarnation,
                 data,
                 expect,
-            } => self.sentinel_write(sentinel, term, *data, expect),
+                sent,
+            } => self.sentinel_write_arrives(sentinel, incarnation, *data, expect, sent),
             Ev::KeeperStart(k, incarnation) => self.keeper_start(k, incarnation, &ev),
             Ev::KeeperTick(k) => self.keeper_tick(k),
             Ev::KeeperActed(k, incarnation) => self.keeper_acted(k, incarnation, &ev),

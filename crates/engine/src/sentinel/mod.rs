@@ -24,6 +24,7 @@ mod bootstrap;
 mod clocks;
 mod failover;
 mod generations;
+pub mod machine;
 mod paused;
 mod standby_leader;
 mod standbys;
@@ -92,6 +93,8 @@ pub struct Memory {
     switchover: Option<SwitchoverClock>,
     /// This leader's first step.
     leading_since: Option<Duration>,
+    /// This leader's last step: when it last read the proxies' infos.
+    last_step: Option<Duration>,
 }
 
 /// When this leader first saw the switchover in progress, and when every proxy held.
@@ -383,9 +386,28 @@ impl Planner<'_> {
     /// Remembers the proxies that may still be routing (see [`Self::live_proxies`]): every
     /// one whose info is in the store, and one whose info has left it until this sentinel
     /// has also seen it silent past its timeout.
+    ///
+    /// This sentinel's clock only witnesses a silence it watched: proxies publish every check
+    /// and their publishes wake the sentinel, so it normally sees each info. After a gap in
+    /// its steps longer than a check cadence (it was stuck in a store request, say), a proxy
+    /// whose info is gone may have published infos it never saw, which a store whose clock
+    /// jumped dropped at once: its silence counts from now.
     fn observe_proxies(&mut self, proxies: &[ProxyInfo]) {
         let now = self.now;
         let present: BTreeSet<&ProxyUid> = proxies.iter().map(|p| &p.uid).collect();
+        let watched = self.spec.proxy_check_cadence() + PROXY_FENCE_MARGIN;
+        let gap = self
+            .memory
+            .last_step
+            .replace(now)
+            .is_some_and(|last| now.saturating_sub(last) > watched);
+        if gap {
+            for (uid, seen) in &mut self.memory.proxies {
+                if !present.contains(uid) {
+                    seen.changed_at = seen.changed_at.max(now);
+                }
+            }
+        }
         self.memory
             .proxies
             .retain(|uid, seen| present.contains(uid) || !seen.silent_past_timeout(now));
