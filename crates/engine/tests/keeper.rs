@@ -8,7 +8,7 @@ mod machine;
 use common::CdBuilder;
 use stolon_cluster::{ClusterData, Db, DbRole, DbUid, Generation, InitMode, KeeperUid};
 use stolon_engine::keeper::{
-    followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
+    self, followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
     LocalDb,
 };
 
@@ -957,6 +957,44 @@ fn followed_endpoint_table() {
     for (name, cd, db, want) in cases {
         assert_eq!(followed_endpoint(cd, &db), want, "{name}");
     }
+}
+
+#[test]
+fn a_standby_streams_from_the_db_it_follows_or_where_it_streams_while_that_is_unknown() {
+    let cd = standby(InitMode::None);
+    let me = cd.dbs[&DbUid::new("db-1")].clone();
+    let elsewhere = Endpoint {
+        host: "k9.example".into(),
+        port: 5433,
+    };
+    assert_eq!(keeper::upstream(&cd, &me, true, None), Some(upstream()));
+    assert_eq!(
+        keeper::upstream(&cd, &me, true, Some(&elsewhere)),
+        Some(upstream()),
+        "the followed db's address wins"
+    );
+    let mut unknown = cd.clone();
+    unknown.dbs.remove(&DbUid::new("db-2"));
+    assert_eq!(
+        keeper::upstream(&unknown, &me, true, Some(&elsewhere)),
+        Some(elsewhere.clone()),
+        "kept while the followed db's address is unknown"
+    );
+    assert_eq!(keeper::upstream(&unknown, &me, true, None), None);
+    assert_eq!(
+        keeper::upstream(&cd, &me, false, Some(&elsewhere)),
+        None,
+        "out of recovery: streams from no one"
+    );
+    let mut leader = me.clone();
+    leader.spec.follow_config = Some(stolon_cluster::FollowConfig::Remote {
+        remote: Default::default(),
+    });
+    assert_eq!(
+        keeper::upstream(&cd, &leader, true, Some(&elsewhere)),
+        None,
+        "a standby leader follows the remote its spec names"
+    );
 }
 
 #[test]

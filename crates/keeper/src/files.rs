@@ -5,7 +5,7 @@
 use crate::{upstream_of, Keeper, SOCKET_DIR};
 use anyhow::Context;
 use stolon_cluster::{ClusterData, Db, DbRole, SuReplAccessMode};
-use stolon_engine::keeper::{followed_endpoint, slot_name, synchronous_standby_names, Endpoint};
+use stolon_engine::keeper::{slot_name, synchronous_standby_names, upstream, Endpoint};
 use stolon_pg::conf::{
     render_pg_hba, render_postgresql_conf, ConfInput, HbaUsers, RemoteSource, StandbySettings,
     SuReplSources, WalSource,
@@ -28,9 +28,7 @@ impl Keeper {
             .as_ref()
             .and_then(|f| f.remote())
             .filter(|_| in_recovery);
-        let follow = (in_recovery && remote.is_none())
-            .then(|| followed_endpoint(cd, db).or_else(|| following.cloned()))
-            .flatten();
+        let follow = upstream(cd, db, in_recovery, following);
         let app_name = slot_name(&db.uid);
         let passfile = self.pg.replication_passfile();
         let passfile = passfile.to_string_lossy();

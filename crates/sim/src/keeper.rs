@@ -15,7 +15,7 @@ use stolon_engine::keeper::machine::{
 };
 use stolon_engine::keeper::report::{Observation, Probe};
 use stolon_engine::keeper::{
-    followed_endpoint, slot_name, synchronous_standby_names, Action, Endpoint, Instance, LocalDb,
+    slot_name, synchronous_standby_names, upstream, Action, Endpoint, Instance, LocalDb,
 };
 use stolon_engine::store_loss::Enforce;
 use stolon_engine::ClusterView;
@@ -443,8 +443,8 @@ impl World {
         Ok(())
     }
 
-    /// What the configuration files would say if written now (the parts of the keeper's
-    /// rendered `postgresql.conf` the simulated instance models).
+    /// What the configuration files would say if written now: the parts of the keeper's
+    /// `postgresql.conf` the simulated instance models, chosen by the engine's rules.
     fn desired_config(&self, k: usize) -> Config {
         let keeper = &self.keepers[k];
         let Some(view) = keeper.view() else {
@@ -453,17 +453,10 @@ impl World {
         let Some(db) = keeper.db(&view.data) else {
             return keeper.pg.config.clone();
         };
-        let upstream = keeper
-            .pg
-            .standby_signal
-            .then(|| {
-                followed_endpoint(&view.data, db)
-                    .and_then(|e| keeper_at(&e.host))
-                    .or(keeper.pg.config.upstream)
-            })
-            .flatten();
+        let following = keeper.pg.config.upstream.map(endpoint);
+        let streams_from = upstream(&view.data, db, keeper.pg.standby_signal, following.as_ref());
         Config {
-            upstream,
+            upstream: streams_from.and_then(|e| keeper_at(&e.host)),
             synchronous: synchronous_standby_names(db, keeper.pg.standby_signal),
         }
     }

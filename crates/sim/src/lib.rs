@@ -1,10 +1,12 @@
 //! Deterministic simulation of a whole stolon-rs cluster.
 //!
-//! Every component runs its real decision code from `stolon-engine`: the sentinels
-//! `sentinel::step`, the keepers `keeper::next_action`, the store-loss fence and the
-//! `/primary` answer (`health::answer`), the proxies `proxy::route` and `ProxyFence`. What
-//! is simulated is everything around it: the store (linearizable compare-and-swap,
-//! expiring infos, the leader lease), PostgreSQL (a WAL of transactions, timelines,
+//! Every component runs the state machine its daemon runs, from `stolon-engine`: the
+//! sentinels `sentinel::machine` (the planner inside), the keepers `keeper::machine` (the
+//! reconciler, the store-loss fence, the failed-start backoff, the sync gate) and their
+//! `/primary` answer (`health::answer`), the proxies `proxy::machine` (routing, the gate and
+//! its sessions, the fence). What is simulated is only what lies outside the programs, and
+//! the IO between: the store (linearizable compare-and-swap, expiring infos, the leader
+//! lease and the election its client runs), PostgreSQL (a WAL of transactions, timelines,
 //! streaming, synchronous commit, promotion, base backups), clients writing through the
 //! proxies, the network, and the clocks. One seeded generator draws every delay and every
 //! fault, and events run in virtual time, so a seed replays exactly.

@@ -123,6 +123,22 @@ pub fn followed_endpoint(cd: &ClusterData, db: &Db) -> Option<Endpoint> {
         })
 }
 
+/// Where a db's configuration makes its instance stream from: the db it follows, or, while
+/// that one's address is unknown, where it streams from now (`following`). Nowhere for an
+/// instance that is not in recovery, nor for a standby cluster's standby leader, which
+/// follows the remote its spec names.
+pub fn upstream(
+    cd: &ClusterData,
+    db: &Db,
+    in_recovery: bool,
+    following: Option<&Endpoint>,
+) -> Option<Endpoint> {
+    if !in_recovery || db.spec.follows_remote() {
+        return None;
+    }
+    followed_endpoint(cd, db).or_else(|| following.cloned())
+}
+
 fn followed_system_id<'a>(cd: &'a ClusterData, db: &Db) -> Option<&'a str> {
     let followed = cd.dbs.get(db.spec.follow_config.as_ref()?.followed_db()?)?;
     Some(followed.status.system_id.as_str()).filter(|id| !id.is_empty())
