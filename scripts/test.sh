@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, property and integration tests (real etcd, kube-apiserver
-# and PostgreSQL processes on 127.0.0.1, and the partition tests on network namespaces of
-# their own, which need root), then the seed's walkthrough on a real single-node
+# Runs the whole test suite: first the rules the code must follow (rustfmt, clippy with
+# warnings denied and the engine's clock ban, rustdoc with warnings denied), then unit,
+# property and integration tests (real etcd, kube-apiserver and PostgreSQL processes on
+# 127.0.0.1, and the partition tests on network namespaces of their own, which need
+# root), then the seed's walkthrough on a real single-node
 # Kubernetes with the Helm chart and the image (scripts/e2e-k8s.sh on scripts/k8s-node.sh),
 # and the deterministic simulation over its budget of seeds (crates/sim), alone on the CPU.
 # Installs and builds what is missing first (scripts/setup.sh, once per machine).
@@ -10,6 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+
+# The rules first: a failure here stops the run (fix it, then run again).
+echo "test: rules: cargo fmt --check, clippy -D warnings, rustdoc -D warnings"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked --quiet
+
 # The integration tests start the daemons' binaries: build them first.
 cargo build --bins --locked
 

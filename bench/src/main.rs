@@ -1,14 +1,17 @@
-//! Prints measured figures for the targets of DESIGN.md §6, on real etcd, PostgreSQL and
-//! stolon-rs processes on 127.0.0.1. Nothing here asserts a time.
+//! Prints measured figures for the speed targets (failover, switchover, the proxy, the
+//! simulation), on real etcd, PostgreSQL and stolon-rs processes on 127.0.0.1. Nothing here
+//! asserts a time.
 //!
 //! Usage (after `cargo build --release --bins`), with `--store kubernetes` anywhere to run the
 //! clusters of failover, switchover, soak and idle on a real kube-apiserver (default etcdv3):
+//! ```text
 //!   target/release/stolon-bench failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]
 //!   target/release/stolon-bench switchover [RUNS] [async|sync]
 //!   target/release/stolon-bench all [RUNS]
 //!   target/release/stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]
 //!   target/release/stolon-bench proxy [SECONDS] [ROUNDS]
 //!   target/release/stolon-bench idle [SECONDS]
+//! ```
 //! `failover` runs at sleepInterval 1s unless SLEEP_INTERVAL says otherwise. `all` measures
 //! failover at failInterval 10s and 3s in both modes, then at failInterval 3s under the
 //! default sleepInterval of 5s (keepers heartbeat three times per failInterval), then
@@ -542,6 +545,7 @@ fn print_api_request_rates(
 }
 
 /// CPU time (user and system, all threads) a process has used so far, in seconds.
+#[allow(unsafe_code)]
 fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name, which is in parentheses and may hold spaces.

@@ -427,7 +427,7 @@ const HEARTBEATS_PER_TIMEOUT: u32 = 3;
 
 impl ValidSpec {
     /// How often a keeper publishes its info: every sleepInterval, and at least
-    /// [`HEARTBEATS_PER_TIMEOUT`] times per failInterval, so that a failInterval shorter than
+    /// `HEARTBEATS_PER_TIMEOUT` (3) times per failInterval, so that a failInterval shorter than
     /// sleepInterval never fails a live keeper between two of its heartbeats.
     pub fn keeper_heartbeat(&self) -> Duration {
         self.sleep_interval
@@ -435,7 +435,7 @@ impl ValidSpec {
     }
 
     /// How often a proxy checks the store (and so publishes its info): every
-    /// proxyCheckInterval, and at least [`HEARTBEATS_PER_TIMEOUT`] times per proxyTimeout, so
+    /// proxyCheckInterval, and at least `HEARTBEATS_PER_TIMEOUT` (3) times per proxyTimeout, so
     /// that one slow check does not fence a proxy whose check interval is close to its
     /// timeout.
     pub fn proxy_check_cadence(&self) -> Duration {

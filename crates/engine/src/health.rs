@@ -62,7 +62,7 @@ impl Answer {
     }
 }
 
-pub fn answer(check: Check, facts: &Facts) -> Answer {
+pub fn answer(check: Check, facts: &Facts<'_>) -> Answer {
     const FENCED: &str =
         "fenced: this keeper could not store its info for too long, the cluster may have moved on";
     let Some(in_recovery) = facts.in_recovery else {

@@ -474,7 +474,7 @@ fn diff(a: &ClusterData, b: &ClusterData) -> Vec<String> {
     fn walk(path: String, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
         match (a, b) {
             (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
                     let null = serde_json::Value::Null;
                     let (va, vb) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));

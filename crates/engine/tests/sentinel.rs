@@ -1590,7 +1590,7 @@ struct ResyncCase {
     name: &'static str,
     spec: &'static str,
     /// How long the resync db may take; None: as long as it takes.
-    fails_after: Option<std::time::Duration>,
+    fails_after: Option<Duration>,
 }
 
 /// k1 gets a resync db it never reports; k2 is free and gets a db only once k1's is failed

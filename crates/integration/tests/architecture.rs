@@ -133,3 +133,55 @@ fn workspace_dependencies_follow_the_architecture() {
         violations.join("\n")
     );
 }
+
+/// Runs clippy, warnings denied as CI runs it, on a one-file crate that has the engine's
+/// `clippy.toml` beside its manifest, as the engine has; returns whether it passed, and
+/// what clippy said.
+fn clippy_with_the_engines_rules(lib: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine");
+    std::fs::copy(engine.join("clippy.toml"), dir.path().join("clippy.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"engine-rules\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/lib.rs"), lib).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["clippy", "--offline", "--quiet", "--", "-D", "warnings"])
+        .current_dir(dir.path())
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .output()
+        .expect("running cargo clippy");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_clock_read_or_a_sleep_in_the_engine_fails_the_build() {
+    let (passed, said) = clippy_with_the_engines_rules(
+        "//! Decisions.\n\n/// A pure decision.\npub fn later(now: std::time::Duration) -> std::time::Duration {\n    now * 2\n}\n",
+    );
+    assert!(passed, "time taken as an argument is fine:\n{said}");
+    for clock in [
+        "std::time::Instant::now().elapsed()",
+        "std::time::SystemTime::now().elapsed().unwrap_or_default()",
+    ] {
+        let (passed, said) = clippy_with_the_engines_rules(&format!(
+            "//! Decisions.\n\n/// Reads the clock.\npub fn elapsed() -> std::time::Duration {{\n    {clock}\n}}\n"
+        ));
+        assert!(!passed, "{clock} passed clippy");
+        assert!(
+            said.contains("disallowed") && said.contains("the engine takes time as an argument"),
+            "{clock}: {said}"
+        );
+    }
+    let (passed, said) = clippy_with_the_engines_rules(
+        "//! Decisions.\n\n/// Waits.\npub fn wait() {\n    std::thread::sleep(std::time::Duration::from_millis(1));\n}\n",
+    );
+    assert!(!passed && said.contains("the engine never waits"), "{said}");
+}

@@ -238,8 +238,8 @@ async fn store_loss_ignore_keeps_postgres_running() {
 async fn a_slow_initdb_is_not_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let slow = stolon_testkit::slow_pg_bin_dir(dir.path(), "initdb", Duration::from_secs(4));
-    let cluster = stolon_testkit::ClusterBuilder::new()
-        .keeper(stolon_testkit::KeeperOptions {
+    let cluster = ClusterBuilder::new()
+        .keeper(KeeperOptions {
             pg_bin_dir: Some(slow),
             ..Default::default()
         })

@@ -15,6 +15,8 @@ mod control;
 mod metrics;
 mod relays;
 mod session;
+// The only unsafe code of stolon-rs: the kernel's socket options, epoll and BPF interfaces.
+#[allow(unsafe_code)]
 mod splice;
 
 use metrics::Counters;

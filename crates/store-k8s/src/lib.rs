@@ -8,8 +8,8 @@
 //!   annotation `stolon-status`, `renewTime` and `leaseDurationSeconds` saying until when it
 //!   counts; owned by the component's pod when `POD_NAME` names one, so that it goes with it.
 //!   Unlike Stolon's pod annotations, an info expires when its component stops renewing it.
-//! - The sentinels' election: a Lease of its own ([`election`]).
-//! - Watches of the ConfigMap and the Leases wake the daemons as etcd's do ([`watch`]).
+//! - The sentinels' election: a Lease of its own (`election`).
+//! - Watches of the ConfigMap and the Leases wake the daemons as etcd's do (`watch`).
 
 mod client;
 mod election;

@@ -303,7 +303,7 @@ pub(crate) struct KeeperCommand<'a> {
 }
 
 /// Adds the keeper's flags (all but the store's) to `cmd`.
-pub(crate) fn keeper_command(cmd: &mut Command, k: &KeeperCommand) {
+pub(crate) fn keeper_command(cmd: &mut Command, k: &KeeperCommand<'_>) {
     cmd.arg("--uid")
         .arg(k.uid.as_str())
         .arg("--data-dir")

@@ -99,11 +99,7 @@ impl Map {
 
     /// Byte counts by cookie.
     pub fn counters(capacity: u32) -> io::Result<Map> {
-        Map::create(
-            BPF_MAP_TYPE_HASH,
-            std::mem::size_of::<Counter>() as u32,
-            capacity,
-        )
+        Map::create(BPF_MAP_TYPE_HASH, size_of::<Counter>() as u32, capacity)
     }
 
     pub fn insert_socket(&self, key: u64, socket: &impl AsFd) -> io::Result<()> {

@@ -112,7 +112,7 @@ impl Splicer {
 
     /// Bytes redirected toward `direction`'s target that its peer has not acknowledged;
     /// None once the target's connection is closed.
-    fn in_flight(&self, direction: &Direction) -> io::Result<Option<u64>> {
+    fn in_flight(&self, direction: &Direction<'_>) -> io::Result<Option<u64>> {
         let redirected = self.counters.counter(direction.cookie)?.redirected;
         let Some(acknowledged) = bytes_acked(direction.target)? else {
             return Ok(None);
@@ -310,7 +310,7 @@ unsafe fn socket_option<T>(
 ) -> io::Result<T> {
     // SAFETY: the caller vouches that all zeroes is a valid T.
     let mut value: T = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes to `value`, which outlives the call.
     let r = unsafe {
         libc::getsockopt(
