@@ -119,10 +119,7 @@ impl Keeper {
                     match copied {
                         // The primary's keeper creates our slot when it sees us among its
                         // followers; until then there is nothing to copy from.
-                        Err(PgError::Tool { stderr, .. })
-                            if stderr.contains("replication slot")
-                                && stderr.contains("does not exist") =>
-                        {
+                        Err(PgError::MissingSlot { .. }) => {
                             tracing::info!(slot = %slot, "the primary has not created our replication slot yet: retrying");
                             return Ok(());
                         }

@@ -109,6 +109,7 @@ impl PgCtl {
             return Err(PgError::Tool {
                 tool: tool.to_string(),
                 status: out.status.to_string(),
+                code: out.status.code(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
@@ -237,7 +238,18 @@ impl PgCtl {
             .arg("fast")
             .arg("-R")
             .arg("-w");
-        self.run(cmd, "pg_basebackup", timeout).await.map(drop)
+        self.run(cmd, "pg_basebackup", timeout)
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                PgError::Tool { stderr, .. } if names_missing_slot(&stderr, slot) => {
+                    PgError::MissingSlot {
+                        slot: slot.to_string(),
+                        stderr,
+                    }
+                }
+                other => other,
+            })
     }
 
     /// `pg_ctl <action> -D <pgdata>`, waiting up to `timeout` for the action to complete.
@@ -361,9 +373,12 @@ impl PgCtl {
         self.run(cmd, "pg_ctl start", timeout + Duration::from_secs(5))
             .await
             .map_err(|e| match e {
-                PgError::Tool { tool, status, .. } => PgError::Tool {
+                PgError::Tool {
+                    tool, status, code, ..
+                } => PgError::Tool {
                     tool,
                     status,
+                    code,
                     stderr: self.log_tail(),
                 },
                 other => other,
@@ -429,7 +444,8 @@ impl PgCtl {
         cmd.arg("status").arg("-D").arg(&self.pgdata);
         match self.run(cmd, "pg_ctl status", timeout).await {
             Ok(_) => Ok(true),
-            Err(PgError::Tool { status, .. }) if status.contains("exit status: 3") => Ok(false),
+            // pg_ctl's documented answer for "no server running".
+            Err(PgError::Tool { code: Some(3), .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -536,8 +552,25 @@ impl Drop for SecretFile {
     }
 }
 
+/// Whether pg_basebackup's complaint is that the server has no slot `slot`: the server's
+/// own error, `replication slot "NAME" does not exist`, which pg_basebackup passes on.
+fn names_missing_slot(stderr: &str, slot: &str) -> bool {
+    stderr.contains(&format!("replication slot \"{slot}\" does not exist"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_missing_slot_is_told_apart_from_other_failures_of_pg_basebackup() {
+        let said = "pg_basebackup: error: could not send replication command \"START_REPLICATION\": ERROR:  replication slot \"stolon_db1\" does not exist";
+        assert!(super::names_missing_slot(said, "stolon_db1"));
+        assert!(!super::names_missing_slot(said, "stolon_db2"));
+        assert!(!super::names_missing_slot(
+            "pg_basebackup: error: connection to server failed: Connection refused",
+            "stolon_db1"
+        ));
+    }
+
     use super::{parse_shutdown_checkpoint, pgpass_line};
 
     #[test]

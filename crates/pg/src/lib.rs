@@ -18,8 +18,14 @@ pub enum PgError {
     Tool {
         tool: String,
         status: String,
+        /// The exit code, when the tool exited rather than being killed by a signal.
+        code: Option<i32>,
         stderr: String,
     },
+    /// pg_basebackup found no replication slot of this name on the server it copies from:
+    /// the primary's keeper creates it once it sees the new standby among its followers.
+    #[error("the replication slot {slot} does not exist on the upstream yet: {stderr}")]
+    MissingSlot { slot: String, stderr: String },
     #[error("{tool} did not finish within {timeout:?}")]
     Timeout {
         tool: String,

@@ -33,6 +33,9 @@ pub struct EtcdStore {
     connector: Option<tls::Connector>,
 }
 
+/// The message of etcd's `ErrElectionNoLeader` (server/etcdserver/api/v3election).
+const ELECTION_NO_LEADER: &str = "election: no leader";
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -364,13 +367,21 @@ impl Store for EtcdStore {
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
         let mut client = self.client.clone();
-        match self.bounded(client.leader(self.election_name())).await {
-            Ok(resp) => Ok(resp
+        let asked = tokio::time::timeout(self.timeout, client.leader(self.election_name()));
+        match asked.await {
+            Err(_) => Err(unavailable("etcd request timed out")),
+            Ok(Ok(resp)) => Ok(resp
                 .kv()
                 .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
-            // etcd answers "election: no leader" as an error, not as an empty answer.
-            Err(StoreError::Unavailable(msg)) if msg.contains("no leader") => Ok(None),
-            Err(e) => Err(e),
+            // etcd answers an election without a leader with an error, not an empty answer:
+            // its v3election service's ErrElectionNoLeader, which reaches the client as a
+            // status of code Unknown whose message is all that tells it apart.
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.message() == ELECTION_NO_LEADER =>
+            {
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(unavailable(self.explain(&e))),
         }
     }
 }

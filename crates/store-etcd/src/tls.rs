@@ -263,12 +263,12 @@ impl Connector {
             let attempt = async {
                 let tcp = TcpStream::connect((member.host.as_str(), member.port))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Refused::Other(e.to_string()))?;
                 let _ = tcp.set_nodelay(true);
                 let stream = TlsConnector::from(config.clone())
                     .connect(member.name.clone(), tcp)
                     .await
-                    .map_err(|e| format!("TLS handshake refused: {e}"))?;
+                    .map_err(|e| Refused::from_tls(&e, "TLS handshake refused: "))?;
                 accepted(BufReader::new(stream)).await
             };
             match tokio::time::timeout(self.timeout, attempt).await {
@@ -281,10 +281,10 @@ impl Connector {
                         write_failed: false,
                     }))
                 }
-                Ok(Err(e)) if e.contains("received fatal alert") => {
+                Ok(Err(Refused::Alert(e))) => {
                     refusals.push(certificate_refusal(&member.to_string(), &e))
                 }
-                Ok(Err(e)) => refusals.push(format!("{member}: {e}")),
+                Ok(Err(Refused::Other(e))) => refusals.push(format!("{member}: {e}")),
                 Err(_) => refusals.push(format!("{member}: no answer in {:?}", self.timeout)),
             }
         }
@@ -332,16 +332,16 @@ const VERDICT_WAIT: Duration = Duration::from_secs(1);
 /// or its refusal.
 async fn accepted(
     mut stream: BufReader<TlsStream<TcpStream>>,
-) -> Result<BufReader<TlsStream<TcpStream>>, String> {
+) -> Result<BufReader<TlsStream<TcpStream>>, Refused> {
     if stream.get_ref().get_ref().1.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
         // TLS 1.2 checks the client's certificate within the handshake.
         return Ok(stream);
     }
     let verdict = std::future::poll_fn(|cx| {
         let read = match Pin::new(&mut stream).poll_fill_buf(cx) {
-            Poll::Ready(Ok([])) => Some(Err("closed the connection".to_string())),
+            Poll::Ready(Ok([])) => Some(Err(Refused::Other("closed the connection".to_string()))),
             Poll::Ready(Ok(_)) => Some(Ok(())),
-            Poll::Ready(Err(e)) => Some(Err(e.to_string())),
+            Poll::Ready(Err(e)) => Some(Err(Refused::from_tls(&e, ""))),
             Poll::Pending => None,
         };
         match read {
@@ -355,6 +355,29 @@ async fn accepted(
     match tokio::time::timeout(VERDICT_WAIT, verdict).await {
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) | Err(_) => Ok(stream),
+    }
+}
+
+/// Why a member did not take a connection.
+enum Refused {
+    /// It sent a TLS alert (what it said, with `context`): during or right after the
+    /// handshake, its refusal of our client certificate.
+    Alert(String),
+    Other(String),
+}
+
+impl Refused {
+    fn from_tls(e: &std::io::Error, context: &str) -> Refused {
+        let alert = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
+        let said = format!("{context}{e}");
+        if alert {
+            Refused::Alert(said)
+        } else {
+            Refused::Other(said)
+        }
     }
 }
 

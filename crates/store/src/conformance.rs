@@ -140,6 +140,11 @@ pub async fn watch_sees_changes_from_other_clients(a: &dyn Store, b: &dyn Store)
 
 pub async fn election_has_one_leader_at_a_time(a: &dyn Store, b: &dyn Store) {
     let ttl = Duration::from_secs(3);
+    assert_eq!(
+        a.leader().await.unwrap(),
+        None,
+        "no one has campaigned yet: no leader, and no error"
+    );
     let lead_a = a.campaign("sentinel-a", ttl).await.unwrap();
     assert!(lead_a.is_leader());
     assert_eq!(b.leader().await.unwrap().as_deref(), Some("sentinel-a"));
