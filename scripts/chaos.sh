@@ -8,6 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 cargo build --release --bins --locked
 exec target/release/stolon-bench chaos "$@"

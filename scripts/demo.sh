@@ -38,11 +38,17 @@ SU_PASSWORD=stolon-demo-password
 REPL=repluser
 REPL_PASSWORD=stolon-demo-repl-password
 
-bash scripts/setup.sh
+# Only what this store needs: the Kubernetes API server is built for --store kubernetes only.
+if [ "$STORE" = kubernetes ]; then bash scripts/setup.sh --kubernetes; else bash scripts/setup.sh; fi
 # STOLON_DEMO_PROFILE=debug reuses the test build instead of a release build.
 PROFILE=${STOLON_DEMO_PROFILE:-release}
-echo "demo: building ($PROFILE)..."
-if [ "$PROFILE" = release ]; then cargo build --release --quiet --bins; else cargo build --quiet --bins; fi
+echo "demo: building the four programs ($PROFILE; a few minutes the first time)..."
+programs=(-p stolon-keeper -p stolon-sentinel -p stolon-proxy -p stolon-ctl)
+if [ "$PROFILE" = release ]; then
+  cargo build --release --locked "${programs[@]}"
+else
+  cargo build --locked "${programs[@]}"
+fi
 BIN=$PWD/target/$PROFILE
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 

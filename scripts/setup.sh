@@ -1,20 +1,42 @@
 #!/usr/bin/env bash
-# Installs what stolon-rs needs to build, test and run its demo on Debian 12, then builds
-# the Kubernetes API server and fetches helm once (scripts/kube-tools.sh).
+# Installs, once per machine, what stolon-rs needs on Debian 12, and no more than asked for:
+#   scripts/setup.sh              the demo on etcd: PostgreSQL, etcd, and protoc for the build
+#   scripts/setup.sh --kubernetes also the Kubernetes API server, helm and kubectl
+#                                 (scripts/kube-tools.sh builds them from Debian's source
+#                                 package: about 10 minutes on 2 cores, once)
+#   scripts/setup.sh --tests      everything the test suite uses: the above, and iproute2 and
+#                                 iptables for the partition tests
 # Idempotent: when everything is present it returns at once without touching apt.
 set -euo pipefail
 
+kubernetes=false
+tests=false
+for arg in "$@"; do
+  case $arg in
+    --kubernetes) kubernetes=true ;;
+    --tests) kubernetes=true tests=true ;;
+    *) echo "usage: $0 [--kubernetes|--tests]" >&2; exit 2 ;;
+  esac
+done
+
+packages=(postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev procps openssl)
+# kube-tools.sh installs its own build dependencies; unzip unpacks helm and kubectl.
+$kubernetes && packages+=(unzip)
+# The partition tests give each part a network namespace of its own.
+$tests && packages+=(iproute2 iptables)
+
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-# iproute2 and iptables: the partition tests give each part a network namespace of its own.
-for pkg in postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev procps openssl unzip golang-go rsync jq iproute2 iptables; do
+for pkg in "${packages[@]}"; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is not on PATH; install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
-kube_tools() { bash "$(dirname "$0")/kube-tools.sh" >/dev/null; }
+kube_tools() {
+  if $kubernetes; then bash "$(dirname "$0")/kube-tools.sh" >/dev/null; fi
+}
 if [ ${#need[@]} -eq 0 ]; then
   kube_tools
   exit 0

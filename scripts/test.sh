@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 
 # The rules first: a failure here stops the run (fix it, then run again).
 echo "test: rules: cargo fmt --check, clippy -D warnings, rustdoc -D warnings"
