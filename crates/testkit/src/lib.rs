@@ -8,21 +8,26 @@
 mod checker;
 mod cluster;
 pub mod faults;
+mod keepers;
 mod kube;
 pub mod net;
 mod netcluster;
+mod pgbin;
 mod process;
 pub mod tls;
 mod waits;
 
 pub use checker::{AckedCommit, Checker, CheckerReport, WriterKind, CONVERGE_LIMIT};
 pub use cluster::{
-    failing_pg_bin_dir, slow_pg_bin_dir, ClusterBuilder, KeeperHandle, KeeperOptions, StoreBackend,
-    TestCluster, KUBE_NAMESPACE, REPL_PASSWORD, REPL_USER, SU_PASSWORD, SU_USER,
+    ClusterBuilder, StoreBackend, TestCluster, KUBE_NAMESPACE, REPL_PASSWORD, REPL_USER,
+    SU_PASSWORD, SU_USER,
 };
+pub use keepers::{KeeperHandle, KeeperOptions};
 pub use kube::{kube_bin_dir, kube_program, KubeApiServer, ADMIN_USER, USERS};
 pub use netcluster::{NetCluster, NetClusterBuilder, NetDaemon, NetEtcd, NetKeeper};
+pub use pgbin::{failing_pg_bin_dir, slow_pg_bin_dir};
 pub use process::{EtcdServer, EtcdTls, Process};
+pub use waits::{wait_for_master, Cluster};
 
 use std::future::Future;
 use std::path::PathBuf;

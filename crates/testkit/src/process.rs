@@ -189,3 +189,53 @@ impl EtcdServer {
         process
     }
 }
+
+/// The uid and gid of the `postgres` OS user, where it exists.
+pub(crate) fn postgres_os_user() -> Option<(u32, u32)> {
+    let user = nix::unistd::User::from_name("postgres").ok().flatten()?;
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// The pids whose parent is `pid`.
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// The last lines of every log in `log_dir`, for a failed test's output.
+pub(crate) fn print_log_tails(log_dir: &Path) {
+    for entry in std::fs::read_dir(log_dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "----- {} (last 40 lines)",
+            entry.file_name().to_string_lossy()
+        );
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Sends `signal` to the postmaster `pid` and every process it started: the whole instance,
+/// where a child outliving its postmaster (a backend still serving its session, or one
+/// frozen that would never notice) must go or stop with it.
+pub(crate) fn signal_tree(pid: i32, signal: Signal) {
+    for child in children_of(pid).into_iter().chain([pid]) {
+        let _ = kill(Pid::from_raw(child), signal);
+    }
+}

@@ -106,7 +106,7 @@ fn write_private(path: &Path, text: &str) {
         .open(path)
         .expect("creating a key file");
     file.write_all(text.as_bytes()).expect("writing a key file");
-    if let Some((uid, gid)) = crate::cluster::postgres_os_user() {
+    if let Some((uid, gid)) = crate::process::postgres_os_user() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown of a key file");
     }
 }

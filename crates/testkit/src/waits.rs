@@ -1,28 +1,63 @@
 //! Waiting on a test cluster: for the proxies to route to a primary or a standby leader,
-//! for standbys to stream, for an old primary to rejoin as a standby.
+//! for standbys to stream, for an old primary to rejoin as a standby; the first of them
+//! for either harness ([`Cluster`]).
 
 use crate::{wait_until, TestCluster};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
-use stolon_cluster::DbRole;
+use stolon_cluster::{ClusterData, DbRole, KeeperUid};
+
+/// What the waits read of a running cluster, whichever harness runs it: processes on
+/// 127.0.0.1 ([`TestCluster`]) or hosts of their own in network namespaces
+/// ([`crate::NetCluster`]).
+pub trait Cluster {
+    /// The cluster data, if the store can be read and holds some.
+    fn cluster_data(&self) -> impl Future<Output = Option<ClusterData>>;
+    fn keeper_index(&self, uid: &KeeperUid) -> usize;
+    /// Where clients reach the first proxy, if there is one.
+    fn first_proxy(&self) -> Option<SocketAddr>;
+}
+
+/// Waits until the proxies route to a primary: the cluster data points them at a db with
+/// the master role, enables some proxy, and the first proxy serves a query. Returns its
+/// keeper's index.
+pub async fn wait_for_master(cluster: &impl Cluster, timeout: Duration) -> usize {
+    let uid = wait_until("the proxies to route to a primary", timeout, || async {
+        let cd = cluster.cluster_data().await?;
+        let db = cd.proxied_db()?;
+        if db.spec.role != DbRole::Master || cd.proxy.spec.enabled_proxies.is_empty() {
+            return None;
+        }
+        if let Some(proxy) = cluster.first_proxy() {
+            crate::serves_at(proxy).await.then_some(())?;
+        }
+        Some(db.spec.keeper_uid.clone())
+    })
+    .await;
+    cluster.keeper_index(&uid)
+}
+
+impl Cluster for TestCluster {
+    fn cluster_data(&self) -> impl Future<Output = Option<ClusterData>> {
+        TestCluster::cluster_data(self)
+    }
+
+    fn keeper_index(&self, uid: &KeeperUid) -> usize {
+        TestCluster::keeper_index(self, uid)
+    }
+
+    fn first_proxy(&self) -> Option<SocketAddr> {
+        let (port, _) = self.proxies.first()?;
+        Some(SocketAddr::from(([127, 0, 0, 1], *port)))
+    }
+}
 
 impl TestCluster {
-    /// Waits until the proxies route to a primary (the cluster data says so and the first
-    /// proxy serves a query), and returns its keeper's index.
+    /// Waits until the proxies route to a primary (see [`wait_for_master`]), and returns its
+    /// keeper's index.
     pub async fn wait_for_master(&self, timeout: Duration) -> usize {
-        let uid = wait_until("the proxies to route to a primary", timeout, || async {
-            let cd = self.cluster_data().await?;
-            let routed = cd.proxy.spec.master_db_uid.as_ref()?;
-            let db = cd.dbs.get(routed)?;
-            if db.spec.role != DbRole::Master || cd.proxy.spec.enabled_proxies.is_empty() {
-                return None;
-            }
-            if let Some((port, _)) = self.proxies.first() {
-                crate::serves(*port).await.then_some(())?;
-            }
-            Some(db.spec.keeper_uid.clone())
-        })
-        .await;
-        self.keeper_index(&uid)
+        wait_for_master(self, timeout).await
     }
 
     /// Waits until the proxies route to a primary on another keeper than `old`.

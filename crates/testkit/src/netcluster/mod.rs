@@ -5,202 +5,29 @@
 //! The test's connections must come from the client host: [`NetClusterBuilder::run`] runs
 //! the test on a thread of that host, with a runtime of its own.
 
-use crate::cluster::{
-    children_of, keeper_command, short_timings, write_password_files, KeeperCommand,
-};
+mod builder;
+
+pub use builder::NetClusterBuilder;
+
+use crate::keepers::{keeper_command, KeeperCommand};
 use crate::net::{Host, Network};
-use crate::process::Process;
-use crate::{bin_dir, connect_to, free_port, pg_bin_dir, serves_at, wait_until, KeeperOptions};
+use crate::process::{signal_tree, Process};
+use crate::{connect_to, pg_bin_dir, KeeperOptions};
 use nix::sys::signal::Signal;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use stolon_cluster::{ClusterData, DbRole, KeeperUid};
 use stolon_store::Store;
-use stolon_store_etcd::EtcdStore;
 
-const CLUSTER_NAME: &str = "net";
-const ETCD_CLIENT_PORT: u16 = 2379;
+pub(super) const CLUSTER_NAME: &str = "net";
+pub(super) const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
-const PROXY_PORT: u16 = 25432;
+pub(super) const PROXY_PORT: u16 = 25432;
 /// Each keeper's data directory is a tmpfs of this size, which a test can fill.
 const KEEPER_DISK: &str = "1g";
-
-pub struct NetClusterBuilder {
-    keepers: usize,
-    sentinels: usize,
-    proxies: usize,
-    keeper_args: Vec<String>,
-    spec: serde_json::Value,
-}
-
-impl NetClusterBuilder {
-    /// Three keepers, two sentinels, two proxies, with the test kit's short timings.
-    pub fn new() -> NetClusterBuilder {
-        NetClusterBuilder {
-            keepers: 3,
-            sentinels: 2,
-            proxies: 2,
-            keeper_args: Vec::new(),
-            spec: short_timings(),
-        }
-    }
-
-    /// Extra flags for every keeper.
-    pub fn keeper_args(mut self, args: &[&str]) -> Self {
-        self.keeper_args = args.iter().map(|a| a.to_string()).collect();
-        self
-    }
-
-    /// Sets a field of the initial cluster spec.
-    pub fn spec(mut self, field: &str, value: serde_json::Value) -> Self {
-        self.spec
-            .as_object_mut()
-            .unwrap()
-            .insert(field.to_string(), value);
-        self
-    }
-
-    /// Makes the hosts and runs `test` with the started cluster on a thread of the client
-    /// host, with a runtime of its own. The cluster, its processes, mounts and namespaces
-    /// are gone when this returns or panics; the calling thread stays where it is.
-    pub fn run<F, Fut, T>(self, test: F) -> T
-    where
-        F: FnOnce(NetCluster) -> Fut + Send,
-        Fut: Future<Output = T>,
-        T: Send,
-    {
-        let mut net = Network::new();
-        let client = net.add_host("client");
-        let mut names: Vec<String> = (0..3).map(|i| format!("etcd{i}")).collect();
-        names.extend((0..self.keepers).map(|i| format!("keeper{i}")));
-        names.extend((0..self.sentinels).map(|i| format!("sentinel{i}")));
-        names.extend((0..self.proxies).map(|i| format!("proxy{i}")));
-        for name in &names {
-            net.add_host(name);
-        }
-        std::thread::scope(|scope| {
-            let on_client = scope.spawn(move || {
-                net.enter(&client);
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("a runtime on the client host");
-                runtime.block_on(async move {
-                    let cluster = self.start(net).await;
-                    test(cluster).await
-                })
-            });
-            match on_client.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
-    }
-
-    async fn start(self, net: Network) -> NetCluster {
-        sweep_orphan_mounts();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{MOUNT_PREFIX}{}-", std::process::id()))
-            .tempdir_in("/tmp")
-            .expect("temp dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log_dir = dir.path().join("logs");
-        std::fs::create_dir_all(&log_dir).unwrap();
-        write_password_files(dir.path(), crate::SU_PASSWORD, crate::REPL_PASSWORD);
-        let spec_path = dir.path().join("cluster-spec.json");
-        std::fs::write(&spec_path, self.spec.to_string()).unwrap();
-        let etcd_hosts: Vec<Host> = (0..3)
-            .map(|i| net.host(&format!("etcd{i}")).clone())
-            .collect();
-        let endpoints: Vec<String> = etcd_hosts
-            .iter()
-            .map(|h| format!("http://{}:{ETCD_CLIENT_PORT}", h.ip))
-            .collect();
-        let mut cluster = NetCluster {
-            etcd: Vec::new(),
-            keepers: Vec::new(),
-            sentinels: Vec::new(),
-            proxies: Vec::new(),
-            store: None,
-            endpoints,
-            keeper_args: self.keeper_args,
-            bin: bin_dir(),
-            spec_path,
-            log_dir,
-            dir: Some(dir),
-            mounts: Vec::new(),
-            net,
-            keep_files: false,
-        };
-        for (i, host) in etcd_hosts.into_iter().enumerate() {
-            cluster.etcd.push(NetEtcd {
-                host,
-                process: None,
-            });
-            cluster.start_etcd(i);
-        }
-        let store: Arc<dyn Store> = Arc::new(
-            wait_until("the etcd cluster to serve", Duration::from_secs(60), || {
-                let endpoints = cluster.endpoints.clone();
-                async move {
-                    EtcdStore::connect(&endpoints, "stolon/cluster", CLUSTER_NAME, STORE_TIMEOUT)
-                        .await
-                        .ok()
-                }
-            })
-            .await,
-        );
-        cluster.store = Some(store);
-        for i in 0..self.sentinels {
-            let host = cluster.net.host(&format!("sentinel{i}")).clone();
-            cluster.sentinels.push(NetDaemon {
-                host,
-                port: 0,
-                process: None,
-            });
-            cluster.start_sentinel(i);
-        }
-        for i in 0..self.keepers {
-            let host = cluster.net.host(&format!("keeper{i}")).clone();
-            let data_dir = cluster.root().join(format!("keeper{i}"));
-            std::fs::create_dir_all(&data_dir).unwrap();
-            mount_tmpfs(&data_dir);
-            cluster.mounts.push(data_dir.clone());
-            cluster.keepers.push(NetKeeper {
-                uid: KeeperUid::new(format!("keeper{i}")),
-                host,
-                data_dir,
-                pg_port: free_port(),
-                process: None,
-            });
-            cluster.start_keeper(i);
-        }
-        for i in 0..self.proxies {
-            let host = cluster.net.host(&format!("proxy{i}")).clone();
-            cluster.proxies.push(NetDaemon {
-                host,
-                port: PROXY_PORT,
-                process: None,
-            });
-            cluster.start_proxy(i);
-        }
-        cluster
-    }
-}
-
-impl Default for NetClusterBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// How long the test's own store requests may take.
-const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct NetEtcd {
     pub host: Host,
@@ -236,7 +63,7 @@ impl NetKeeper {
     }
 
     pub fn postmaster_pid(&self) -> Option<i32> {
-        crate::cluster::postmaster_pid(&self.data_dir)
+        crate::keepers::postmaster_pid(&self.data_dir)
     }
 }
 
@@ -413,9 +240,7 @@ impl NetCluster {
             p.signal(signal);
         }
         if let Some(pid) = k.postmaster_pid() {
-            for child in children_of(pid).into_iter().chain([pid]) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), signal);
-            }
+            signal_tree(pid, signal);
         }
     }
 
@@ -427,9 +252,7 @@ impl NetCluster {
             p.kill();
         }
         if let Some(pid) = postmaster {
-            for child in children_of(pid).into_iter().chain([pid]) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
-            }
+            signal_tree(pid, Signal::SIGKILL);
         }
     }
 
@@ -476,20 +299,10 @@ impl NetCluster {
         (db.spec.role == DbRole::Master).then(|| self.keeper_index(&db.spec.keeper_uid))
     }
 
-    /// Waits until the proxies route to a primary and the first proxy serves a query.
+    /// Waits until the proxies route to a primary (see [`crate::wait_for_master`]),
+    /// and returns its keeper's index.
     pub async fn wait_for_master(&self, timeout: Duration) -> usize {
-        let uid = wait_until("the proxies to route to a primary", timeout, || async {
-            let cd = self.cluster_data().await?;
-            let db = cd.proxied_db()?;
-            if db.spec.role != DbRole::Master {
-                return None;
-            }
-            let proxy = self.proxies.first()?;
-            serves_at(proxy.address()).await.then_some(())?;
-            Some(db.spec.keeper_uid.clone())
-        })
-        .await;
-        self.keeper_index(&uid)
+        crate::waits::wait_for_master(self, timeout).await
     }
 
     /// The index of the sentinel that leads now, if the store says (it may be out of reach).
@@ -544,6 +357,20 @@ impl NetCluster {
     }
 }
 
+impl crate::Cluster for NetCluster {
+    fn cluster_data(&self) -> impl Future<Output = Option<ClusterData>> {
+        NetCluster::cluster_data(self)
+    }
+
+    fn keeper_index(&self, uid: &KeeperUid) -> usize {
+        NetCluster::keeper_index(self, uid)
+    }
+
+    fn first_proxy(&self) -> Option<SocketAddr> {
+        Some(self.proxies.first()?.address())
+    }
+}
+
 impl Drop for NetCluster {
     fn drop(&mut self) {
         self.proxies.clear();
@@ -558,10 +385,7 @@ impl Drop for NetCluster {
         // mounts: the namespaces' clean-up kills it, so kill it now.
         for k in &self.keepers {
             if let Some(pid) = k.postmaster_pid() {
-                for child in children_of(pid).into_iter().chain([pid]) {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
-                }
+                signal_tree(pid, Signal::SIGKILL);
             }
         }
         self.net.heal_all();
@@ -586,17 +410,17 @@ impl Drop for NetCluster {
         if keep {
             let dir = self.dir.take().unwrap().keep();
             eprintln!("cluster files kept in {}", dir.display());
-            crate::cluster::print_log_tails(&dir.join("logs"));
+            crate::process::print_log_tails(&dir.join("logs"));
         }
     }
 }
 
 /// A cluster's files are in `/tmp/<MOUNT_PREFIX><pid>-...`, pid being the test process's.
-const MOUNT_PREFIX: &str = "stolon-net-";
+pub(super) const MOUNT_PREFIX: &str = "stolon-net-";
 
 /// Unmounts the keepers' file systems left by test processes that are gone (killed before
 /// their clean-up ran).
-fn sweep_orphan_mounts() {
+pub(super) fn sweep_orphan_mounts() {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
         let Some(pid) = point
@@ -616,7 +440,7 @@ fn sweep_orphan_mounts() {
     }
 }
 
-fn mount_tmpfs(dir: &Path) {
+pub(super) fn mount_tmpfs(dir: &Path) {
     let status = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o"])
         .arg(format!("size={KEEPER_DISK},mode=0755"))
