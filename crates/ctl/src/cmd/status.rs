@@ -1,7 +1,13 @@
 //! `stolonctl status`: what every component published and what the cluster data says,
 //! gathered from the store, as a table or as JSON.
 
-use super::*;
+use super::pause::describe_pause;
+use super::switchover::describe_phase;
+use anyhow::bail;
+use serde::Serialize;
+use stolon_cluster::{DataDisk, Db, DbRole, KeeperInfo, ProxyInfo, SentinelInfo};
+use stolon_engine::sentinel::{choose_new_master, election_rules};
+use stolon_store::{InfoKind, Store, StoreError};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Status {
