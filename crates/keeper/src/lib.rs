@@ -9,6 +9,7 @@
 
 mod act;
 pub mod cli;
+mod config;
 mod disk;
 mod fence;
 mod files;
@@ -21,22 +22,20 @@ mod status;
 mod timeline;
 
 use anyhow::Context;
+pub use config::KeeperConfig;
 use disk::DiskWatch;
 pub use fence::StoreLoss;
 use passwords::Passwords;
 pub use passwords::RolePassword;
 use state::{DataDir, DbState};
 use status::Status;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use stolon_cluster::{ClusterData, Db, DbUid, KeeperUid};
 use stolon_engine::keeper::machine::{Identity, Input, KeeperMachine, Note, ReadOutcome, Request};
 use stolon_engine::keeper::Endpoint;
 use stolon_engine::ClusterView;
-use stolon_pg::conf::ReplicationTls;
-use stolon_pg::ctl::{OsUser, PgCtl};
+use stolon_pg::ctl::PgCtl;
 use stolon_pg::probe::LocalConn;
 use stolon_store::{ChangeWaiter, Store, WatchScope};
 use timeline::StandbyTimeline;
@@ -49,36 +48,6 @@ const SOCKET_DIR: &str = "/tmp";
 /// Until the cluster data says otherwise.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_DB_WAIT_READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone)]
-pub struct KeeperConfig {
-    pub uid: Option<String>,
-    pub data_dir: PathBuf,
-    pub listen_address: String,
-    pub advertise_address: String,
-    pub port: u16,
-    /// The port the other components use (default: `port`).
-    pub advertise_port: u16,
-    pub bin_dir: Option<PathBuf>,
-    /// The superuser: its password empty with the trust method.
-    pub su: RolePassword,
-    /// The replication user: the superuser's own password when they are one role.
-    pub repl: RolePassword,
-    /// TLS of the connections to the primary: streaming, pg_basebackup and pg_rewind.
-    pub repl_tls: ReplicationTls,
-    pub can_be_master: bool,
-    pub can_be_synchronous_replica: bool,
-    /// Among equally advanced failover candidates, the higher priority wins.
-    pub priority: i32,
-    /// The OS user PostgreSQL runs as, when the keeper runs as root.
-    pub run_as: Option<OsUser>,
-    /// Names the cluster in `/metrics`.
-    pub cluster_name: String,
-    /// Where to serve `/metrics`, `/health`, `/primary` and `/replica`, when asked for.
-    pub http: Option<SocketAddr>,
-    /// Whether a primary stops its postgres when it cannot store its info.
-    pub store_loss: StoreLoss,
-}
 
 /// How the keeper reaches its own instance.
 fn local_conn(config: &KeeperConfig, timeout: Duration) -> LocalConn {
