@@ -5,6 +5,7 @@
 //! stored and watched, pods stay pending.
 
 use crate::process::{EtcdServer, Process};
+use crate::tls::{signing_key, TestCa, Usage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -79,7 +80,7 @@ impl KubeApiServer {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\n    namespace: {namespace}\ncurrent-context: test\nusers:\n- name: {user}\n  user:\n    token: {}\n",
             self.url(),
-            self.dir.join("ca.crt").display(),
+            self.dir.join("kube-ca.pem").display(),
             token(user),
         );
         std::fs::write(&path, text).unwrap();
@@ -151,14 +152,17 @@ fn spawn(dir: &Path, log_dir: &Path, etcd: &str, port: u16) -> Process {
         .arg("--advertise-address=127.0.0.1")
         .arg(format!("--secure-port={port}"))
         .arg("--insecure-port=0")
-        .arg(format!("--tls-cert-file={}", file("server.crt")))
-        .arg(format!("--tls-private-key-file={}", file("server.key")))
+        .arg(format!("--tls-cert-file={}", file("kube-apiserver.pem")))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            file("kube-apiserver-key.pem")
+        ))
         .arg(format!("--token-auth-file={}", file("tokens.csv")))
         .arg("--authorization-mode=RBAC")
-        .arg(format!("--service-account-key-file={}", file("sa.pub")))
+        .arg(format!("--service-account-key-file={}", file("sa.pub.pem")))
         .arg(format!(
             "--service-account-signing-key-file={}",
-            file("sa.key")
+            file("sa-key.pem")
         ))
         .arg("--service-account-issuer=https://kubernetes.default.svc")
         .arg("--service-cluster-ip-range=10.96.0.0/24")
@@ -176,71 +180,15 @@ fn make_credentials(dir: &Path) {
     if dir.join("tokens.csv").exists() {
         return;
     }
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl (scripts/setup.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     // A CA of the test's own and a server certificate it signs: rustls refuses a CA
     // certificate presented as the server's own.
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "30",
-        "-subj",
-        "/CN=stolon-rs test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=kube-apiserver",
-    ]);
-    std::fs::write(
-        dir.join("server.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "30",
-        "-extfile",
-        "server.ext",
-    ]);
-    openssl(&["genrsa", "-out", "sa.key", "2048"]);
-    openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    let ca = TestCa::new(dir, "kube");
+    ca.issue(
+        "apiserver",
+        Usage::Server,
+        &["127.0.0.1", "localhost", "kubernetes.default.svc"],
+    );
+    signing_key(dir, "sa");
     let tokens: String = USERS
         .iter()
         .map(|user| {

@@ -93,6 +93,26 @@ impl TestCa {
     }
 }
 
+/// A signing key pair (a Kubernetes API server's for service-account tokens, say): the
+/// private key in `<dir>/<name>-key.pem`, the public one in `<dir>/<name>.pub.pem`.
+pub fn signing_key(dir: &Path, name: &str) -> KeyFiles {
+    let key = KeyPair::generate().expect("signing key");
+    let files = KeyFiles {
+        private: dir.join(format!("{name}-key.pem")),
+        public: dir.join(format!("{name}.pub.pem")),
+    };
+    std::fs::write(&files.public, key.public_key_pem()).expect("writing a public key");
+    write_private(&files.private, &key.serialize_pem());
+    files
+}
+
+/// A key pair, as files.
+#[derive(Debug, Clone)]
+pub struct KeyFiles {
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
 /// Mode 0600 from the start, and owned by the postgres OS user when there is one:
 /// PostgreSQL refuses a key others can read, or that it cannot.
 fn write_private(path: &Path, text: &str) {
