@@ -142,7 +142,7 @@ fn run(timing: (Duration, Duration, Duration, Duration), seed: u64) -> Result<()
     }
     for alarm in FALSE_ALARMS {
         prop_assert!(
-            !w.log.iter().any(|e| e.message == alarm),
+            !w.log.iter().any(|e| e.message() == alarm),
             "{:?} with sleepInterval {:?}, failInterval {:?}; the first events: {:?}",
             alarm,
             sleep,

@@ -360,7 +360,7 @@ fn check_sync(input: &ClusterData, out: &StepOutput) -> Result<(), TestCaseError
     let invalid: Vec<&str> = out
         .events
         .iter()
-        .filter(|e| e.message == "removing invalid db")
+        .filter(|e| e.message() == "removing invalid db")
         .flat_map(|e| fields(e, "db"))
         .collect();
     for uid in &primary.spec.synchronous_standbys {
@@ -393,8 +393,8 @@ fn check_evidence(
     let published = |k: &KeeperUid| w.keepers.get(k).and_then(|sim| sim.published_step);
     let master_published = published(&master.spec.keeper_uid);
     for event in &out.events {
-        let removal = event.message == "removing invalid db"
-            || event.message
+        let removal = event.message() == "removing invalid db"
+            || event.message()
                 == "removing db that won't be able to sync due to missing wals on current master";
         if removal {
             prop_assert_eq!(
@@ -407,7 +407,7 @@ fn check_evidence(
                 step
             );
         }
-        if event.message == "added new standby db" {
+        if event.message() == "added new standby db" {
             let keeper = KeeperUid::new(fields(event, "keeper")[0]);
             prop_assert!(
                 master_published >= published(&keeper),

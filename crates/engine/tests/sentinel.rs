@@ -1009,7 +1009,7 @@ fn free_healthy_keepers_get_standbys_up_to_max_standbys_per_sender() {
 fn ignored(events: &[stolon_engine::Event]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = events
         .iter()
-        .filter(|e| e.message == "ignoring keeper as new master")
+        .filter(|e| e.message() == "ignoring keeper as new master")
         .map(|e| (fields(e, "keeper").join(","), fields(e, "reason").join(",")))
         .collect();
     out.sort();
@@ -1499,8 +1499,8 @@ fn check_excess(case: &ExcessCase) {
         .events
         .iter()
         .filter(|e| {
-            e.message == "removing good standby in excess"
-                || e.message == "removing non good standby"
+            e.message() == "removing good standby in excess"
+                || e.message() == "removing non good standby"
         })
         .flat_map(|e| fields(e, "db"))
         .collect();

@@ -439,7 +439,7 @@ fn check_sync_failover(case: &SyncFailoverCase) {
         .events
         .iter()
         .filter(|e| {
-            e.message == "ignoring keeper as new master" && fields(e, "reason") == [NOT_SYNC]
+            e.message() == "ignoring keeper as new master" && fields(e, "reason") == [NOT_SYNC]
         })
         .flat_map(|e| fields(e, "keeper"))
         .collect();

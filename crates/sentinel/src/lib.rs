@@ -212,7 +212,7 @@ async fn read_infos(
 /// One line per decision of the machine.
 fn tell(note: &Note, term: &LeaderTerm, failure: Option<&StoreError>) {
     match note {
-        Note::Planner(event) => match event.level {
+        Note::Planner(event) => match event.level() {
             Level::Info => tracing::info!("{event}"),
             Level::Warn => tracing::warn!("{event}"),
         },

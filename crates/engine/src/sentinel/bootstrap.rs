@@ -25,13 +25,13 @@ impl Planner<'_> {
             master.spec.include_previous_config = false;
             master.spec.pitr_config = None;
             self.cd.cluster.status.phase = ClusterPhase::Normal;
-            self.emit(Event::info("db initialized").with("db", &master_uid));
+            self.emit(Event::new(EventKind::DbInitialized).with("db", &master_uid));
         } else if db.spec.init_mode != InitMode::Pitr
             // A restore takes as long as the backup and the archive need: no timeout.
             && self.convergence_expired(&db, self.spec.init_timeout)
         {
             self.emit(
-                Event::warn("db failed to initialize")
+                Event::new(EventKind::DbFailedToInitialize)
                     .with("db", &master_uid)
                     .with("keeper", &db.spec.keeper_uid),
             );
@@ -41,7 +41,7 @@ impl Planner<'_> {
             self.cd.dbs.remove(&master_uid);
             self.cd.cluster.status.master = None;
         } else {
-            self.emit(Event::info("waiting for db").with("db", &master_uid));
+            self.emit(Event::new(EventKind::WaitingForDb).with("db", &master_uid));
         }
     }
 
@@ -66,10 +66,7 @@ impl Planner<'_> {
                 .clone()
                 .unwrap_or_default(),
         );
-        self.emit(
-            Event::info("merging the initial postgres parameters into the cluster spec")
-                .with("parameters", merged.len()),
-        );
+        self.emit(Event::new(EventKind::MergingInitParameters).with("parameters", merged.len()));
         self.cd.cluster.spec.pg_parameters = Some(merged.clone());
         self.merged_parameters = Some(merged);
     }
@@ -79,7 +76,7 @@ impl Planner<'_> {
             self.adopt_existing(KeeperUid::new(keeper));
             return;
         }
-        self.emit(Event::info("trying to find initial master"));
+        self.emit(Event::new(EventKind::FindingInitialMaster));
         let candidate = self
             .cd
             .keepers
@@ -92,20 +89,17 @@ impl Planner<'_> {
             .map(|k| k.uid.clone());
         let Some(keeper) = candidate else {
             let why = if self.cd.keepers.is_empty() {
-                "cannot choose initial master: no keepers registered"
+                EventKind::NoKeepersRegistered
             } else {
-                "cannot choose initial master: no healthy keeper that can be master"
+                EventKind::NoInitialMasterCandidate
             };
-            self.emit(Event::warn(why));
+            self.emit(Event::new(why));
             return;
         };
-        let (mode, message) = if self.spec.pitr_config.is_some() {
-            (
-                InitMode::Pitr,
-                "initializing cluster using point in time recovery",
-            )
+        let (mode, kind) = if self.spec.pitr_config.is_some() {
+            (InitMode::Pitr, EventKind::InitializingClusterWithPitr)
         } else {
-            (InitMode::New, "initializing cluster")
+            (InitMode::New, EventKind::InitializingCluster)
         };
         let db = self.new_db(&keeper, DbRole::Master, mode);
         self.make_leader(&db);
@@ -113,7 +107,7 @@ impl Planner<'_> {
         self.cd.cluster.status.master_choice = format!(
             "initial master: keeper {keeper} is the first healthy keeper that can be master"
         );
-        self.emit(Event::info(message).with("db", db).with("keeper", keeper));
+        self.emit(Event::new(kind).with("db", db).with("keeper", keeper));
     }
 
     /// initMode existing: the named keeper's data becomes the primary, as it is.
@@ -124,7 +118,7 @@ impl Planner<'_> {
             .get(&keeper)
             .is_some_and(|k| k.status.healthy)
         {
-            self.emit(Event::warn("keeper state not available").with("keeper", keeper));
+            self.emit(Event::new(EventKind::ExistingKeeperNotAvailable).with("keeper", keeper));
             return;
         }
         let db = self.new_db(&keeper, DbRole::Master, InitMode::Existing);
@@ -133,7 +127,7 @@ impl Planner<'_> {
         self.cd.cluster.status.master_choice =
             format!("initial master: keeper {keeper} named by existingConfig");
         self.emit(
-            Event::info("initializing cluster using existing data")
+            Event::new(EventKind::InitializingClusterFromExisting)
                 .with("db", db)
                 .with("keeper", keeper),
         );

@@ -23,7 +23,7 @@ impl Planner<'_> {
             return;
         }
         self.emit(
-            Event::info("trying to find a standby to replace failed master")
+            Event::new(EventKind::FindingReplacement)
                 .with("db", &failed.uid)
                 .with("keeper", &failed.spec.keeper_uid),
         );
@@ -34,7 +34,7 @@ impl Planner<'_> {
         let choice = choose_new_master(&self.cd, failed, &rules);
         for r in &choice.rejected {
             self.emit(
-                Event::info("ignoring keeper as new master")
+                Event::new(EventKind::IgnoringKeeper)
                     .with("keeper", &r.keeper)
                     .with("reason", r.reason),
             );
@@ -44,7 +44,7 @@ impl Planner<'_> {
                 return;
             }
             self.failed_master = Some(failed.uid.clone());
-            let mut event = Event::warn("no eligible masters: no failover");
+            let mut event = Event::new(EventKind::NoEligibleMaster);
             for r in &choice.rejected {
                 event = event.with("rejected", format!("{}({})", r.keeper, r.reason));
             }
@@ -53,7 +53,7 @@ impl Planner<'_> {
         };
         let keeper = self.cd.dbs[&best].spec.keeper_uid.clone();
         self.emit(
-            Event::info("electing db as the new master")
+            Event::new(EventKind::ElectingNewMaster)
                 .with("db", &best)
                 .with("keeper", &keeper)
                 .with("why", &choice.why),
@@ -70,7 +70,7 @@ impl Planner<'_> {
     pub(super) fn replace_master(&mut self, old: &Db, best: &DbUid, why: String) {
         let served = self.cd.proxy.spec.master_db_uid.as_ref() == Some(&old.uid);
         if old.spec.role == DbRole::Master {
-            self.emit(Event::info("removing old master db").with("db", &old.uid));
+            self.emit(Event::new(EventKind::RemovingOldMaster).with("db", &old.uid));
         }
         // The primary that served is remembered until its successor serves; a candidate
         // that fails before that does not replace it in memory.
@@ -150,10 +150,7 @@ impl Planner<'_> {
             || failed.spec.synchronous_replication
             || self.spec.synchronous_replication;
         if synchronous && !deposed.spec.halt {
-            self.emit(
-                Event::info("not reinstating the old master: synchronous replication only promotes a known synchronous standby")
-                    .with("db", &deposed.uid),
-            );
+            self.emit(Event::new(EventKind::NotReinstatingInSyncMode).with("db", &deposed.uid));
             return false;
         }
         let keeper = &deposed.spec.keeper_uid;
@@ -173,13 +170,11 @@ impl Planner<'_> {
         }
         if !self.proxies_behind().is_empty() || self.cd.proxy.spec.master_db_uid.is_some() {
             self.clear_proxy_target();
-            self.emit(Event::info(
-                "waiting for proxies to be converged to the current generation",
-            ));
+            self.emit(Event::new(EventKind::WaitingForProxies));
             return true;
         }
         self.emit(
-            Event::info("reinstating the old master db: the standby elected to replace it failed before serving")
+            Event::new(EventKind::ReinstatingOldMaster)
                 .with("db", &deposed.uid)
                 .with("keeper", keeper),
         );
@@ -234,7 +229,7 @@ impl Planner<'_> {
         let lagging = self.proxies_behind();
         if !lagging.is_empty() {
             self.emit(
-                Event::info("waiting for proxies to be converged to the current generation")
+                Event::new(EventKind::WaitingForProxies)
                     .with("generation", generation)
                     .with("proxies", lagging.join(",")),
             );
@@ -242,18 +237,18 @@ impl Planner<'_> {
         }
         if let Some(at) = self.unseen_proxies_fenced_at().filter(|at| self.now <= *at) {
             self.emit(
-                Event::info("waiting for proxies this leader never saw to be fenced")
+                Event::new(EventKind::WaitingForUnseenProxies)
                     .with("for", format!("{:?}", at - self.now)),
             );
             return;
         }
-        let message = if self.spec.is_standby_cluster() {
-            "proxies fenced: making db the standby leader, following the remote primary"
+        let kind = if self.spec.is_standby_cluster() {
+            EventKind::ProxiesFencedMakingStandbyLeader
         } else {
-            "proxies fenced: promoting db"
+            EventKind::ProxiesFencedPromoting
         };
         self.emit(
-            Event::info(message)
+            Event::new(kind)
                 .with("db", &candidate.uid)
                 .with("proxy_generation", generation),
         );

@@ -11,7 +11,7 @@
 //!    its proxyTimeout, and so has fenced itself), give the candidate the master role;
 //! 3. once it reports itself as a converged primary, point the proxies at it.
 
-use crate::Event;
+use crate::{DbProblem, Event, EventKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use stolon_cluster::{
@@ -29,6 +29,8 @@ mod paused;
 mod standby_leader;
 mod standbys;
 mod switchover;
+
+use standbys::OrderReason;
 
 pub use failover::{choose_new_master, election_rules, Choice, ElectionRules};
 pub use switchover::{switchover_candidate, switchover_plan};
@@ -89,7 +91,7 @@ pub struct Memory {
     /// Orders against a keeper's data (give its db up, give it a db to resync), per keeper
     /// and reason: when the keeper's report that first called for the order was seen. The
     /// order waits until the primary has reported after it.
-    pending_orders: BTreeMap<(KeeperUid, &'static str), Duration>,
+    pending_orders: BTreeMap<(KeeperUid, OrderReason), Duration>,
     switchover: Option<SwitchoverClock>,
     /// This leader's first step.
     leading_since: Option<Duration>,
@@ -193,7 +195,7 @@ struct Planner<'m> {
     /// The cluster's parameters if this step merged initdb's into them.
     merged_parameters: Option<BTreeMap<String, String>>,
     /// The pending orders this step still found called for.
-    orders_called_for: BTreeSet<(KeeperUid, &'static str)>,
+    orders_called_for: BTreeSet<(KeeperUid, OrderReason)>,
 }
 
 /// A standby the planner would not promote, and why.
@@ -227,7 +229,7 @@ impl Planner<'_> {
             // Only a keeper alive now joins: the leftover info of a keeper removed as dead
             // must not bring it back.
             if !self.cd.keepers.contains_key(&info.uid) && changed {
-                self.emit(Event::info("new keeper registered").with("keeper", &info.uid));
+                self.emit(Event::new(EventKind::KeeperRegistered).with("keeper", &info.uid));
                 self.cd.keepers.insert(
                     info.uid.clone(),
                     Keeper {
@@ -259,10 +261,7 @@ impl Planner<'_> {
                 keeper.status.priority = info.priority;
             }
             if forced {
-                self.emit(
-                    Event::warn("keeper forced to fail (stolonctl failkeeper)")
-                        .with("keeper", &uid),
-                );
+                self.emit(Event::new(EventKind::KeeperForcedToFail).with("keeper", &uid));
             }
         }
         self.infos = infos;
@@ -304,11 +303,9 @@ impl Planner<'_> {
                 .filter(|_| self.info_is_fresh(&keeper_uid, &self.infos))
                 .cloned();
             let problem = match info.as_ref().map(|i| &i.postgres_state) {
-                None => Some("no keeper info available"),
-                Some(None) => Some("no db state available"),
-                Some(Some(state)) if state.db_uid != uid => {
-                    Some("received db state for unexpected db uid")
-                }
+                None => Some(DbProblem::NoKeeperInfo),
+                Some(None) => Some(DbProblem::NoDbState),
+                Some(Some(state)) if state.db_uid != uid => Some(DbProblem::UnexpectedDbUid),
                 Some(Some(state)) => {
                     let status = &mut self.cd.dbs.get_mut(&uid).expect("listed").status;
                     status.current_generation = state.generation;
@@ -338,13 +335,13 @@ impl Planner<'_> {
                         // Stopped on purpose for a switchover, which bounds it.
                         None
                     } else {
-                        Some("db is not healthy")
+                        Some(DbProblem::NotHealthy)
                     }
                 }
             };
             // The keeper is alive and says no postgres runs: it is restarting it, and has
             // dbRestartTimeout to succeed.
-            let down = problem == Some("db is not healthy")
+            let down = problem == Some(DbProblem::NotHealthy)
                 && info
                     .as_ref()
                     .and_then(|i| i.postgres_state.as_ref())
@@ -360,9 +357,9 @@ impl Planner<'_> {
                     self.memory.db_errors.remove(&uid);
                     None
                 }
-                Some(reason) => {
+                Some(problem) => {
                     self.emit(
-                        Event::warn(reason)
+                        Event::new(EventKind::DbProblem(problem))
                             .with("db", &uid)
                             .with("keeper", &keeper_uid),
                     );
@@ -514,19 +511,17 @@ impl Planner<'_> {
         }
         self.remove_dead_keepers();
         let Some(master) = self.cd.master_db().cloned() else {
-            self.emit(Event::warn(
-                "cluster has no master db: nothing can be decided",
-            ));
+            self.emit(Event::new(EventKind::NoMasterDb));
             return;
         };
         if self.drive_switchover(&master) {
             return;
         }
         let failed = if !master.status.healthy {
-            self.emit(Event::warn("master db is failed").with("db", &master.uid));
+            self.emit(Event::new(EventKind::MasterFailed).with("db", &master.uid));
             true
         } else if self.convergence_expired(&master, self.spec.convergence_timeout) {
-            self.emit(Event::warn("db not converged").with("db", &master.uid));
+            self.emit(Event::new(EventKind::MasterNotConverged).with("db", &master.uid));
             true
         } else {
             false
@@ -579,7 +574,7 @@ impl Planner<'_> {
             .cloned()
             .collect();
         for uid in dead {
-            self.emit(Event::info("removing old dead keeper").with("keeper", &uid));
+            self.emit(Event::new(EventKind::RemovingDeadKeeper).with("keeper", &uid));
             self.cd.keepers.remove(&uid);
         }
     }

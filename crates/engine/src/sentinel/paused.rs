@@ -9,19 +9,14 @@ use stolon_cluster::Pause;
 impl Planner<'_> {
     pub(super) fn run_paused(&mut self, pause: &Pause) {
         let Some(master) = self.cd.master_db().cloned() else {
-            self.emit(Event::warn(
-                "cluster has no master db: nothing can be decided",
-            ));
+            self.emit(Event::new(EventKind::NoMasterDb));
             return;
         };
         if self.cd.cluster.status.switchover.is_some() {
-            self.emit(
-                Event::warn("switchover held back: the cluster is paused")
-                    .with("paused_by", &pause.by),
-            );
+            self.emit(Event::new(EventKind::SwitchoverHeldByPause).with("paused_by", &pause.by));
         }
         if !master.status.healthy {
-            let mut held = Event::warn("failover held back: the cluster is paused")
+            let mut held = Event::new(EventKind::FailoverHeldByPause)
                 .with("db", &master.uid)
                 .with("paused_by", &pause.by);
             if !pause.reason.is_empty() {
@@ -30,10 +25,7 @@ impl Planner<'_> {
             self.emit(held);
             if self.cd.proxy.spec.master_db_uid.is_some() {
                 self.emit(
-                    Event::info(
-                        "proxies told to route nowhere: the paused cluster's master db is failed",
-                    )
-                    .with("db", &master.uid),
+                    Event::new(EventKind::ProxiesRouteNowhereWhilePaused).with("db", &master.uid),
                 );
                 self.clear_proxy_target();
             }

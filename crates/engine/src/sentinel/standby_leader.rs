@@ -34,10 +34,7 @@ impl Planner<'_> {
     /// has promoted it (a standby cluster has no other primary that could take them).
     pub(super) fn run_standby_leader(&mut self, leader: &Db) {
         if !self.spec.is_standby_cluster() {
-            self.emit(
-                Event::info("promoting the standby leader: the cluster's role is master now")
-                    .with("db", &leader.uid),
-            );
+            self.emit(Event::new(EventKind::PromotingStandbyLeader).with("db", &leader.uid));
             self.make_leader(&leader.uid);
             self.cd.cluster.status.master_choice = format!(
                 "standby leader db {} (keeper {}) promoted: the cluster's role became master",

@@ -9,9 +9,7 @@ impl Planner<'_> {
     pub(super) fn publish_to_proxies(&mut self, master: &Db, serving: bool) {
         let mut spec = self.cd.proxy.spec.clone();
         if spec.master_db_uid.is_none() && serving {
-            self.emit(
-                Event::info("proxies may now route to the master db").with("db", &master.uid),
-            );
+            self.emit(Event::new(EventKind::ProxiesRouteToMaster).with("db", &master.uid));
             spec.master_db_uid = Some(master.uid.clone());
         }
         if spec.master_db_uid.is_some() {
@@ -51,7 +49,7 @@ impl Planner<'_> {
         if good.len() >= wanted {
             for db in failed.iter().chain(converging.iter()) {
                 if !protected.contains(&db.uid) {
-                    self.emit(Event::info("removing non good standby").with("db", &db.uid));
+                    self.emit(Event::new(EventKind::RemovingNonGoodStandby).with("db", &db.uid));
                     self.cd.dbs.remove(&db.uid);
                 }
             }
@@ -68,7 +66,7 @@ impl Planner<'_> {
                     break;
                 }
                 if !protected.contains(&db.uid) {
-                    self.emit(Event::info("removing good standby in excess").with("db", &db.uid));
+                    self.emit(Event::new(EventKind::RemovingExcessStandby).with("db", &db.uid));
                     self.cd.dbs.remove(&db.uid);
                     excess -= 1;
                 }
@@ -93,12 +91,12 @@ impl Planner<'_> {
             for keeper in free {
                 // The primary is the resync's source: it must have reported after the
                 // keeper, or it may be dead already.
-                if !self.master_reported_since(master, &keeper, NEW_STANDBY) {
+                if !self.master_reported_since(master, &keeper, OrderReason::NewStandby) {
                     continue;
                 }
                 let db = self.new_db(&keeper, DbRole::Standby, InitMode::Resync);
                 self.emit(
-                    Event::info(NEW_STANDBY)
+                    Event::new(EventKind::AddedNewStandby)
                         .with("db", db)
                         .with("keeper", keeper),
                 );
@@ -164,11 +162,11 @@ impl Planner<'_> {
             .cloned()
             .collect();
         for db in hopeless {
-            if !self.master_reported_since(master, &db.spec.keeper_uid, MISSING_WAL) {
+            if !self.master_reported_since(master, &db.spec.keeper_uid, OrderReason::MissingWal) {
                 continue;
             }
             let uid = db.uid;
-            self.emit(Event::warn(MISSING_WAL).with("db", &uid));
+            self.emit(Event::new(EventKind::RemovingStandbyMissingWal).with("db", &uid));
             self.cd.dbs.remove(&uid);
         }
     }
@@ -176,7 +174,7 @@ impl Planner<'_> {
     /// A standby whose data comes from another cluster (system identifier) or that went
     /// past the primary's timeline cannot stream from it: its keeper gets a fresh db.
     pub(super) fn remove_invalid_standbys(&mut self, master: &Db) {
-        let invalid: Vec<(Db, &'static str)> = self
+        let invalid: Vec<(Db, InvalidStandby)> = self
             .cd
             .dbs
             .values()
@@ -186,30 +184,25 @@ impl Planner<'_> {
                     && !master.status.system_id.is_empty()
                     && db.status.system_id != master.status.system_id
                 {
-                    Some((
-                        db.clone(),
-                        "its system identifier differs from the master's",
-                    ))
+                    Some((db.clone(), InvalidStandby::OtherSystem))
                 } else if db.status.timeline_id > master.status.timeline_id {
-                    Some((db.clone(), "it is on a later timeline than the master"))
+                    Some((db.clone(), InvalidStandby::LaterTimeline))
                 } else if diverged(db, master) {
-                    Some((
-                        db.clone(),
-                        "it went past the point where the master's timeline forked from its own",
-                    ))
+                    Some((db.clone(), InvalidStandby::PastFork))
                 } else {
                     None
                 }
             })
             .collect();
-        for (db, reason) in invalid {
-            if !self.master_reported_since(master, &db.spec.keeper_uid, reason) {
+        for (db, why) in invalid {
+            let order = OrderReason::Invalid(why);
+            if !self.master_reported_since(master, &db.spec.keeper_uid, order) {
                 continue;
             }
             self.emit(
-                Event::warn("removing invalid db")
+                Event::new(EventKind::RemovingInvalidDb)
                     .with("db", &db.uid)
-                    .with("reason", reason),
+                    .with("reason", why.message()),
             );
             self.cd.dbs.remove(&db.uid);
         }
@@ -223,7 +216,7 @@ impl Planner<'_> {
         &mut self,
         master: &Db,
         keeper: &KeeperUid,
-        reason: &'static str,
+        reason: OrderReason,
     ) -> bool {
         let key = (keeper.clone(), reason);
         self.orders_called_for.insert(key.clone());
@@ -236,9 +229,9 @@ impl Planner<'_> {
             && changed_at(&master.spec.keeper_uid).is_some_and(|at| at > since);
         if !confirmed {
             self.emit(
-                Event::info("waiting for the master to report again before acting")
+                Event::new(EventKind::WaitingForMasterReport)
                     .with("keeper", keeper)
-                    .with("reason", reason),
+                    .with("reason", reason.message()),
             );
         }
         confirmed
@@ -313,9 +306,7 @@ impl Planner<'_> {
                         || !(good_set.contains(uid) || converging.contains(uid)))
             });
             if hopeless {
-                self.emit(Event::info(
-                    "setting the expected sync-standbys to the current known in sync sync-standbys",
-                ));
+                self.emit(Event::new(EventKind::ResettingExpectedSyncStandbys));
                 spec = status.clone();
             }
         }
@@ -327,7 +318,7 @@ impl Planner<'_> {
                 .cloned()
                 .collect();
             for gone in previous.difference(&next) {
-                self.emit(Event::info("removing failed synchronous standby").with("db", gone));
+                self.emit(Event::new(EventKind::RemovingFailedSyncStandby).with("db", gone));
             }
             let mut by_position: Vec<&Db> = good.iter().collect();
             by_position.sort_by(|a, b| {
@@ -358,10 +349,7 @@ impl Planner<'_> {
                     && !next.contains(&db.uid)
                     && db.status.timeline_id == master.status.timeline_id
                 {
-                    self.emit(
-                        Event::info("adding new synchronous standby in good state trying to reach MaxSynchronousStandbys")
-                            .with("db", &db.uid),
-                    );
+                    self.emit(Event::new(EventKind::AddingSyncStandby).with("db", &db.uid));
                     next.insert(db.uid.clone());
                 }
             }
@@ -376,9 +364,7 @@ impl Planner<'_> {
                 );
             }
             if next.iter().any(|uid| !previous.contains(uid)) && !previous.is_empty() {
-                self.emit(Event::info(
-                    "merging current and previous synchronous standbys",
-                ));
+                self.emit(Event::new(EventKind::MergingSyncStandbys));
                 next.extend(
                     previous
                         .iter()
@@ -388,7 +374,7 @@ impl Planner<'_> {
             }
             if next != spec {
                 self.emit(
-                    Event::info("synchronousStandbys changed").with(
+                    Event::new(EventKind::SyncStandbysChanged).with(
                         "standbys",
                         next.iter()
                             .map(|u| u.to_string())
@@ -400,14 +386,10 @@ impl Planner<'_> {
             spec = next;
             status.retain(|uid| spec.contains(uid));
         } else {
-            self.emit(Event::info(
-                "waiting for new defined synchronous standbys to be in sync",
-            ));
+            self.emit(Event::new(EventKind::WaitingForSyncStandbys));
         }
         let external = if spec.len() < min {
-            self.emit(Event::info(
-                "using a fake synchronous standby since there are not enough real standbys available",
-            ));
+            self.emit(Event::new(EventKind::UsingFakeSyncStandby));
             vec![FAKE_STANDBY_NAME.to_string()]
         } else {
             Vec::new()
@@ -433,9 +415,51 @@ fn diverged(db: &Db, master: &Db) -> bool {
             .is_some_and(|switch| db.status.x_log_pos > switch.switch_point)
 }
 
-const NEW_STANDBY: &str = "added new standby db";
-const MISSING_WAL: &str =
-    "removing db that won't be able to sync due to missing wals on current master";
+/// Why the planner gives an order against a keeper's data: with the keeper, what
+/// [`Memory`] keys a pending order by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum OrderReason {
+    /// A free keeper gets a new standby db, resynced from the primary.
+    NewStandby,
+    /// A standby that can never catch up gets a fresh db.
+    MissingWal,
+    /// A standby that cannot stream from the primary gets a fresh db.
+    Invalid(InvalidStandby),
+}
+
+impl OrderReason {
+    /// As the operator reads it: a new standby or a standby missing WAL is named by the
+    /// event that carries the order out, an invalid standby by what makes it invalid.
+    fn message(self) -> &'static str {
+        match self {
+            OrderReason::NewStandby => EventKind::AddedNewStandby.message(),
+            OrderReason::MissingWal => EventKind::RemovingStandbyMissingWal.message(),
+            OrderReason::Invalid(why) => why.message(),
+        }
+    }
+}
+
+/// Why a standby cannot stream from the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum InvalidStandby {
+    /// Its data comes from another cluster (system identifier).
+    OtherSystem,
+    LaterTimeline,
+    /// It wrote past the point where the primary's timeline forked from its own.
+    PastFork,
+}
+
+impl InvalidStandby {
+    fn message(self) -> &'static str {
+        match self {
+            InvalidStandby::OtherSystem => "its system identifier differs from the master's",
+            InvalidStandby::LaterTimeline => "it is on a later timeline than the master",
+            InvalidStandby::PastFork => {
+                "it went past the point where the master's timeline forked from its own"
+            }
+        }
+    }
+}
 
 /// How many sleep intervals a standby's position may stay still before a missing WAL
 /// segment on the primary is taken as the reason.

@@ -69,7 +69,7 @@ impl Planner<'_> {
             }
         };
         self.emit(
-            Event::info("switchover: holding new client connections at the proxies")
+            Event::new(EventKind::SwitchoverHolding)
                 .with("from", &master)
                 .with("to", &target),
         );
@@ -130,7 +130,7 @@ impl Planner<'_> {
         let lagging = self.proxies_behind();
         if !lagging.is_empty() {
             self.emit(
-                Event::info("switchover: waiting for the proxies to hold new connections")
+                Event::new(EventKind::SwitchoverWaitingForProxies)
                     .with("proxies", lagging.join(",")),
             );
             return;
@@ -139,15 +139,10 @@ impl Planner<'_> {
         let clock = self.memory.switchover.as_mut().expect("set by the caller");
         let held_since = *clock.held_since.get_or_insert(now);
         if now.saturating_sub(held_since) < so.grace.0 {
-            self.emit(Event::info(
-                "switchover: letting existing sessions finish (grace period)",
-            ));
+            self.emit(Event::new(EventKind::SwitchoverGracePeriod));
             return;
         }
-        self.emit(
-            Event::info("switchover: stopping the old primary after a checkpoint")
-                .with("db", &master.uid),
-        );
+        self.emit(Event::new(EventKind::SwitchoverHalting).with("db", &master.uid));
         self.cd.dbs.get_mut(&master.uid).expect("master").spec.halt = true;
         so.phase = SwitchoverPhase::Halting;
     }
@@ -161,24 +156,21 @@ impl Planner<'_> {
             .filter(|s| s.db_uid == master.uid && s.generation == master.generation && !s.healthy)
             .and_then(|s| s.shutdown_checkpoint);
         let Some(checkpoint) = stopped else {
-            self.emit(
-                Event::info("switchover: waiting for the old primary to shut down")
-                    .with("db", &master.uid),
-            );
+            self.emit(Event::new(EventKind::SwitchoverWaitingForHalt).with("db", &master.uid));
             return;
         };
         if checkpoint.timeline_id != master.status.timeline_id {
             // Never the case for a primary that served: rather than compare positions across
             // timelines, wait for the timeout to abandon the switchover.
             self.emit(
-                Event::warn("switchover: the old primary stopped on an unexpected timeline")
+                Event::new(EventKind::SwitchoverUnexpectedTimeline)
                     .with("db", &master.uid)
                     .with("timeline", checkpoint.timeline_id),
             );
             return;
         }
         self.emit(
-            Event::info("switchover: old primary stopped")
+            Event::new(EventKind::SwitchoverOldPrimaryStopped)
                 .with("db", &master.uid)
                 .with("final_lsn", checkpoint.location),
         );
@@ -198,7 +190,7 @@ impl Planner<'_> {
             && target.status.x_log_pos > final_lsn;
         if !caught_up {
             self.emit(
-                Event::info("switchover: waiting for the target to catch up")
+                Event::new(EventKind::SwitchoverWaitingForCatchUp)
                     .with("db", &target_uid)
                     .with("position", target.status.x_log_pos)
                     .with("final_lsn", final_lsn),
@@ -207,7 +199,7 @@ impl Planner<'_> {
         }
         let keeper = target.spec.keeper_uid.clone();
         self.emit(
-            Event::info("switchover: target has the old primary's final WAL position: electing it")
+            Event::new(EventKind::SwitchoverElectingTarget)
                 .with("db", &target_uid)
                 .with("keeper", &keeper)
                 .with("position", target.status.x_log_pos),
@@ -226,7 +218,7 @@ impl Planner<'_> {
     /// to it again; after, it starts again and the proxies keep holding until it serves.
     pub(super) fn abandon_switchover(&mut self, master: &Db, mut so: Switchover, reason: String) {
         self.emit(
-            Event::warn("switchover abandoned")
+            Event::new(EventKind::SwitchoverAbandoned)
                 .with("db", &master.uid)
                 .with("reason", &reason),
         );
@@ -274,12 +266,12 @@ impl Planner<'_> {
         let Some(so) = self.cd.cluster.status.switchover.take() else {
             return;
         };
-        let event = if succeeded {
-            Event::info("switchover completed")
+        let kind = if succeeded {
+            EventKind::SwitchoverCompleted
         } else {
-            Event::warn("switchover did not happen")
+            EventKind::SwitchoverDidNotHappen
         };
-        self.emit(event.with("reason", &message));
+        self.emit(Event::new(kind).with("reason", &message));
         self.memory.switchover = None;
         self.cd.cluster.status.last_switchover = Some(SwitchoverOutcome {
             id: so.id,

@@ -536,17 +536,17 @@ impl World {
 }
 
 pub fn messages(events: &[Event]) -> Vec<&'static str> {
-    events.iter().map(|e| e.message).collect()
+    events.iter().map(|e| e.message()).collect()
 }
 
 pub fn has(events: &[Event], message: &str) -> bool {
-    events.iter().any(|e| e.message == message)
+    events.iter().any(|e| e.message() == message)
 }
 
 pub fn find<'a>(events: &'a [Event], message: &str) -> &'a Event {
     events
         .iter()
-        .find(|e| e.message == message)
+        .find(|e| e.message() == message)
         .unwrap_or_else(|| panic!("no event {message:?} in {:#?}", messages(events)))
 }
 
@@ -565,7 +565,7 @@ pub fn assert_in_order(events: &[Event], wanted: &[&str]) {
     let mut rest = events.iter();
     for w in wanted {
         assert!(
-            rest.any(|e| e.message == *w),
+            rest.any(|e| e.message() == *w),
             "event {w:?} missing or out of order in {:#?}",
             messages(events)
         );
