@@ -9,7 +9,7 @@ use common::CdBuilder;
 use stolon_cluster::{ClusterData, Db, DbRole, DbUid, Generation, InitMode, KeeperUid};
 use stolon_engine::keeper::{
     self, followed_endpoint, next_action, slot_name, sync_gate_lifted, Action, Endpoint, Instance,
-    LocalDb,
+    LocalDb, Refusal, StopReason, WaitReason,
 };
 
 const ME: &str = "k1";
@@ -116,8 +116,8 @@ fn stopped_primary() -> Instance {
 
 enum Expect {
     Is(Action),
-    /// Stop when postgres runs, Wait otherwise, with a message containing this.
-    Refuses(&'static str),
+    /// Stop when postgres runs, Wait otherwise, for this reason.
+    Refuses(Refusal),
 }
 
 struct Case {
@@ -139,16 +139,13 @@ fn check(case: Case) {
     );
     match case.want {
         Expect::Is(want) => assert_eq!(got, want, "{}", case.name),
-        Expect::Refuses(needle) => {
-            let msg = match (&got, case.pg.running) {
-                (Action::Stop(m), true) | (Action::Wait(m), false) => m,
-                _ => panic!(
-                    "{}: expected {} ({needle:?}), got {got:?}",
-                    case.name,
-                    if case.pg.running { "Stop" } else { "Wait" }
-                ),
+        Expect::Refuses(want) => {
+            let want = if case.pg.running {
+                Action::Stop(StopReason::Refused(want))
+            } else {
+                Action::Wait(WaitReason::Refused(want))
             };
-            assert!(msg.contains(needle), "{}: {msg:?}", case.name);
+            assert_eq!(got, want, "{}", case.name);
         }
     }
 }
@@ -187,9 +184,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: running_primary(&[]),
-            want: Expect::Is(Action::Wait(
-                "no cluster data available, waiting for it to appear",
-            )),
+            want: Expect::Is(Action::Wait(WaitReason::NoClusterData)),
         },
         Case {
             name: "our keeper is not in the cluster data yet",
@@ -197,7 +192,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: stopped_standby(),
-            want: Expect::Refuses("our keeper data is not available"),
+            want: Expect::Is(Action::Wait(WaitReason::NoKeeperData)),
         },
         Case {
             name: "boot uuid mismatch, running",
@@ -205,7 +200,7 @@ fn next_action_table() {
             boot: "boot-other",
             local: applied(),
             pg: running_standby(Some(upstream())),
-            want: Expect::Refuses("boot UID is different"),
+            want: Expect::Refuses(Refusal::BootUidChanged),
         },
         Case {
             name: "boot uuid mismatch, stopped",
@@ -213,7 +208,7 @@ fn next_action_table() {
             boot: "boot-other",
             local: applied(),
             pg: stopped_standby(),
-            want: Expect::Refuses("boot UID is different"),
+            want: Expect::Refuses(Refusal::BootUidChanged),
         },
         Case {
             name: "no db assigned to a running old primary: stop it",
@@ -221,7 +216,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: running_primary(&["stolon_db-2"]),
-            want: Expect::Is(Action::Stop("no db assigned")),
+            want: Expect::Is(Action::Stop(StopReason::Refused(Refusal::NoDbAssigned))),
         },
         Case {
             name: "no db assigned, stopped",
@@ -229,7 +224,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: stopped_primary(),
-            want: Expect::Is(Action::Wait("no db assigned")),
+            want: Expect::Is(Action::Wait(WaitReason::Refused(Refusal::NoDbAssigned))),
         },
         Case {
             name: "new db with init mode new",
@@ -296,7 +291,7 @@ fn next_action_table() {
             boot: BOOT,
             local: local("db-old", Generation(9)),
             pg: stopped_primary(),
-            want: Expect::Refuses("waiting for the db to follow to have a known address"),
+            want: Expect::Refuses(Refusal::NoUpstreamAddress),
         },
         Case {
             name: "resync waits for the upstream's address, stopping a running instance",
@@ -304,7 +299,7 @@ fn next_action_table() {
             boot: BOOT,
             local: local("db-old", Generation(9)),
             pg: running_primary(&[]),
-            want: Expect::Refuses("waiting for the db to follow to have a known address"),
+            want: Expect::Refuses(Refusal::NoUpstreamAddress),
         },
         Case {
             name: "another db in our directory and no init mode: refuse",
@@ -312,7 +307,7 @@ fn next_action_table() {
             boot: BOOT,
             local: local("db-old", GEN),
             pg: running_standby(Some(upstream())),
-            want: Expect::Refuses("refusing to act"),
+            want: Expect::Refuses(Refusal::NotOurDb),
         },
         Case {
             name: "state says initialised, directory is empty: refuse",
@@ -320,7 +315,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: empty_dir(),
-            want: Expect::Refuses("refusing to re-initialise"),
+            want: Expect::Refuses(Refusal::DataDirectoryLost),
         },
         Case {
             name: "master role on a running standby: promote",
@@ -347,7 +342,7 @@ fn next_action_table() {
                 in_recovery: None,
                 ..running_primary(&[])
             },
-            want: Expect::Is(Action::Wait("postgres is not answering yet")),
+            want: Expect::Is(Action::Wait(WaitReason::NotAnswering)),
         },
         Case {
             name: "standby role on a running local primary",
@@ -355,7 +350,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: running_primary(&[]),
-            want: Expect::Is(Action::Wait("cannot move from master role to standby role")),
+            want: Expect::Is(Action::Wait(WaitReason::MasterToStandby)),
         },
         Case {
             name: "standby role on a stopped local primary",
@@ -363,7 +358,7 @@ fn next_action_table() {
             boot: BOOT,
             local: applied(),
             pg: stopped_primary(),
-            want: Expect::Is(Action::Wait("cannot move from master role to standby role")),
+            want: Expect::Is(Action::Wait(WaitReason::MasterToStandby)),
         },
         Case {
             name: "standby role, stopped standby: start following the upstream",
@@ -561,7 +556,11 @@ fn an_initialised_data_directory_without_our_record_is_never_wiped() {
                     "{role:?} {init_mode:?} running={running}: {got:?}"
                 );
                 assert!(
-                    matches!(&got, Action::Wait(r) | Action::Stop(r) if r.contains("did not create")),
+                    matches!(
+                        got,
+                        Action::Wait(WaitReason::Refused(Refusal::ForeignData))
+                            | Action::Stop(StopReason::Refused(Refusal::ForeignData))
+                    ),
                     "{role:?} {init_mode:?} running={running}: {got:?}"
                 );
             }
@@ -702,7 +701,7 @@ fn rewind_table() {
 #[test]
 fn system_id_mismatch_table() {
     const OTHER: &str = "7000000000000000999";
-    const REFUSE: &str = "system identifier differs";
+    const REFUSE: Refusal = Refusal::SystemIdChanged;
     let cases = vec![
         Case {
             name: "standby, running, another system in the directory: stop",
@@ -1079,7 +1078,10 @@ fn existing_mode_adopts_without_wiping() {
         &empty_dir(),
     );
     assert!(
-        matches!(got, Action::Wait(r) if r.contains("holds no database cluster")),
+        matches!(
+            got,
+            Action::Wait(WaitReason::Refused(Refusal::NothingToAdopt))
+        ),
         "{got:?}"
     );
 }

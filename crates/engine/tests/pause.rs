@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use stolon_cluster::{ClusterData, DbRole, InitMode, Pause};
-use stolon_engine::keeper::{next_action, Action, Instance, LocalDb};
+use stolon_engine::keeper::{next_action, Action, Instance, LocalDb, WaitReason};
 
 fn pause(cd: &mut ClusterData) {
     cd.cluster.status.pause = Some(Pause {
@@ -101,7 +101,10 @@ fn a_paused_keeper_leaves_postgres_as_it_is() {
         };
         let me = stolon_cluster::KeeperUid::new("k1");
         assert!(
-            matches!(next_action(Some(&cd), &me, "boot-k1", &local, &pg), Action::Wait(why) if why.contains("paused")),
+            matches!(
+                next_action(Some(&cd), &me, "boot-k1", &local, &pg),
+                Action::Wait(WaitReason::Paused)
+            ),
             "running {running}"
         );
     }

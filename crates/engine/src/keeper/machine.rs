@@ -18,7 +18,7 @@
 
 use super::report::{pg_state, same_but_position, Observation};
 use super::starts::{FailedStarts, StartKey};
-use super::{next_action, sync_gate_lifted, Action, Endpoint};
+use super::{next_action, sync_gate_lifted, Action, Endpoint, StopReason, WaitReason};
 use crate::ids::Ids;
 use crate::store_loss::{Enforce, KeeperFence, Timing};
 use crate::ClusterView;
@@ -101,7 +101,7 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
     /// The reconciler waits, for this reason (told once until the reason changes).
-    Waiting(&'static str),
+    Waiting(WaitReason),
     /// The instance matches its db spec.
     Converged,
     /// postgres failed to start repeatedly: the next start waits.
@@ -125,7 +125,7 @@ pub enum Note {
 impl std::fmt::Display for Note {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Note::Waiting(reason) => f.write_str(reason),
+            Note::Waiting(reason) => reason.fmt(f),
             Note::Converged => f.write_str("converged"),
             Note::StartBackoff { retry_in, .. } => write!(
                 f,
@@ -210,7 +210,7 @@ pub struct KeeperMachine {
     stop_timeout: Duration,
     sync_gate: bool,
     failed_starts: FailedStarts,
-    last_wait: Option<&'static str>,
+    last_wait: Option<WaitReason>,
     last_sent: Option<Sent>,
     /// The publication of the loop that just ended, for its [`Step`].
     outgoing: Option<Publication>,
@@ -347,10 +347,7 @@ impl KeeperMachine {
                 // it) keeps the instance serving.
                 notes.push(Note::LeftRunningWhilePaused);
             } else {
-                return self.act(
-                    Action::Stop("stopping postgres left running by a previous keeper process"),
-                    0,
-                );
+                return self.act(Action::Stop(StopReason::LeftRunning), 0);
             }
         }
         if self.sync_gate && self.gate_lifts() {

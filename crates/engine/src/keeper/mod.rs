@@ -9,8 +9,11 @@
 use stolon_cluster::{ClusterData, Db, DbRole, DbUid, Generation, InitMode, KeeperUid};
 
 pub mod machine;
+mod reasons;
 pub mod report;
 pub mod starts;
+
+pub use reasons::{Refusal, StopReason, WaitReason};
 
 /// Where a standby streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +59,9 @@ pub struct Instance {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Nothing can be done now; the reason is worth one log line.
-    Wait(&'static str),
+    Wait(WaitReason),
     /// Stop postgres, for the reason given.
-    Stop(&'static str),
+    Stop(StopReason),
     /// Wipe the data directory and create a new primary (initdb, roles).
     InitNew {
         db: DbUid,
@@ -202,39 +205,32 @@ pub fn next_action(
     local: &LocalDb,
     pg: &Instance,
 ) -> Action {
-    let stop_or_wait = |why: &'static str| {
+    let stop_or_wait = |why: Refusal| {
         if pg.running {
-            Action::Stop(why)
+            Action::Stop(StopReason::Refused(why))
         } else {
-            Action::Wait(why)
+            Action::Wait(WaitReason::Refused(why))
         }
     };
     let Some(cd) = cd else {
-        return Action::Wait("no cluster data available, waiting for it to appear");
+        return Action::Wait(WaitReason::NoClusterData);
     };
     if cd.cluster.status.pause.is_some() {
-        return Action::Wait(
-            "the cluster is paused (stolonctl resume ends it): postgres is left as it is",
-        );
+        return Action::Wait(WaitReason::Paused);
     }
     let Some(keeper) = cd.keepers.get(me) else {
-        return Action::Wait("our keeper data is not available, waiting for it to appear");
+        return Action::Wait(WaitReason::NoKeeperData);
     };
     if keeper.status.boot_uuid != boot_uuid {
-        return stop_or_wait(
-            "our db boot UID is different than the cluster data one, waiting for it to be updated",
-        );
+        return stop_or_wait(Refusal::BootUidChanged);
     }
     let Some(db) = cd.db_of_keeper(me) else {
-        return stop_or_wait("no db assigned");
+        return stop_or_wait(Refusal::NoDbAssigned);
     };
     let followed = followed_endpoint(cd, db);
     if let (Some(local_id), Some(recorded)) = (&pg.system_id, &local.system_id) {
         if local_id != recorded && !local.initializing {
-            return stop_or_wait(
-                "the data directory's system identifier differs from the one recorded when \
-                 this keeper made it: refusing to act on it",
-            );
+            return stop_or_wait(Refusal::SystemIdChanged);
         }
     }
 
@@ -242,16 +238,11 @@ pub fn next_action(
         return match db.spec.init_mode {
             // Adopting wipes nothing, and the cluster data names this keeper for it.
             InitMode::Existing if pg.initialized => Action::Adopt { db: db.uid.clone() },
-            InitMode::Existing => {
-                stop_or_wait("initMode existing, but the data directory holds no database cluster")
-            }
+            InitMode::Existing => stop_or_wait(Refusal::NothingToAdopt),
             // Every db this keeper makes is recorded before its data directory is touched,
             // so an initialised data directory without a record is someone else's: never
             // wiped.
-            _ if local.uid.is_none() && pg.initialized => stop_or_wait(
-                "the data directory holds a PostgreSQL cluster this keeper did not create: \
-                 refusing to wipe it (move it away to let the keeper initialise a new one)",
-            ),
+            _ if local.uid.is_none() && pg.initialized => stop_or_wait(Refusal::ForeignData),
             InitMode::New => Action::InitNew { db: db.uid.clone() },
             InitMode::Pitr => Action::Restore { db: db.uid.clone() },
             InitMode::Resync => match followed {
@@ -265,20 +256,13 @@ pub fn next_action(
                         && pg.system_id.is_some()
                         && pg.system_id.as_deref() == followed_system_id(cd, db),
                 },
-                None => stop_or_wait("waiting for the db to follow to have a known address"),
+                None => stop_or_wait(Refusal::NoUpstreamAddress),
             },
-            InitMode::None => stop_or_wait(
-                "our data directory does not hold the db the cluster data assigns us, and the \
-                 cluster data does not ask to initialise it: refusing to act (check that the \
-                 keeper data is on a persistent volume)",
-            ),
+            InitMode::None => stop_or_wait(Refusal::NotOurDb),
         };
     }
     if !pg.initialized {
-        return stop_or_wait(
-            "database cluster not initialized although our state says it was: refusing to \
-             re-initialise it on our own",
-        );
+        return stop_or_wait(Refusal::DataDirectoryLost);
     }
 
     match db.spec.role {
@@ -287,7 +271,7 @@ pub fn next_action(
                 return Action::Halt;
             }
             if local.generation == db.generation {
-                return Action::Wait("postgres stopped for a switchover: waiting for the sentinel");
+                return Action::Wait(WaitReason::HaltedForSwitchover);
             }
         }
         DbRole::Master => {
@@ -296,7 +280,7 @@ pub fn next_action(
                 return Action::Start { follow };
             }
             match pg.in_recovery {
-                None => return Action::Wait("postgres is not answering yet"),
+                None => return Action::Wait(WaitReason::NotAnswering),
                 Some(true) => return Action::Promote,
                 Some(false) => {}
             }
@@ -313,14 +297,14 @@ pub fn next_action(
         DbRole::Standby => {
             let locally_primary = if pg.running {
                 match pg.in_recovery {
-                    None => return Action::Wait("postgres is not answering yet"),
+                    None => return Action::Wait(WaitReason::NotAnswering),
                     Some(in_recovery) => !in_recovery,
                 }
             } else {
                 !pg.standby_signal
             };
             if locally_primary {
-                return Action::Wait("cannot move from master role to standby role");
+                return Action::Wait(WaitReason::MasterToStandby);
             }
             // A standby cluster's standby leader: its upstream is the remote of its spec.
             let leads = db.spec.follows_remote();
@@ -330,7 +314,7 @@ pub fn next_action(
             if !pg.running {
                 return match followed.or_else(|| pg.following.clone()) {
                     Some(from) => Action::Start { follow: Some(from) },
-                    None => Action::Wait("waiting for the db to follow to have a known address"),
+                    None => Action::Wait(WaitReason::Refused(Refusal::NoUpstreamAddress)),
                 };
             }
             if followed.is_some_and(|want| pg.following.as_ref() != Some(&want)) || pg.config_stale
