@@ -123,7 +123,7 @@ impl std::fmt::Display for Note {
             Note::Route(Route::Hold { .. }) => f.write_str(
                 "switchover: holding new connections, closing existing ones after the grace period",
             ),
-            Note::Route(Route::Nowhere(reason)) => f.write_str(reason),
+            Note::Route(Route::Nowhere(reason)) => reason.fmt(f),
             Note::NoClusterData => {
                 f.write_str("no clusterdata available, closing connections to master")
             }

@@ -19,7 +19,34 @@ pub enum Route {
     /// closed after `grace`.
     Hold { grace: Duration },
     /// Close every connection and refuse new ones, for the reason given.
-    Nowhere(&'static str),
+    Nowhere(NoRoute),
+}
+
+/// Why a proxy routes nowhere. Each prints as the proxy's log line has always read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoute {
+    /// The sentinel names no primary for the proxies (a failover is under way).
+    NoMasterDb,
+    /// The primary named is not among the dbs.
+    MasterDbMissing,
+    /// This proxy is not listed as enabled: the sentinel may not wait for it.
+    NotEnabled,
+    NoMasterAddress,
+}
+
+impl std::fmt::Display for NoRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoRoute::NoMasterDb => "no master db defined, closing connections to master",
+            NoRoute::MasterDbMissing => "no db object available, closing connections to master",
+            NoRoute::NotEnabled => {
+                "not proxying to master address since we aren't in the enabled proxies list"
+            }
+            NoRoute::NoMasterAddress => {
+                "master db has no known address, closing connections to master"
+            }
+        })
+    }
 }
 
 /// What happens to a new client connection: piped to `A` (an address) when open.
@@ -71,18 +98,16 @@ pub fn route(cd: &ClusterData, me: &ProxyUid) -> Route {
         };
     }
     let Some(master) = &cd.proxy.spec.master_db_uid else {
-        return Route::Nowhere("no master db defined, closing connections to master");
+        return Route::Nowhere(NoRoute::NoMasterDb);
     };
     let Some(db) = cd.dbs.get(master) else {
-        return Route::Nowhere("no db object available, closing connections to master");
+        return Route::Nowhere(NoRoute::MasterDbMissing);
     };
     if !cd.proxy.spec.enabled_proxies.contains(me) {
-        return Route::Nowhere(
-            "not proxying to master address since we aren't in the enabled proxies list",
-        );
+        return Route::Nowhere(NoRoute::NotEnabled);
     }
     if db.status.listen_address.is_empty() || db.status.port == 0 {
-        return Route::Nowhere("master db has no known address, closing connections to master");
+        return Route::Nowhere(NoRoute::NoMasterAddress);
     }
     Route::To {
         db: master.to_string(),
