@@ -25,7 +25,9 @@ for b in "${binaries[@]}"; do
   [ -x "target/release/$b" ] || { log "target/release/$b is missing: cargo build --release --bins first"; exit 1; }
 done
 mkdir -p "$cache"
-key=$(cat deploy/Dockerfile "${binaries[@]/#/target/release/}" | sha256sum | cut -c1-16)
+# Bump when the base image is made differently.
+base_recipe=slim-2
+key=$( (echo "$base_recipe"; cat deploy/Dockerfile "${binaries[@]/#/target/release/}") | sha256sum | cut -c1-16)
 if [ -s "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
   echo "$out"
   exit 0
@@ -47,6 +49,9 @@ runroot = "$cache/run"
 CONF
 
 # The Dockerfile's base, debian:bookworm-slim, made here instead of pulled.
+if [ "$(cat "$cache/base.recipe" 2>/dev/null)" != "$base_recipe" ]; then
+  buildah rmi -f localhost/debian:bookworm-slim >/dev/null 2>&1 || true
+fi
 if ! buildah images -q localhost/debian:bookworm-slim 2>/dev/null | grep -q .; then
   rootfs=$cache/bookworm-rootfs
   if [ ! -e "$rootfs/.complete" ]; then
@@ -58,11 +63,29 @@ if ! buildah images -q localhost/debian:bookworm-slim 2>/dev/null | grep -q .; t
     }
     touch "$rootfs/.complete"
   fi
+  # What makes Docker's debian:bookworm-slim slim: apt keeps no packages or caches, and
+  # dpkg installs no documentation, manual pages or translations.
+  cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
+  cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker" <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/lintian/*
+DPKG
+  rm -f "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin
   container=$(buildah from scratch)
   mount=$(buildah mount "$container")
   tar -C "$rootfs" --exclude=./.complete -cf - . | tar -C "$mount" -xf -
   buildah umount "$container" >/dev/null
   buildah commit -q "$container" localhost/debian:bookworm-slim >/dev/null
+  echo "$base_recipe" >"$cache/base.recipe"
   buildah rm "$container" >/dev/null
 fi
 

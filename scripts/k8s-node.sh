@@ -35,15 +35,13 @@
 # not enforced) in directories of the state directory. A released volume is wiped and made
 # available again within seconds.
 #
-# Images, made without any registry or image tool and imported into containerd:
+# Images, made without any registry and imported into containerd:
 # - k8s.gcr.io/pause:3.2, the sandbox image: build/pause/linux/pause.c, compiled statically;
-# - stolon-rs:0.1.0 (the chart's default): Debian's postgresql-15 and the libraries it needs
-#   (apt-get download, dpkg-deb -x; no perl, no pg_wrapper, no LLVM JIT, no CA
-#   certificates), tini, bash, coreutils, procps, the user
-#   postgres (uid 999), and target/release/{stolon-keeper,stolon-sentinel,stolon-proxy,
-#   stolonctl} (build them first: cargo build --release --bins). As in deploy/Dockerfile:
-#   PATH starts with /usr/lib/postgresql/15/bin, LANG=C.UTF-8, user 999, entrypoint tini.
-#   Rebuilt only when the binaries change.
+# - stolon-rs:0.1.0 (the chart's default): deploy/Dockerfile, the image users build, built by
+#   scripts/build-image.sh (Debian's buildah on a debootstrap base) from
+#   target/release/{stolon-keeper,stolon-sentinel,stolon-proxy,stolonctl} (build them
+#   first: cargo build --release --bins). Rebuilt only when the binaries or the Dockerfile
+#   change.
 #
 # State: $STOLON_K8S_NODE_DIR (/var/lib/stolon-k8s-node); logs in its logs/ directory.
 # Cache (binaries, image tars): $STOLON_CACHE (/var/cache/stolon-rs).
@@ -80,8 +78,6 @@ storage_class=local-storage
 fw_chain=STOLON-K8S-NODE
 pause_image=k8s.gcr.io/pause:3.2
 stolon_image=stolon-rs:0.1.0
-# Bump when the way the stolon-rs image is made changes: it is part of the cache key.
-image_recipe=1
 
 pki="$state/pki"
 run="$state/run"
@@ -276,129 +272,9 @@ ensure_programs() {
 }
 
 # ---------------------------------------------------------------------------------------
-# Images: docker-archive tars written by hand, imported with `ctr images import`.
-
-# The packages of a PostgreSQL 15 root file system: a dependency walk that takes the first
-# alternative of each `a | b` and leaves out what only maintainer scripts or the pg_wrapper
-# in /usr/bin need (perl, debconf, postgresql-common), and the LLVM JIT.
-base_packages=(postgresql-15 postgresql-client-15 tini bash dash coreutils grep sed findutils
-  procps netbase base-files libc-bin tzdata)
-excluded_packages=(postgresql-common postgresql-client-common libllvm14 locales locales-all ssl-cert
-  debconf cdebconf adduser ucf lsb-base sysvinit-utils init-system-helpers perl libjson-perl)
-
-dependency_closure() {
-  local -A seen=()
-  local queue=("$@") next name
-  for name in "$@"; do seen[$name]=1; done
-  for name in "${excluded_packages[@]}"; do seen[$name]=excluded; done
-  while [ ${#queue[@]} -gt 0 ]; do
-    next=()
-    while read -r name; do
-      name=${name%:any}
-      [ -n "$name" ] || continue
-      [ -z "${seen[$name]:-}" ] || continue
-      seen[$name]=1
-      next+=("$name")
-    done < <(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
-      --no-replaces --no-enhances "${queue[@]}" | awk '
-        # A group of alternatives ends with a line without "|"; each alternative may be
-        # followed by the packages that provide it (indented by four spaces).
-        function flush(   i) {
-          for (i = 1; i <= n; i++) {
-            if (alt[i] !~ /^</) { print alt[i]; break }
-            if (prov[i] != "") { print prov[i]; break }
-          }
-          n = 0; closing = 0
-        }
-        /^[^ ]/ { if (closing) flush(); next }
-        /^ [ |](Pre)?Depends: / {
-          if (closing) flush()
-          n++; alt[n] = $2; prov[n] = ""
-          if ($0 !~ /^ \|/) closing = 1
-          next
-        }
-        /^    / { if (n > 0 && prov[n] == "") prov[n] = $1; next }
-        /^ / { if (closing) flush() }
-        END { if (closing) flush() }')
-    queue=(${next[@]+"${next[@]}"})
-  done
-  for name in "${!seen[@]}"; do
-    [ "${seen[$name]}" = excluded ] || echo "$name"
-  done | sort
-}
-
-# The root file system layer, built once per machine: $image_cache/base/layer.tar.
-build_base_layer() {
-  local dir="$image_cache/base"
-  [ -f "$dir/layer.tar" ] && [ -f "$dir/diffid" ] && return 0
-  log "making the PostgreSQL 15 root file system (once per machine)"
-  local tmp="$image_cache/base.tmp"
-  rm -rf "$tmp"
-  mkdir -p "$tmp/debs" "$tmp/root"
-  local packages
-  mapfile -t packages < <(dependency_closure "${base_packages[@]}")
-  log "downloading ${#packages[@]} Debian packages"
-  (cd "$tmp/debs" && apt-get download -q "${packages[@]}" >/dev/null 2>"$tmp/download.err") || {
-    cat "$tmp/download.err" >&2
-    die "apt-get download failed"
-  }
-  printf '%s\n' "${packages[@]}" >"$tmp/packages"
-  local root="$tmp/root" deb d
-  for deb in "$tmp"/debs/*.deb; do dpkg-deb -x "$deb" "$root"; done
-  # Debian 12 merges /bin, /sbin and /lib into /usr; the packages still ship the old paths.
-  for d in bin sbin lib lib64; do
-    if [ -d "$root/$d" ] && [ ! -L "$root/$d" ]; then
-      mkdir -p "$root/usr/$d"
-      cp -a "$root/$d/." "$root/usr/$d/"
-      rm -rf "${root:?}/$d"
-    fi
-    ln -sfn "usr/$d" "$root/$d"
-  done
-  # Not needed in a container: documentation, translations, the LLVM JIT (its library was
-  # left out; PostgreSQL runs without JIT when llvmjit.so is absent).
-  rm -rf "$root"/usr/share/{doc,man,info,lintian,locale,bug,bash-completion} \
-    "$root"/usr/lib/postgresql/15/lib/bitcode "$root"/usr/lib/postgresql/15/lib/llvmjit*.so
-  # What maintainer scripts and the base image would have made.
-  cat >"$root/etc/passwd" <<'EOF'
-root:x:0:0:root:/root:/bin/bash
-postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash
-nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
-EOF
-  cat >"$root/etc/group" <<'EOF'
-root:x:0:
-postgres:x:999:
-nogroup:x:65534:
-EOF
-  printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n' \
-    >"$root/etc/nsswitch.conf"
-  install -d -m 0700 "$root/root"
-  install -d -m 1777 "$root/tmp"
-  install -d -m 0755 "$root/run" "$root/proc" "$root/sys" "$root/dev" "$root/var"
-  if [ -d "$root/var/run" ] && [ ! -L "$root/var/run" ]; then
-    cp -a "$root/var/run/." "$root/run/"
-    rm -rf "${root:?}/var/run"
-  fi
-  ln -sfn ../run "$root/var/run"
-  install -d -o 999 -g 999 -m 2775 "$root/run/postgresql"
-  install -d -o 999 -g 999 -m 0755 "$root/var/lib/postgresql"
-  install -d -o 999 -g 999 -m 0700 "$root/stolon-data"
-  ln -sfn /usr/share/zoneinfo/Etc/UTC "$root/etc/localtime"
-  ldconfig -r "$root"
-  # A smoke test of the file system: every program it exists for starts.
-  local program
-  for program in /usr/lib/postgresql/15/bin/postgres /usr/lib/postgresql/15/bin/initdb \
-    /usr/lib/postgresql/15/bin/psql /usr/lib/postgresql/15/bin/pg_basebackup \
-    /usr/lib/postgresql/15/bin/pg_rewind /usr/bin/tini; do
-    chroot "$root" "$program" --version >/dev/null || die "$program does not run in the image's file system"
-  done
-  tar --numeric-owner -C "$root" -cf "$tmp/layer.tar" .
-  sha256sum "$tmp/layer.tar" | cut -c1-64 >"$tmp/diffid"
-  rm -rf "$dir"
-  mkdir -p "$dir"
-  mv "$tmp/layer.tar" "$tmp/diffid" "$tmp/packages" "$dir/"
-  rm -rf "$tmp"
-  log "root file system layer: $(du -m "$dir/layer.tar" | cut -f1) MB, ${#packages[@]} packages"
-}
+# Images, imported with `ctr images import`: the stolon-rs image built from deploy/Dockerfile
+# (scripts/build-image.sh), and the sandbox's pause image, a docker-archive tar written by
+# hand around the one static program it holds.
 
 # write_image OUT NAME CONFIG_JSON LAYER... (each layer a tar with a .diffid file beside it)
 write_image() {
@@ -448,49 +324,10 @@ pause_image_tar() {
   echo "$out"
 }
 
-stolon_binaries=(stolon-keeper stolon-sentinel stolon-proxy stolonctl)
-
-# Prints the path of the stolon-rs image's tar, made if missing for these binaries.
+# Prints the path of the stolon-rs image's tar: the one image there is, deploy/Dockerfile
+# built by scripts/build-image.sh (rebuilt only when the binaries or the Dockerfile change).
 stolon_image_tar() {
-  local program
-  for program in "${stolon_binaries[@]}"; do
-    [ -x "$repo/target/release/$program" ] ||
-      die "$repo/target/release/$program is missing: build the release binaries first (cargo build --release --bins)"
-  done
-  build_base_layer
-  local key
-  key=$( (
-    echo "recipe $image_recipe"
-    cat "$image_cache/base/diffid"
-    cd "$repo/target/release" && sha256sum "${stolon_binaries[@]}"
-  ) | sha256sum | cut -c1-16)
-  local out="$image_cache/images/stolon-rs-$key.tar"
-  if [ ! -f "$out" ]; then
-    log "making the image $stolon_image for these binaries ($out)"
-    mkdir -p "$image_cache/images"
-    local tmp
-    tmp=$(mktemp -d "$image_cache/stolon.XXXXXX")
-    install -d -m 0755 "$tmp/root/usr/local/bin"
-    for program in "${stolon_binaries[@]}"; do
-      install -m 0755 "$repo/target/release/$program" "$tmp/root/usr/local/bin/$program"
-    done
-    layer_from_dir "$tmp/root" "$tmp/layer.tar"
-    ln -f "$image_cache/base/layer.tar" "$tmp/base.tar"
-    cp "$image_cache/base/diffid" "$tmp/base.tar.diffid"
-    write_image "$out" "$stolon_image" '{
-        "User": "999:999",
-        "Env": ["PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "LANG=C.UTF-8"],
-        "Entrypoint": ["/usr/bin/tini", "--"],
-        "Cmd": ["stolonctl", "version"],
-        "WorkingDir": "/var/lib/postgresql",
-        "ExposedPorts": {"5432/tcp": {}, "5433/tcp": {}, "8080/tcp": {}}
-      }' "$tmp/base.tar" "$tmp/layer.tar"
-    rm -rf "$tmp"
-    # Only the newest stolon-rs image is kept.
-    find "$image_cache/images" -name 'stolon-rs-*.tar' ! -path "$out" -delete
-  fi
-  echo "$out"
+  bash "$script_dir/build-image.sh" | tail -n 1
 }
 
 # Imports a tar into containerd's k8s.io namespace unless that very tar was the last import.

@@ -361,6 +361,14 @@ pub struct Hold {
     pub grace: GoDuration,
 }
 
+/// The cluster data as a component read it from the store, with its spec validated: what
+/// every component decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub data: ClusterData,
+    pub spec: ValidSpec,
+}
+
 impl ClusterData {
     /// A fresh cluster in its initializing phase.
     pub fn new(uid: ClusterUid, spec: ClusterSpec) -> ClusterData {

@@ -12,9 +12,9 @@ mod info;
 mod spec;
 
 pub use data::{
-    Cluster, ClusterData, ClusterPhase, ClusterStatus, Db, DbRole, DbSpec, DbStatus, FollowConfig,
-    Hold, InitMode, Keeper, KeeperStatus, Pause, Proxy, ProxySpec, Switchover, SwitchoverOutcome,
-    SwitchoverPhase, CURRENT_FORMAT_VERSION, FAKE_STANDBY_NAME,
+    Cluster, ClusterData, ClusterPhase, ClusterStatus, ClusterView, Db, DbRole, DbSpec, DbStatus,
+    FollowConfig, Hold, InitMode, Keeper, KeeperStatus, Pause, Proxy, ProxySpec, Switchover,
+    SwitchoverOutcome, SwitchoverPhase, CURRENT_FORMAT_VERSION, FAKE_STANDBY_NAME,
 };
 pub use duration::GoDuration;
 pub use ids::{ClusterUid, DbUid, Generation, KeeperUid, Lsn, ProxyUid, SentinelUid, TimelineId};

@@ -15,11 +15,6 @@ pub mod sentinel;
 pub mod store_loss;
 
 pub use event::{DbProblem, Event, EventKind, Level};
-use stolon_cluster::{ClusterData, ValidSpec};
 
-/// The cluster data as a component read it from the store, with its spec validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterView {
-    pub data: ClusterData,
-    pub spec: ValidSpec,
-}
+/// What every machine decides on: the cluster data as read, with its spec validated.
+pub use stolon_cluster::ClusterView;

@@ -265,12 +265,8 @@ impl Keeper {
     }
 
     async fn read(&mut self) -> ReadOutcome {
-        match stolon_store::read_cluster_data(self.store.as_ref()).await {
-            Ok(Some(read)) => {
-                let view = Arc::new(ClusterView {
-                    data: read.data,
-                    spec: read.spec,
-                });
+        match stolon_store::read_cluster_view(self.store.as_ref()).await {
+            Ok(Some((view, _))) => {
                 self.status.read_cluster_data(view.clone());
                 ReadOutcome::Data(view)
             }

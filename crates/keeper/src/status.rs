@@ -189,18 +189,13 @@ impl Status {
         }
         let read = tokio::time::timeout(
             PROBE_TIMEOUT,
-            stolon_store::read_cluster_data(self.store.as_ref()),
+            stolon_store::read_cluster_view(self.store.as_ref()),
         )
         .await
         .ok()
         .and_then(Result::ok)
         .flatten()
-        .map(|read| {
-            Arc::new(ClusterView {
-                data: read.data,
-                spec: read.spec,
-            })
-        });
+        .map(|(view, _)| view);
         *last = Some((Instant::now(), read.clone()));
         read
     }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use stolon_engine::proxy::machine::{Effect, Input, Note, ReadOutcome, Request};
 use stolon_engine::proxy::{Backend, Route, Sessions};
-use stolon_engine::ClusterView;
 use stolon_store::{ChangeWaiter, InfoKind, Store, StoreError, WatchScope};
 use tokio_util::sync::CancellationToken;
 
@@ -34,11 +33,8 @@ pub(crate) async fn run_checks(
         }
         let input = match step.request {
             Request::ReadClusterData => {
-                Input::Read(match stolon_store::read_cluster_data(store).await {
-                    Ok(Some(read)) => ReadOutcome::Data(Arc::new(ClusterView {
-                        data: read.data,
-                        spec: read.spec,
-                    })),
+                Input::Read(match stolon_store::read_cluster_view(store).await {
+                    Ok(Some((view, _))) => ReadOutcome::Data(view),
                     Ok(None) => ReadOutcome::NoData,
                     Err(StoreError::Corrupt(why)) => ReadOutcome::Corrupt(why),
                     Err(e) => {

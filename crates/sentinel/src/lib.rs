@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use stolon_cluster::{ClusterSpec, KeeperInfo, ProxyInfo, SentinelUid};
 use stolon_daemon::metrics::{unix_seconds, Exposition};
 use stolon_engine::sentinel::machine::{Input, Note, ReadOutcome, Request, SentinelMachine};
-use stolon_engine::{ClusterView, Level};
+use stolon_engine::Level;
 use stolon_store::{ChangeWaiter, Expect, InfoKind, Store, StoreError, WatchScope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -114,14 +114,8 @@ pub async fn run(
         }
         let input = match step.request {
             Request::ReadClusterData => {
-                Input::Read(match stolon_store::read_cluster_data(store).await {
-                    Ok(Some(read)) => ReadOutcome::Data {
-                        view: Arc::new(ClusterView {
-                            data: read.data,
-                            spec: read.spec,
-                        }),
-                        revision: read.revision,
-                    },
+                Input::Read(match stolon_store::read_cluster_view(store).await {
+                    Ok(Some((view, revision))) => ReadOutcome::Data { view, revision },
                     Ok(None) => ReadOutcome::NoData,
                     Err(e) => {
                         failure = Some(e);

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
-use stolon_cluster::{ClusterData, DecodeError, ValidSpec};
+use stolon_cluster::{ClusterData, ClusterView, DecodeError, ValidSpec};
 use tokio::sync::{mpsc, watch};
 
 /// A store's version of the cluster data document, opaque (etcd's mod revision, Kubernetes'
@@ -185,6 +185,20 @@ pub async fn read_cluster_data(store: &dyn Store) -> Result<Option<ReadClusterDa
         data,
         spec,
         revision,
+    }))
+}
+
+/// [`read_cluster_data`] as the daemons' machines take it: the view, shared, and the revision
+/// to write back against.
+pub async fn read_cluster_view(
+    store: &dyn Store,
+) -> Result<Option<(std::sync::Arc<ClusterView>, Revision)>, StoreError> {
+    Ok(read_cluster_data(store).await?.map(|read| {
+        let view = ClusterView {
+            data: read.data,
+            spec: read.spec,
+        };
+        (std::sync::Arc::new(view), read.revision)
     }))
 }
 
