@@ -60,14 +60,21 @@ impl TestCluster {
         wait_for_master(self, timeout).await
     }
 
-    /// Waits until the proxies route to a primary on another keeper than `old`.
+    /// Waits until the proxies route to a primary on another keeper than `old`, and the
+    /// first proxy serves a query: the cluster data names the route before a proxy has
+    /// read it.
     pub async fn wait_for_new_master(&self, old: usize, timeout: Duration) -> usize {
         let old_uid = self.keepers[old].uid.clone();
         let uid = wait_until("the proxies to route to a new primary", timeout, || async {
             let cd = self.cluster_data().await?;
             let db = cd.proxied_db()?;
-            (db.spec.role == DbRole::Master && db.spec.keeper_uid != old_uid)
-                .then(|| db.spec.keeper_uid.clone())
+            if db.spec.role != DbRole::Master || db.spec.keeper_uid == old_uid {
+                return None;
+            }
+            if let Some(proxy) = Cluster::first_proxy(self) {
+                crate::serves_at(proxy).await.then_some(())?;
+            }
+            Some(db.spec.keeper_uid.clone())
         })
         .await;
         self.keeper_index(&uid)
