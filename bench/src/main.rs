@@ -34,6 +34,7 @@
 //! Every figure set ends with a table and one JSON line (`{"bench": ...}`) for machines.
 
 mod chaos;
+mod demo;
 mod ha;
 mod idle;
 mod proxy;
@@ -53,6 +54,9 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("sim") {
         return sim::sim(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("demo") {
+        return demo::demo(&args[1..]);
     }
     tokio::runtime::Runtime::new()
         .expect("a runtime")
@@ -116,7 +120,7 @@ async fn measure(mut args: Vec<String>) {
         }
         _ => {
             eprintln!(
-                "usage: stolon-bench [--store etcdv3|kubernetes] failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]\n       stolon-bench chaos [--seed N] [--runs K] [--minutes M] [--sync|--async]\n       stolon-bench sim [SEEDS] [FIRST]"
+                "usage: stolon-bench [--store etcdv3|kubernetes] failover [RUNS] [FAIL_INTERVAL] [async|sync] [SLEEP_INTERVAL]\n       stolon-bench switchover [RUNS] [async|sync]\n       stolon-bench all [RUNS]\n       stolon-bench soak [MINUTES] [FAIL_INTERVAL] [SLEEP_INTERVAL]\n       stolon-bench proxy [SECONDS] [ROUNDS]\n       stolon-bench idle [SECONDS]\n       stolon-bench chaos [--seed N] [--runs K] [--minutes M] [--sync|--async]\n       stolon-bench sim [SEEDS] [FIRST]\n       stolon-bench demo [--store etcdv3|kubernetes]"
             );
             std::process::exit(2);
         }

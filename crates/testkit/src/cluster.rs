@@ -1,7 +1,8 @@
+use crate::bin_dir;
 use crate::keepers::{KeeperHandle, KeeperOptions};
 use crate::kube::{KubeApiServer, ADMIN_USER};
+use crate::placement::{ClusterDir, FixedPorts, Ports};
 use crate::process::{postgres_os_user, print_log_tails, signal_tree, EtcdServer, Process};
-use crate::{bin_dir, free_port};
 use nix::sys::signal::Signal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub const KUBE_NAMESPACE: &str = "default";
 
 pub struct ClusterBuilder {
     backend: StoreBackend,
+    name: String,
+    /// With [`ClusterBuilder::placed`]: the directory and ports of the caller's choice.
+    placed: Option<(PathBuf, FixedPorts)>,
     auth_method: String,
     repl_user: String,
     repl_password: String,
@@ -53,6 +57,8 @@ impl ClusterBuilder {
     pub fn new() -> ClusterBuilder {
         ClusterBuilder {
             backend: StoreBackend::Etcd,
+            name: CLUSTER_NAME.to_string(),
+            placed: None,
             auth_method: "scram-sha-256".to_string(),
             repl_user: REPL_USER.to_string(),
             repl_password: REPL_PASSWORD.to_string(),
@@ -61,6 +67,19 @@ impl ClusterBuilder {
             proxies: 1,
             spec: short_timings(),
         }
+    }
+
+    /// The cluster's name (`--cluster-name`; default `test`).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// Lives in `dir` (made fresh, and kept afterwards) and listens on `ports`, instead of a
+    /// temporary directory and free ports.
+    pub fn placed(mut self, dir: &Path, ports: FixedPorts) -> Self {
+        self.placed = Some((dir.to_path_buf(), ports));
+        self
     }
 
     pub fn store_backend(mut self, backend: StoreBackend) -> Self {
@@ -114,24 +133,34 @@ impl ClusterBuilder {
     }
 
     pub async fn start(self) -> TestCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("stolon-test-")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
+        let (dir, ports) = match &self.placed {
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("stolon-test-")
+                    .tempdir_in("/tmp")
+                    .expect("temp dir");
+                (ClusterDir::Temp(dir), Ports::Free)
+            }
+            Some((path, ports)) => {
+                std::fs::create_dir_all(path).expect("the cluster's directory");
+                (ClusterDir::Kept(path.clone()), Ports::Fixed(*ports))
+            }
+        };
         // Keepers running as root hand PostgreSQL to the postgres OS user, which must reach
         // its directories.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let log_dir = dir.path().join("logs");
         std::fs::create_dir_all(&log_dir).unwrap();
-        let etcd = EtcdServer::start(dir.path(), &log_dir);
+        let (etcd_client, etcd_peer) = ports.etcd();
+        let etcd = EtcdServer::start_on(dir.path(), &log_dir, None, etcd_client, etcd_peer);
         let kube = (self.backend == StoreBackend::Kubernetes)
-            .then(|| KubeApiServer::start(&etcd, dir.path(), &log_dir));
+            .then(|| KubeApiServer::start_on(&etcd, dir.path(), &log_dir, ports.kube()));
         let store: Arc<dyn Store> = match &kube {
             None => Arc::new(
                 EtcdStore::connect(
                     std::slice::from_ref(&etcd.endpoint),
                     "stolon/cluster",
-                    CLUSTER_NAME,
+                    &self.name,
                     Duration::from_secs(5),
                 )
                 .await
@@ -139,7 +168,7 @@ impl ClusterBuilder {
             ),
             Some(api) => Arc::new(
                 KubeStore::connect(
-                    CLUSTER_NAME,
+                    &self.name,
                     &KubeOptions {
                         kubeconfig: Some(api.kubeconfig(ADMIN_USER, KUBE_NAMESPACE)),
                         timeout: Duration::from_secs(5),
@@ -154,6 +183,8 @@ impl ClusterBuilder {
         std::fs::write(&spec_path, self.spec.to_string()).unwrap();
         write_password_files(dir.path(), SU_PASSWORD, &self.repl_password);
         let mut cluster = TestCluster {
+            name: self.name.clone(),
+            ports,
             auth_method: self.auth_method.clone(),
             repl_user: self.repl_user.clone(),
             proxies: Vec::new(),
@@ -232,12 +263,15 @@ pub struct TestCluster {
     pub(crate) bin: PathBuf,
     pub(crate) log_dir: PathBuf,
     spec_path: PathBuf,
-    dir: Option<tempfile::TempDir>,
+    dir: Option<ClusterDir>,
+    /// `--cluster-name`.
+    pub name: String,
+    pub(crate) ports: Ports,
 }
 
 impl TestCluster {
     pub fn root(&self) -> &Path {
-        self.dir.as_ref().unwrap().path()
+        self.dir.as_ref().expect("until dropped").path()
     }
 
     /// Replaces the password files every keeper was started with, as an operator rotating
@@ -249,7 +283,7 @@ impl TestCluster {
     /// The store flags of every program; a daemon also gets `pod`, the name of the Pod
     /// object it runs as on the Kubernetes store.
     pub(crate) fn common_args(&self, cmd: &mut Command, pod: Option<&str>) {
-        cmd.arg("--cluster-name").arg(CLUSTER_NAME);
+        cmd.arg("--cluster-name").arg(&self.name);
         let Some(api) = &self.kube else {
             cmd.arg("--store-backend")
                 .arg("etcdv3")
@@ -327,7 +361,7 @@ impl TestCluster {
     /// A proxy started with extra flags (kept for its restarts).
     pub fn add_proxy_with(&mut self, args: &[&str]) {
         let i = self.proxies.len();
-        let port = free_port();
+        let port = self.ports.proxy(i);
         self.proxy_args
             .push(args.iter().map(|a| a.to_string()).collect());
         let process = self.spawn_proxy(i, port);
@@ -438,11 +472,15 @@ impl Drop for TestCluster {
             }
         }
         self.sentinels.clear();
+        let dir = self.dir.take().expect("dropped once");
+        if !dir.is_temporary() {
+            return;
+        }
         if std::env::var_os("STOLON_TEST_KEEP").is_some() {
-            let dir = self.dir.take().unwrap().keep();
+            let dir = dir.keep();
             eprintln!("STOLON_TEST_KEEP: cluster files kept in {}", dir.display());
         } else if std::thread::panicking() {
-            let dir = self.dir.take().unwrap().keep();
+            let dir = dir.keep();
             eprintln!("test failed: cluster files kept in {}", dir.display());
             print_log_tails(&dir.join("logs"));
         }

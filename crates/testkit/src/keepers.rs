@@ -2,7 +2,7 @@
 //! and the faults a test plays on a keeper and its postgres (kill, freeze).
 
 use crate::process::{children_of, postgres_os_user, signal_tree};
-use crate::{free_port, pg_bin_dir, Process, TestCluster, SU_USER};
+use crate::{pg_bin_dir, Process, TestCluster, SU_USER};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,8 +55,8 @@ impl KeeperHandle {
         KeeperHandle {
             uid: KeeperUid::new(format!("keeper{i}")),
             data_dir: cluster.root().join(format!("keeper{i}")),
-            pg_port: free_port(),
-            http_port: free_port(),
+            pg_port: cluster.ports.postgres(i),
+            http_port: cluster.ports.keeper_http(i),
             options,
             process: None,
             starts: 0,

@@ -48,10 +48,14 @@ impl KubeApiServer {
     /// Starts it on the test etcd (its objects under their own prefix there) and waits until
     /// it is ready.
     pub fn start(etcd: &EtcdServer, dir: &Path, log_dir: &Path) -> KubeApiServer {
+        Self::start_on(etcd, dir, log_dir, crate::free_port())
+    }
+
+    /// On the given port.
+    pub fn start_on(etcd: &EtcdServer, dir: &Path, log_dir: &Path, port: u16) -> KubeApiServer {
         let dir = dir.join("kube");
         std::fs::create_dir_all(&dir).unwrap();
         make_credentials(&dir);
-        let port = crate::free_port();
         let server = KubeApiServer {
             process: spawn(&dir, log_dir, &etcd.endpoint, port),
             port,

@@ -13,6 +13,7 @@ mod kube;
 pub mod net;
 mod netcluster;
 mod pgbin;
+mod placement;
 mod process;
 pub mod tls;
 mod waits;
@@ -26,6 +27,7 @@ pub use keepers::{KeeperHandle, KeeperOptions};
 pub use kube::{kube_bin_dir, kube_program, KubeApiServer, ADMIN_USER, USERS};
 pub use netcluster::{NetCluster, NetClusterBuilder, NetDaemon, NetEtcd, NetKeeper};
 pub use pgbin::{failing_pg_bin_dir, slow_pg_bin_dir};
+pub use placement::FixedPorts;
 pub use process::{EtcdServer, EtcdTls, Process};
 pub use waits::{wait_for_master, Cluster};
 

@@ -111,8 +111,17 @@ impl EtcdServer {
 
     /// With `tls`, the endpoint is `https://127.0.0.1:<port>`.
     pub fn start_with(dir: &Path, log_dir: &Path, tls: Option<EtcdTls>) -> EtcdServer {
-        let client = crate::free_port();
-        let peer = crate::free_port();
+        Self::start_on(dir, log_dir, tls, crate::free_port(), crate::free_port())
+    }
+
+    /// On the given client and peer ports.
+    pub fn start_on(
+        dir: &Path,
+        log_dir: &Path,
+        tls: Option<EtcdTls>,
+        client: u16,
+        peer: u16,
+    ) -> EtcdServer {
         let data_dir = dir.join("etcd");
         let process = Self::spawn(&data_dir, log_dir, client, peer, tls.as_ref());
         let scheme = if tls.is_some() { "https" } else { "http" };
